@@ -1,0 +1,5 @@
+import sys
+
+from cityseg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,83 @@
+"""Small helpers shared by every module: sizes, atomic writes, image files."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from cityseg.errors import CitysegError
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+def parse_size(text: str, what: str = "size") -> tuple[int, int]:
+    """Parse ``"WxH"`` (width x height, as everywhere in the CLI) -> ``(width, height)``."""
+    m = _SIZE_RE.match(str(text))
+    if not m or int(m.group(1)) <= 0 or int(m.group(2)) <= 0:
+        raise CitysegError(f"{what}: {text!r} is not a size; write WIDTHxHEIGHT, e.g. 1024x512")
+    return int(m.group(1)), int(m.group(2))
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
+
+    A crash or kill mid-write leaves the old file (or no file), never a half-written one.
+    The temporary name keeps the suffix so that libraries choosing a format by it still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    # mkstemp creates 0600; give the final file the usual permissions (0666 less the umask)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a (H, W) uint8/uint16/int32 map or (H, W, 3) uint8 image as PNG, atomically."""
+    from PIL import Image
+
+    if array.ndim == 2 and array.dtype not in (np.uint8,):
+        # Wider maps (instanceIds) are stored as 16-bit grey PNGs like the official ones: PNG has
+        # no 32-bit grey, and Pillow >= 11 refuses to write mode "I"; values must fit 0..65535.
+        if array.size and (array.min() < 0 or array.max() > np.iinfo(np.uint16).max):
+            raise ValueError(f"{path}: values {array.min()}..{array.max()} do not fit a 16-bit PNG")
+        img = Image.fromarray(array.astype(np.uint16))
+    else:
+        img = Image.fromarray(np.ascontiguousarray(array))
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def read_image(path: str | os.PathLike, mode: str | None = None) -> np.ndarray:
+    """Read an image file into a numpy array; a missing or corrupt file raises CitysegError.
+
+    ``mode``: PIL mode to convert to (``"RGB"``, ``"L"``); None keeps the file's own.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CitysegError(f"{path}: file not found")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if mode is not None and img.mode != mode:
+                img = img.convert(mode)
+            return np.asarray(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise CitysegError(f"{path}: cannot read image ({exc})") from None
