@@ -1,0 +1,558 @@
+"""Segmentation models: a plain dict from name to builder, and ``build_model`` around it.
+
+Every model maps ``(N, 3, H, W)`` float32 images, normalised with ``IMAGENET_MEAN`` /
+``IMAGENET_STD``, to ``{"out": (N, C, H, W) float logits at the input size}``, plus
+``"aux"`` (same shape) when built with ``aux_head=True`` -- torchvision's convention, so
+nothing downstream branches on the model.
+
+Models (``MODELS`` keys):
+
+* ``deeplabv3_resnet50`` / ``deeplabv3_resnet101``: torchvision's DeepLabV3 (ASPP head, FCN aux
+  head on layer3). Output stride 8 by default (torchvision's ``replace_stride_with_dilation=
+  [False, True, True]``), 16 or 32 on request, with the ASPP rates scaled to match.
+* ``deeplabv3_convnext_tiny``: a timm ``features_only`` ConvNeXt-Tiny backbone (dilated by timm to
+  the requested output stride) under torchvision's ``DeepLabHead``; aux FCN head on stage 3.
+* ``deeplabv3_mobilenet_v3_large`` / ``lraspp_mobilenet_v3_large``: torchvision's mobile models
+  (fixed output stride 16; LR-ASPP has no aux head).
+* ``cityseg_tiny``: a 0.37M-parameter encoder-decoder for training from scratch on the CPU.
+
+Backbone stages share one vocabulary, so a ``freeze`` list means the same depth in every model:
+
+=========  ===================  ======================  =============================  =================
+stage      ResNet               ConvNeXt (timm)         MobileNetV3 ``features[i]``    cityseg_tiny
+=========  ===================  ======================  =============================  =================
+stem       conv1, bn1 (1/2)     stem.0, stem.1 (1/4)    0-1 (stride 2)                 stem (1/2)
+layer1     layer1 (1/4)         stages.0 (1/4)          2-3 (stride 4)                 layer1 (1/4)
+layer2     layer2 (1/8)         stages.1 (1/8)          4-6 (stride 8)                 layer2 (1/8)
+layer3     layer3               stages.2                7-12                           layer3 (1/16)
+layer4     layer4               stages.3                13-16                          --
+=========  ===================  ======================  =============================  =================
+
+Frozen stages get ``requires_grad=False``; call ``set_frozen_bn_eval(model)`` after every
+``model.train()`` so that their BatchNorm layers keep their running statistics.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import (
+    MobileNet_V3_Large_Weights,
+    ResNet50_Weights,
+    ResNet101_Weights,
+    WeightsEnum,
+    mobilenet_v3_large,
+    resnet50,
+    resnet101,
+)
+
+# IntermediateLayerGetter is what torchvision's own segmentation builders assemble their
+# backbones with; we assemble ourselves because those builders hard-code output stride 8 and
+# download weights inside, where an offline failure is a bare traceback.
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.segmentation import DeepLabV3
+from torchvision.models.segmentation.deeplabv3 import DeepLabHead
+from torchvision.models.segmentation.fcn import FCNHead
+from torchvision.models.segmentation.lraspp import LRASPP
+
+from cityseg import labels
+from cityseg.errors import CitysegError
+
+log = logging.getLogger(__name__)
+
+#: RGB mean and std (0-1 scale) of ImageNet; every model expects inputs normalised with them.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+#: The timm weights of ``deeplabv3_convnext_tiny``: plain ImageNet-1k (not the default in12k tag).
+CONVNEXT_TIMM_NAME = "convnext_tiny.fb_in1k"
+
+#: stage name -> parameter-name prefixes of the modules in that stage.
+StageMap = dict[str, tuple[str, ...]]
+#: builder(num_classes, aux_head, output_stride, imagenet) -> (model, its stages).
+Builder = Callable[[int, bool, int, bool], tuple[nn.Module, StageMap]]
+
+_ASPP_RATES_OS8 = (12, 24, 36)  # DeepLabV3's rates at output stride 8; halved at 16 (the paper's 6, 12, 18)
+
+
+# --- weights ------------------------------------------------------------------------------------
+
+
+def _fetch_torchvision(weights: WeightsEnum, model_name: str) -> dict[str, torch.Tensor]:
+    """Download (or read from the torch hub cache) one torchvision weights file.
+
+    Raises:
+        CitysegError: the file is neither cached nor downloadable; says where to put it.
+    """
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as exc:  # urllib, socket, SSL and hash errors all mean "no usable file"
+        file_name = weights.url.rsplit("/", 1)[-1]
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        raise CitysegError(
+            f"cannot get the ImageNet weights of {model_name} ({_first_line(exc)}): download {weights.url} "
+            f"and put {file_name} in {cache}, or set model.pretrained to the path of that file"
+        ) from None
+
+
+def _timm_backbone(output_stride: int, imagenet: bool) -> nn.Module:
+    """ConvNeXt-Tiny as a timm ``features_only`` model returning stages 3 and 4."""
+    import timm  # imported here: only this model needs it, and it is slow to import
+
+    kwargs = dict(features_only=True, out_indices=(2, 3), output_stride=output_stride)
+    if imagenet:
+        # timm loads the file (and maps its keys) itself; we only choose where it comes from
+        kwargs |= dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(_fetch_timm_weights())))
+    return timm.create_model(CONVNEXT_TIMM_NAME, **kwargs)
+
+
+def _fetch_timm_weights(filename: str = "model.safetensors") -> Path:
+    """Path of the timm weights file in the Hugging Face cache, downloading it when missing.
+
+    Raises:
+        CitysegError: the file is neither cached nor downloadable; says where to put it.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    repo = f"timm/{CONVNEXT_TIMM_NAME}"
+    try:  # the cache first: no request at all, so an offline machine with the file is not slowed down
+        return Path(hf_hub_download(repo, filename, local_files_only=True))
+    except FileNotFoundError:  # huggingface_hub's LocalEntryNotFoundError: not cached yet
+        pass
+    try:
+        return Path(hf_hub_download(repo, filename))
+    except Exception as exc:  # huggingface_hub raises several unrelated types when offline
+        raise CitysegError(
+            f"cannot get the ImageNet weights of deeplabv3_convnext_tiny ({type(exc).__name__}): {filename} of "
+            f"https://huggingface.co/{repo} must be in the Hugging Face cache {HF_HUB_CACHE} "
+            f"(`huggingface-cli download {repo}` where there is network, then copy that cache), "
+            f"or set model.pretrained to the path of the downloaded {filename}"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --- builders -----------------------------------------------------------------------------------
+
+
+def _aspp_rates(output_stride: int) -> tuple[int, ...]:
+    # The rates keep the same field of view in pixels of the input whatever the stride.
+    return tuple(r * 8 // output_stride for r in _ASPP_RATES_OS8)
+
+
+def _check_stride(output_stride: int, model_name: str) -> None:
+    if output_stride not in (8, 16, 32):
+        raise CitysegError(f"model.output_stride={output_stride} for {model_name}; valid: 8, 16, 32")
+
+
+def _deeplabv3_resnet(
+    depth: int, num_classes: int, aux_head: bool, output_stride: int, imagenet: bool
+) -> tuple[nn.Module, StageMap]:
+    """torchvision's DeepLabV3-ResNet (its ``_deeplabv3_resnet``) with a choice of output stride."""
+    name = f"deeplabv3_resnet{depth}"
+    _check_stride(output_stride, name)
+    make, weights = {50: (resnet50, ResNet50_Weights), 101: (resnet101, ResNet101_Weights)}[depth]
+    dilate = {8: [False, True, True], 16: [False, False, True], 32: [False, False, False]}[output_stride]
+    resnet = make(weights=None, replace_stride_with_dilation=dilate)
+    if imagenet:  # V2: torchvision's better recipe (80.9 / 81.9 % top-1 vs V1's 76.1 / 77.4 %), same layers
+        resnet.load_state_dict(_fetch_torchvision(weights.IMAGENET1K_V2, name))
+    return_layers = {"layer4": "out", **({"layer3": "aux"} if aux_head else {})}
+    backbone = IntermediateLayerGetter(resnet, return_layers=return_layers)
+    classifier = DeepLabHead(2048, num_classes, atrous_rates=_aspp_rates(output_stride))
+    aux = FCNHead(1024, num_classes) if aux_head else None
+    stages = {"stem": ("backbone.conv1.", "backbone.bn1.")}
+    stages |= {f"layer{i}": (f"backbone.layer{i}.",) for i in range(1, 5)}
+    return DeepLabV3(backbone, classifier, aux), stages
+
+
+def deeplabv3_resnet50(
+    num_classes: int, aux_head: bool, output_stride: int, imagenet: bool
+) -> tuple[nn.Module, StageMap]:
+    """The seed's model: DeepLabV3 on ResNet-50 (ImageNet weights ``IMAGENET1K_V2``)."""
+    return _deeplabv3_resnet(50, num_classes, aux_head, output_stride, imagenet)
+
+
+def deeplabv3_resnet101(
+    num_classes: int, aux_head: bool, output_stride: int, imagenet: bool
+) -> tuple[nn.Module, StageMap]:
+    """DeepLabV3 on ResNet-101 (ImageNet weights ``IMAGENET1K_V2``)."""
+    return _deeplabv3_resnet(101, num_classes, aux_head, output_stride, imagenet)
+
+
+class TimmDeepLab(nn.Module):
+    """DeepLabV3 head on a timm ``features_only`` backbone that returns ``[stage 3, stage 4]``.
+
+    Shape:
+        x: (N, 3, H, W) float. Returns ``{"out": (N, C, H, W)}`` (+ ``"aux"``), bilinearly
+        upsampled from the backbone's output stride to the input size.
+    """
+
+    def __init__(self, backbone: nn.Module, classifier: nn.Module, aux_classifier: nn.Module | None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = classifier
+        self.aux_classifier = aux_classifier
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = x.shape[-2:]
+        stage3, stage4 = self.backbone(x)
+        out = {"out": _upsample(self.classifier(stage4), size)}
+        if self.aux_classifier is not None:
+            out["aux"] = _upsample(self.aux_classifier(stage3), size)
+        return out
+
+
+def deeplabv3_convnext_tiny(
+    num_classes: int, aux_head: bool, output_stride: int, imagenet: bool
+) -> tuple[nn.Module, StageMap]:
+    """DeepLabV3 (torchvision's ASPP head) on timm's ConvNeXt-Tiny, dilated to ``output_stride``."""
+    _check_stride(output_stride, "deeplabv3_convnext_tiny")
+    backbone = _timm_backbone(output_stride, imagenet)
+    c3, c4 = backbone.feature_info.channels()
+    classifier = DeepLabHead(c4, num_classes, atrous_rates=_aspp_rates(output_stride))
+    aux = FCNHead(c3, num_classes) if aux_head else None
+    # timm's features_only wrapper flattens ``stem.0`` to ``stem_0`` and ``stages.0`` to ``stages_0``.
+    stages = {"stem": ("backbone.stem_",)} | {f"layer{i + 1}": (f"backbone.stages_{i}.",) for i in range(4)}
+    return TimmDeepLab(backbone, classifier, aux), stages
+
+
+def _mobilenet_features(imagenet: bool, model_name: str) -> tuple[nn.Sequential, list[int]]:
+    """MobileNetV3-Large features, dilated as in torchvision's segmentation models (output stride 16).
+
+    Returns the features and the indices of their strided blocks ``[0, C1, ..., C4, last]``
+    (torchvision's ``stage_indices``).
+    """
+    net = mobilenet_v3_large(weights=None, dilated=True)
+    if imagenet:  # IMAGENET1K_V1 is what torchvision's segmentation models start from
+        net.load_state_dict(_fetch_torchvision(MobileNet_V3_Large_Weights.IMAGENET1K_V1, model_name))
+    features = net.features
+    strided = [i for i, block in enumerate(features) if getattr(block, "_is_cn", False)]
+    return features, [0, *strided, len(features) - 1]
+
+
+def _mobilenet_stages(stage_indices: list[int]) -> StageMap:
+    bounds = [0, *stage_indices[1:-1], stage_indices[-1] + 1]  # block ranges between strided blocks
+    names = ["stem", "layer1", "layer2", "layer3", "layer4"]
+    return {
+        name: tuple(f"backbone.{i}." for i in range(lo, hi))
+        for name, lo, hi in zip(names, bounds[:-1], bounds[1:], strict=True)
+    }
+
+
+def deeplabv3_mobilenet_v3_large(
+    num_classes: int, aux_head: bool, output_stride: int, imagenet: bool
+) -> tuple[nn.Module, StageMap]:
+    """torchvision's DeepLabV3-MobileNetV3-Large (its ``_deeplabv3_mobilenetv3``); output stride 16."""
+    features, idx = _mobilenet_features(imagenet, "deeplabv3_mobilenet_v3_large")
+    out_pos, aux_pos = idx[-1], idx[-4]  # C5 (stride 16) and C2 (stride 8), as torchvision
+    return_layers = {str(out_pos): "out", **({str(aux_pos): "aux"} if aux_head else {})}
+    backbone = IntermediateLayerGetter(features, return_layers=return_layers)
+    classifier = DeepLabHead(features[out_pos].out_channels, num_classes)
+    aux = FCNHead(features[aux_pos].out_channels, num_classes) if aux_head else None
+    return DeepLabV3(backbone, classifier, aux), _mobilenet_stages(idx)
+
+
+def lraspp_mobilenet_v3_large(
+    num_classes: int, aux_head: bool, output_stride: int, imagenet: bool
+) -> tuple[nn.Module, StageMap]:
+    """torchvision's LR-ASPP-MobileNetV3-Large (its ``_lraspp_mobilenetv3``); no aux head."""
+    if aux_head:
+        raise CitysegError("lraspp_mobilenet_v3_large has no auxiliary head; set model.aux_head=false")
+    features, idx = _mobilenet_features(imagenet, "lraspp_mobilenet_v3_large")
+    low, high = idx[-4], idx[-1]  # C2 (stride 8) and C5 (stride 16), as torchvision
+    backbone = IntermediateLayerGetter(features, return_layers={str(low): "low", str(high): "high"})
+    model = LRASPP(backbone, features[low].out_channels, features[high].out_channels, num_classes)
+    return model, _mobilenet_stages(idx)
+
+
+# --- cityseg_tiny -------------------------------------------------------------------------------
+
+
+class ConvBNReLU(nn.Sequential):
+    """3x3 (or 1x1) convolution, BatchNorm, ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1, kernel: int = 3) -> None:
+        pad = dilation * (kernel - 1) // 2
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel, stride, pad, dilation=dilation, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
+
+
+class TinyEncoder(nn.Module):
+    """Four strided stages, 16-32-64-128 channels, at 1/2, 1/4, 1/8 and 1/16 of the input."""
+
+    def __init__(self, widths: Sequence[int] = (16, 32, 64, 128)) -> None:
+        super().__init__()
+        w0, w1, w2, w3 = widths
+        self.stem = ConvBNReLU(3, w0, stride=2)
+        self.layer1 = nn.Sequential(ConvBNReLU(w0, w1, stride=2), ConvBNReLU(w1, w1))
+        self.layer2 = nn.Sequential(ConvBNReLU(w1, w2, stride=2), ConvBNReLU(w2, w2))
+        # dilation widens the receptive field (to 119 px) at the cheapest resolution
+        self.layer3 = nn.Sequential(ConvBNReLU(w2, w3, stride=2), ConvBNReLU(w3, w3, dilation=2))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        c1 = self.layer1(self.stem(x))
+        c2 = self.layer2(c1)
+        return {"c1": c1, "c2": c2, "c3": self.layer3(c2)}
+
+
+class CitysegTiny(nn.Module):
+    """A small U-Net-like encoder-decoder for from-scratch training on the CPU.
+
+    Why it exists: the library models are made for fine-tuning ImageNet weights, and none of
+    them trains from scratch on 2 CPU cores in a few minutes. The smallest, LR-ASPP-MobileNetV3
+    (3.2M parameters; depthwise convolutions, squeeze-excitation, hard-swish, which are slow per
+    FLOP on a CPU), costs 4x this model's CPU time per training step at 256x128 (482 vs 124 ms
+    for a batch of 8 on one thread; benchmarks/bench_models.py), DeepLabV3-ResNet-50 90x. This
+    one has about 0.37M parameters, only 3x3/1x1 convolutions with BatchNorm and ReLU (the
+    best-optimised CPU kernels), a global-context vector, and additive skip connections from
+    1/8 and 1/4 that recover the boundaries.
+
+    Shape:
+        x: (N, 3, H, W) float (any H, W). Returns ``{"out": (N, C, H, W)}`` (+ ``"aux"`` from 1/8).
+    """
+
+    def __init__(self, num_classes: int, aux_head: bool = False, widths: Sequence[int] = (16, 32, 64, 128)) -> None:
+        super().__init__()
+        _, w1, w2, w3 = widths
+        self.backbone = TinyEncoder(widths)
+        self.context = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(w3, w3, 1), nn.ReLU(inplace=True))
+        self.lateral3 = ConvBNReLU(w3, w2, kernel=1)
+        self.fuse2 = ConvBNReLU(w2, w2)
+        self.lateral2 = ConvBNReLU(w2, w1, kernel=1)
+        self.fuse1 = ConvBNReLU(w1, w1)
+        self.classifier = nn.Conv2d(w1, num_classes, 1)
+        self.aux_classifier = nn.Sequential(ConvBNReLU(w2, w1), nn.Conv2d(w1, num_classes, 1)) if aux_head else None
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = x.shape[-2:]
+        f = self.backbone(x)
+        c3 = f["c3"] + self.context(f["c3"])  # broadcast: the image-level vector added everywhere
+        d2 = self.fuse2(f["c2"] + _upsample(self.lateral3(c3), f["c2"].shape[-2:]))
+        d1 = self.fuse1(f["c1"] + _upsample(self.lateral2(d2), f["c1"].shape[-2:]))
+        out = {"out": _upsample(self.classifier(d1), size)}
+        if self.aux_classifier is not None:
+            out["aux"] = _upsample(self.aux_classifier(d2), size)
+        return out
+
+
+def cityseg_tiny(num_classes: int, aux_head: bool, output_stride: int, imagenet: bool) -> tuple[nn.Module, StageMap]:
+    """The CPU demo model (:class:`CitysegTiny`); fixed output stride, no pretrained weights."""
+    if imagenet:
+        raise CitysegError("cityseg_tiny has no ImageNet weights; set model.pretrained=none (or a PATH)")
+    stages = {name: (f"backbone.{name}.",) for name in ("stem", "layer1", "layer2", "layer3")}
+    return CitysegTiny(num_classes, aux_head), stages
+
+
+def _upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+#: name -> builder(num_classes, aux_head, output_stride, imagenet) -> (model, stage map).
+MODELS: dict[str, Builder] = {
+    "deeplabv3_resnet50": deeplabv3_resnet50,
+    "deeplabv3_resnet101": deeplabv3_resnet101,
+    "deeplabv3_convnext_tiny": deeplabv3_convnext_tiny,
+    "deeplabv3_mobilenet_v3_large": deeplabv3_mobilenet_v3_large,
+    "lraspp_mobilenet_v3_large": lraspp_mobilenet_v3_large,
+    "cityseg_tiny": cityseg_tiny,
+}
+
+
+# --- build_model --------------------------------------------------------------------------------
+
+
+def build_model(
+    name: str,
+    num_classes: int = labels.NUM_CLASSES,
+    pretrained: str = "none",
+    aux_head: bool = False,
+    freeze: Sequence[str] = ("stem", "layer1"),
+    output_stride: int = 8,
+) -> nn.Module:
+    """Build a segmentation model by name, load its starting weights, freeze early stages.
+
+    Args:
+        name: a key of ``MODELS``.
+        num_classes: output channels of the classifier (and aux classifier).
+        pretrained: ``"none"`` (random init), ``"imagenet"`` (ImageNet backbone through
+            torchvision's weights API or timm; downloads into their caches when online), or the
+            path of a cityseg checkpoint (to fine-tune from), a full-model state dict, or a
+            backbone state dict (``.pth``/``.pt`` or ``.safetensors``).
+        aux_head: add the auxiliary FCN head; the model then also returns ``"aux"``.
+        freeze: backbone stages whose parameters stay fixed (see the module docstring).
+        output_stride: 8, 16 or 32 for the ResNet and ConvNeXt models; ignored by the others,
+            whose stride is fixed.
+
+    Returns:
+        The model in train mode, with ``requires_grad=False`` on the frozen stages.
+
+    Raises:
+        CitysegError: unknown name or stage, bad output stride, weights unavailable or not fitting.
+    """
+    if name not in MODELS:
+        raise CitysegError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+    if pretrained not in ("none", "imagenet") and not Path(pretrained).is_file():
+        raise CitysegError(f"model.pretrained={pretrained!r}: no such file; expected imagenet, none or a weights file")
+    model, stages = MODELS[name](num_classes, aux_head, output_stride, pretrained == "imagenet")
+    if pretrained not in ("none", "imagenet"):
+        load_pretrained(model, Path(pretrained), name)
+    freeze_stages(model, stages, freeze, name)
+    return model
+
+
+def freeze_stages(model: nn.Module, stages: StageMap, names: Sequence[str], model_name: str) -> None:
+    """Set ``requires_grad=False`` on the parameters of the named backbone stages.
+
+    Raises:
+        CitysegError: a name is not a stage of this model (the message lists the stages).
+    """
+    unknown = [n for n in names if n not in stages]
+    if unknown:
+        raise CitysegError(
+            f"unknown backbone stage {unknown[0]!r} in model.freeze for {model_name}; valid: {', '.join(stages)}"
+        )
+    prefixes = tuple(p for n in names for p in stages[n])
+    if not prefixes:
+        return
+    for pname, param in model.named_parameters():
+        if pname.startswith(prefixes):
+            param.requires_grad_(False)
+
+
+def set_frozen_bn_eval(model: nn.Module) -> nn.Module:
+    """Put every BatchNorm whose parameters are frozen into eval mode; call after ``model.train()``.
+
+    Frozen stages keep the (ImageNet) running statistics they were trained with: updating them
+    from small segmentation batches while the weights cannot adapt hurts. Works on DDP- or
+    compile-wrapped models and after SyncBatchNorm conversion (which keeps the parameters).
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None:
+            if not module.weight.requires_grad:
+                module.eval()
+    return model
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (only those with ``requires_grad`` when ``trainable_only``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# --- pretrained=PATH ----------------------------------------------------------------------------
+
+
+def load_pretrained(model: nn.Module, path: Path, model_name: str) -> None:
+    """Load starting weights from ``path`` into ``model`` (built as ``model_name``).
+
+    Accepted files: a cityseg checkpoint (``{"format": "cityseg", "model": ...}``; must hold the
+    same model), a full-model state dict (keys start with ``backbone.``), or a backbone state dict
+    such as an ImageNet classifier's (its head's keys are reported and ignored). Keys lose their
+    ``module.``/``_orig_mod.`` prefixes. Missing and unexpected keys are logged.
+
+    Raises:
+        CitysegError: unreadable file, another model's checkpoint, no matching key, or a shape mismatch.
+    """
+    from cityseg.engine.checkpoint import checkpoint_model_name, strip_prefixes
+
+    raw = _read_weights(path)
+    if raw.get("format") == "cityseg":
+        found = checkpoint_model_name(raw)
+        if found != model_name:
+            raise CitysegError(f"{path}: checkpoint holds model {found!r}, but model.name is {model_name!r}")
+        raw = raw["model"]
+    elif isinstance(raw.get("state_dict"), dict):  # common wrapper of other training tools
+        raw = raw["state_dict"]
+    state = strip_prefixes({k: v for k, v in raw.items() if isinstance(v, torch.Tensor)})
+    if any(k.startswith("backbone.") for k in state):
+        load_state(model, state, path)
+    else:
+        load_state(model.backbone, _to_backbone_keys(state, model.backbone), path, what="backbone")
+
+
+def _read_weights(path: Path) -> dict:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip, safetensors and OS errors: all "not a weights file"
+        raise CitysegError(f"{path}: not a readable weights file ({_first_line(exc)})") from None
+    if not isinstance(obj, dict):
+        raise CitysegError(f"{path}: holds a {type(obj).__name__}, not a checkpoint or state dict")
+    return obj
+
+
+def _to_backbone_keys(state: dict[str, torch.Tensor], backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename a classification model's keys to our backbone's where they differ.
+
+    torchvision MobileNetV3 keeps its blocks under ``features.`` (our backbone is ``features``
+    itself); timm's ``features_only`` wrapper flattens ``stem.0``/``stages.0`` to ``stem_0``/``stages_0``.
+    Keys that already match are kept as they are.
+    """
+    own = set(backbone.state_dict())
+    out = {}
+    for key, value in state.items():
+        if key not in own:
+            alt = re.sub(r"^(stem|stages)\.(\d+)\.", r"\1_\2.", re.sub(r"^features\.", "", key))
+            key = alt if alt in own else key
+        out[key] = value
+    return out
+
+
+def load_state(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str = "model") -> None:
+    """Copy the tensors of ``state`` into ``module`` by name, checking shapes; log what did not match.
+
+    Raises:
+        CitysegError: no key matches at all, or a matching key has another shape (names the key).
+    """
+    own = module.state_dict()
+    shared = [k for k in state if k in own]
+    if not shared:
+        raise CitysegError(
+            f"{path}: none of its {len(state)} tensors fits the {what} (its keys look like "
+            f"{_examples(state)}; the {what}'s like {_examples(own)})"
+        )
+    for key in shared:
+        if state[key].shape != own[key].shape:
+            raise CitysegError(
+                f"{path}: tensor {key} has shape {tuple(state[key].shape)}, the {what} needs {tuple(own[key].shape)}"
+            )
+    result = module.load_state_dict({k: state[k] for k in shared}, strict=False)
+    unexpected = [k for k in state if k not in own]
+    log.info("loaded %d tensors from %s into the %s", len(shared), path, what)
+    if result.missing_keys:
+        log.warning("%s: %d %s tensors not in the file, left as initialised: %s",
+                    path, len(result.missing_keys), what, _examples(result.missing_keys, 8))
+    if unexpected:
+        log.warning("%s: %d tensors ignored (not in the %s): %s", path, len(unexpected), what, _examples(unexpected, 8))
+
+
+def _examples(keys, n: int = 3) -> str:
+    keys = list(keys)
+    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MODELS",
+    "build_model",
+    "count_parameters",
+    "freeze_stages",
+    "load_pretrained",
+    "set_frozen_bn_eval",
+]
