@@ -1,0 +1,41 @@
+"""``cityseg prepare SRC OUT``: convert a Cityscapes source into the official layout with trainIds."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+HELP = "convert a Cityscapes tree or a 'pairs' copy into the official layout with labelTrainIds and labelIds"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", metavar="SRC", help="source folder (only read)")
+    parser.add_argument("out", metavar="OUT", help="output folder (official layout)")
+    parser.add_argument("--format", default="auto", choices=("auto", "cityscapes", "pairs"),
+                        help="source format: cityscapes = leftImg8bit/ + gtFine/ tree; pairs = SRC/<split>/*.jpg|png "
+                             "with the photo on the left half and the colour mask on the right (default: auto)")
+    parser.add_argument("--split", nargs="+", metavar="NAME", help="only these splits (default: every split folder)")
+    parser.add_argument("--city", metavar="NAME", help="city folder written for pairs (default: pairs)")
+    parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8),
+                        help="processes (default: number of CPUs, at most 8)")
+    parser.add_argument("--skip-bad", action="store_true", help="go on past bad files and list them at the end")
+    links = parser.add_mutually_exclusive_group()
+    links.add_argument("--link", dest="link", action="store_const", const="hard",
+                       help="hard-link images instead of copying them (copies across file systems)")
+    links.add_argument("--symlink", dest="link", action="store_const", const="sym",
+                       help="symlink images instead of copying them")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cityseg.data.prepare import prepare
+    from cityseg.errors import CitysegError
+
+    if args.workers < 1:
+        raise CitysegError(f"--workers {args.workers}: must be at least 1")
+    summary = prepare(args.src, args.out, fmt=args.format, splits=args.split, city=args.city, workers=args.workers,
+                      skip_bad=args.skip_bad, link=args.link, progress=not args.quiet)
+    for line in summary.lines():
+        print(line, file=sys.stderr if line.startswith(("skipped", "  ")) else sys.stdout)
+    return 0

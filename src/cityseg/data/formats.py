@@ -1,0 +1,222 @@
+"""Reading every form in which people hold Cityscapes labels.
+
+In order of preference (what :func:`find_label` picks when several sit beside an image):
+
+1. ``*_gtFine_labelIds.png``: official label ids -> trainIds with a lookup table. This
+   reproduces the evaluation ground truth exactly.
+2. ``*_gtFine_labelTrainIds.png``: trainIds as they are.
+3. ``*_gtFine_color.png`` (RGB or RGBA): colours -> trainIds with the robust recovery of
+   :mod:`cityseg.data.colour` (blended borders of resized or JPEG masks included).
+
+Also the "pairs" copy of Cityscapes: one JPEG or PNG per frame holding the photo on its left
+half and the colour mask on its right half (:func:`read_pair`).
+
+Label maps are only ever resized with nearest-neighbour; a map that was interpolated must
+come in as a colour mask, where the recovery undoes the blending.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cityseg import labels
+from cityseg.data.colour import ColourStats, color_to_label_ids, color_to_train_ids
+from cityseg.errors import CitysegError
+from cityseg.utils import read_image
+
+__all__ = [
+    "IMAGE_SUFFIX", "LABEL_SUFFIXES", "LabelMaps", "ColourStats", "color_to_train_ids", "color_to_label_ids",
+    "label_kind", "frame_stem", "find_label", "read_label_ids", "read_train_ids", "read_colour", "derive_label_ids",
+    "load_label", "read_label", "read_pair", "load_pair",
+]
+
+IMAGE_SUFFIX = "_leftImg8bit.png"
+#: Label kinds in order of preference -> file suffix.
+LABEL_SUFFIXES: dict[str, str] = {
+    "labelIds": "_gtFine_labelIds.png",
+    "labelTrainIds": "_gtFine_labelTrainIds.png",
+    "color": "_gtFine_color.png",
+}
+_VALID_ID = np.zeros(256, bool)
+_VALID_ID[list(labels.VALID_LABEL_IDS)] = True
+_VALID_TRAIN_ID = np.zeros(256, bool)
+_VALID_TRAIN_ID[: labels.NUM_CLASSES] = True
+_VALID_TRAIN_ID[labels.IGNORE_INDEX] = True
+
+
+@dataclass
+class LabelMaps:
+    """Both label maps of one frame and how they were obtained.
+
+    ``train_ids`` / ``label_ids``: (H, W) uint8. ``label_ids`` are the source's own where it
+    has them, else derived (void and unknown -> 0). ``stats`` counts exact, recovered and
+    ignored pixels (every pixel of a labelIds/labelTrainIds file is exact).
+    """
+
+    train_ids: np.ndarray
+    label_ids: np.ndarray
+    stats: ColourStats = field(default_factory=ColourStats)
+
+
+def label_kind(path: str | os.PathLike) -> str:
+    """'labelIds', 'labelTrainIds' or 'color' from the file name; CitysegError otherwise."""
+    name = Path(path).name
+    for kind, suffix in LABEL_SUFFIXES.items():
+        if name.endswith(suffix):
+            return kind
+    raise CitysegError(f"{path}: not a label file; names must end with one of {', '.join(LABEL_SUFFIXES.values())}")
+
+
+def frame_stem(image_path: str | os.PathLike) -> str:
+    """``.../aachen_000000_000019_leftImg8bit.png`` -> ``aachen_000000_000019``."""
+    name = Path(image_path).name
+    if not name.endswith(IMAGE_SUFFIX):
+        raise CitysegError(f"{image_path}: not a Cityscapes image; names must end with {IMAGE_SUFFIX}")
+    return name[: -len(IMAGE_SUFFIX)]
+
+
+def _label_dirs(image_path: Path) -> list[Path]:
+    # The official layout mirrors leftImg8bit/<split>/<city>/ under gtFine/; some copies keep
+    # labels beside the images, so that folder is tried too.
+    parts = image_path.parent.parts
+    dirs = []
+    if "leftImg8bit" in parts:
+        i = len(parts) - 1 - parts[::-1].index("leftImg8bit")
+        dirs.append(Path(*parts[:i], "gtFine", *parts[i + 1:]))
+    dirs.append(image_path.parent)
+    return dirs
+
+
+def find_label(image_path: str | os.PathLike) -> Path:
+    """The label file of a ``*_leftImg8bit.png`` image: labelIds > labelTrainIds > color.
+
+    Looks in the mirrored ``gtFine/<split>/<city>/`` folder, then beside the image.
+    Raises CitysegError naming the image and the files looked for when there is none.
+    """
+    image_path = Path(image_path)
+    stem = frame_stem(image_path)
+    dirs = _label_dirs(image_path)
+    for suffix in LABEL_SUFFIXES.values():
+        for folder in dirs:
+            candidate = folder / f"{stem}{suffix}"
+            if candidate.is_file():
+                return candidate
+    looked = " or ".join(str(d) for d in dirs)
+    raise CitysegError(
+        f"{image_path}: no label found; looked for {stem}_gtFine_{{labelIds,labelTrainIds,color}}.png in {looked}"
+    )
+
+
+def _read_single_channel(path: Path, what: str) -> np.ndarray:
+    """Read an 8/16/32-bit single-channel PNG into an int64 (H, W) array (values unchecked)."""
+    array = read_image(path)
+    if array.ndim != 2:
+        raise CitysegError(f"{path}: has {array.shape[2]} channels; a {what} file holds one channel of integer values")
+    return array.astype(np.int64)
+
+
+def _bad_values_message(path: Path, values: np.ndarray, valid: str) -> str:
+    bad = np.unique(values)
+    shown = ", ".join(str(v) for v in bad[:8]) + (", ..." if len(bad) > 8 else "")
+    return f"{path}: values outside the label table: {shown} (valid: {valid})"
+
+
+def read_label_ids(path: str | os.PathLike) -> np.ndarray:
+    """Read a ``*_gtFine_labelIds.png`` -> (H, W) uint8 official label ids.
+
+    Every value must be an id of the official table (labels.VALID_LABEL_IDS); otherwise
+    CitysegError names the file and the bad values.
+    """
+    path = Path(path)
+    ids = _read_single_channel(path, "labelIds")
+    inside = (ids >= 0) & (ids < len(_VALID_ID))
+    ok = inside & _VALID_ID[np.where(inside, ids, 0)]
+    if not ok.all():
+        raise CitysegError(_bad_values_message(path, ids[~ok], f"{min(labels.VALID_LABEL_IDS)}-{labels.MAX_LABEL_ID}"))
+    return ids.astype(np.uint8)
+
+
+def read_train_ids(path: str | os.PathLike) -> np.ndarray:
+    """Read a ``*_gtFine_labelTrainIds.png`` -> (H, W) uint8 trainIds, checked.
+
+    Values must be below labels.NUM_CLASSES or equal labels.IGNORE_INDEX.
+    """
+    path = Path(path)
+    ids = _read_single_channel(path, "labelTrainIds")
+    inside = (ids >= 0) & (ids < len(_VALID_TRAIN_ID))
+    ok = inside & _VALID_TRAIN_ID[np.where(inside, ids, 0)]
+    if not ok.all():
+        raise CitysegError(_bad_values_message(path, ids[~ok], f"0-{labels.NUM_CLASSES - 1} or {labels.IGNORE_INDEX}"))
+    return ids.astype(np.uint8)
+
+
+def read_colour(path: str | os.PathLike) -> np.ndarray:
+    """Read a colour mask -> (H, W, 3) or (H, W, 4) uint8 (palette PNGs are expanded)."""
+    path = Path(path)
+    array = read_image(path)
+    if array.ndim == 2:
+        from PIL import Image
+
+        with Image.open(path) as img:  # a palette PNG reads as indices: expand its colours
+            if img.mode not in ("P", "PA"):
+                raise CitysegError(f"{path}: is a single-channel image; a colour mask is RGB or RGBA")
+        array = read_image(path, "RGBA")
+    if array.shape[2] not in (3, 4):
+        raise CitysegError(f"{path}: has {array.shape[2]} channels; a colour mask is RGB or RGBA")
+    return array
+
+
+def derive_label_ids(train_ids: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 trainIds -> (H, W) uint8 official label ids (ignore -> 0 unlabeled).
+
+    Lets any output serve as evaluation ground truth: id -> trainId of the result gives
+    back ``train_ids`` exactly.
+    """
+    if not _VALID_TRAIN_ID[train_ids].all():
+        bad = np.unique(train_ids[~_VALID_TRAIN_ID[train_ids]])
+        raise ValueError(f"not trainIds: values {bad.tolist()}")
+    return labels.train_ids_to_label_ids(train_ids)
+
+
+def load_label(path: str | os.PathLike) -> LabelMaps:
+    """Read any label file (kind from its suffix) -> trainIds, labelIds and pixel counts."""
+    path = Path(path)
+    kind = label_kind(path)
+    if kind == "labelIds":
+        ids = read_label_ids(path)
+        return LabelMaps(labels.label_ids_to_train_ids(ids), ids, ColourStats(ids.size, ids.size))
+    if kind == "labelTrainIds":
+        train = read_train_ids(path)
+        return LabelMaps(train, derive_label_ids(train), ColourStats(train.size, train.size))
+    train, ids, stats = color_to_label_ids(read_colour(path))
+    return LabelMaps(train, ids, stats)
+
+
+def read_label(path: str | os.PathLike) -> np.ndarray:
+    """Read any label file -> (H, W) uint8 trainIds (IGNORE_INDEX for void/unrecoverable)."""
+    return load_label(path).train_ids
+
+
+def read_pair(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a "pairs" file (photo left, colour mask right; JPEG or PNG).
+
+    Returns:
+        (H, W/2, 3) uint8 photo and (H, W/2, 3) uint8 colour mask.
+    """
+    path = Path(path)
+    both = read_image(path, "RGB")
+    width = both.shape[1]
+    if width % 2:
+        raise CitysegError(f"{path}: width {width} is odd; a pairs file holds the photo and its colour mask side by side")
+    return both[:, : width // 2], both[:, width // 2:]
+
+
+def load_pair(path: str | os.PathLike) -> tuple[np.ndarray, LabelMaps]:
+    """Read a pairs file -> photo (H, W/2, 3) uint8 and the recovered label maps."""
+    photo, colour = read_pair(path)
+    train, ids, stats = color_to_label_ids(colour)
+    return photo, LabelMaps(train, ids, stats)

@@ -1,0 +1,278 @@
+"""``cityseg prepare``: turn a Cityscapes source into the official layout with trainIds.
+
+Writes, for each frame::
+
+    OUT/leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png        (copied, linked, or the pair's left half)
+    OUT/gtFine/<split>/<city>/<stem>_gtFine_labelIds.png         (the source's, or derived: void/unknown -> 0)
+    OUT/gtFine/<split>/<city>/<stem>_gtFine_labelTrainIds.png
+
+so that OUT serves both training and evaluation. SRC is only read. Every file is written
+atomically and labelTrainIds last, so a frame whose three outputs exist is finished: a
+second run skips it, and a killed run resumes where it stopped.
+
+Sources:
+  * ``cityscapes``: ``SRC/leftImg8bit/<split>/<city>/*_leftImg8bit.png`` with labels found
+    by :func:`cityseg.data.formats.find_label` (labelIds > labelTrainIds > color).
+  * ``pairs``: ``SRC/<split>/*.jpg|*.png``, photo left and colour mask right; written under
+    the city folder ``city`` with the file's own stem.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cityseg.data import formats
+from cityseg.data.colour import ColourStats
+from cityseg.errors import CitysegError
+from cityseg.utils import atomic_path, read_image, save_png
+
+FORMATS = ("auto", "cityscapes", "pairs")
+LINKS = ("hard", "sym")
+PAIR_SUFFIXES = (".jpg", ".jpeg", ".png")
+DEFAULT_PAIRS_CITY = "pairs"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One frame to convert: where it comes from and where it goes."""
+
+    kind: str  # "cityscapes" or "pairs"
+    source: Path  # the image (cityscapes) or the pairs file
+    out_image: Path
+    out_label_ids: Path
+    out_train_ids: Path
+
+    def done(self) -> bool:
+        return self.out_image.is_file() and self.out_label_ids.is_file() and self.out_train_ids.is_file()
+
+
+@dataclass
+class Result:
+    """What happened to one job: "written", "skipped" (already done) or "bad" (+ message)."""
+
+    source: Path
+    status: str
+    stats: ColourStats = field(default_factory=ColourStats)
+    message: str = ""
+
+
+@dataclass
+class Summary:
+    """Totals of one ``prepare`` run."""
+
+    out: Path
+    format: str
+    written: int = 0
+    skipped: int = 0
+    stats: ColourStats = field(default_factory=ColourStats)
+    bad: list[Result] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        s = self.stats
+        total = self.written + self.skipped + len(self.bad)
+        out = [
+            f"prepared {total} files ({self.format}) into {self.out}: {self.written} written, "
+            f"{self.skipped} already done, {len(self.bad)} bad",
+        ]
+        if self.written:
+            out.append(
+                f"label pixels of the files written: {s.pixels:,} in all, {s.exact:,} mapped exactly, "
+                f"{s.recovered:,} recovered from blended or noisy colours, {s.ignored:,} set to ignore (unrecoverable)"
+            )
+        if self.bad:
+            out.append(f"skipped {len(self.bad)} bad files:")
+            out.extend(f"  {r.message}" for r in self.bad)
+        return out
+
+
+def detect_format(src: Path) -> str:
+    """'cityscapes' if SRC holds leftImg8bit/, 'pairs' if SRC/<split>/ holds images."""
+    if (src / "leftImg8bit").is_dir():
+        return "cityscapes"
+    if any(_pair_files(d) for d in _subdirs(src)):
+        return "pairs"
+    raise CitysegError(
+        f"{src}: cannot tell the format; expected leftImg8bit/<split>/<city>/*{formats.IMAGE_SUFFIX} "
+        f"(cityscapes) or <split>/*.jpg|*.png (pairs)"
+    )
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _pair_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PAIR_SUFFIXES)
+
+
+def _pick_splits(available: list[Path], splits: list[str] | None, root: Path) -> list[Path]:
+    names = [p.name for p in available]
+    if not splits:
+        return available
+    missing = [s for s in splits if s not in names]
+    if missing:
+        raise CitysegError(f"{root}: no split {', '.join(missing)}; found: {', '.join(names) or 'none'}")
+    return [p for p in available if p.name in splits]
+
+
+def _targets(out: Path, split: str, city: str, stem: str) -> tuple[Path, Path, Path]:
+    gt = out / "gtFine" / split / city
+    return (
+        out / "leftImg8bit" / split / city / f"{stem}{formats.IMAGE_SUFFIX}",
+        gt / f"{stem}{formats.LABEL_SUFFIXES['labelIds']}",
+        gt / f"{stem}{formats.LABEL_SUFFIXES['labelTrainIds']}",
+    )
+
+
+def discover(src: Path, out: Path, fmt: str, splits: list[str] | None = None, city: str | None = None) -> list[Job]:
+    """List the frames of SRC as jobs (nothing is read but folder listings)."""
+    if fmt == "cityscapes":
+        if city is not None:
+            raise CitysegError("--city names the output city of --format pairs; cityscapes keeps its own cities")
+        root = src / "leftImg8bit"
+        if not root.is_dir():
+            raise CitysegError(f"{src}: no leftImg8bit/ folder; not a Cityscapes tree")
+        jobs = []
+        for split_dir in _pick_splits(_subdirs(root), splits, root):
+            for image in sorted(split_dir.glob(f"*/*{formats.IMAGE_SUFFIX}")):
+                targets = _targets(out, split_dir.name, image.parent.name, formats.frame_stem(image))
+                jobs.append(Job("cityscapes", image, *targets))
+        where = f"{root}/<split>/<city>/*{formats.IMAGE_SUFFIX}"
+    else:
+        city = city or DEFAULT_PAIRS_CITY
+        if not city or "/" in city or city.startswith("."):
+            raise CitysegError(f"--city {city!r}: not a folder name")
+        jobs = [
+            Job("pairs", f, *_targets(out, d.name, city, f.stem))
+            for d in _pick_splits(_subdirs(src), splits, src)
+            for f in _pair_files(d)
+        ]
+        where = f"{src}/<split>/*.jpg|*.png"
+    if not jobs:
+        raise CitysegError(f"{src}: no images found (looked for {where})")
+    return jobs
+
+
+def _place_image(source: Path, target: Path, link: str | None) -> None:
+    """Copy or link ``source`` to ``target`` atomically (hard links fall back to a copy across devices)."""
+    with atomic_path(target) as tmp:
+        if link:
+            tmp.unlink()
+            try:
+                if link == "sym":
+                    tmp.symlink_to(source.resolve())
+                else:
+                    os.link(source, tmp)
+                return
+            except OSError:
+                if link == "sym":
+                    raise
+        shutil.copyfile(source, tmp)
+
+
+def _convert_cityscapes(job: Job, link: str | None) -> ColourStats:
+    label_path = formats.find_label(job.source)
+    maps = formats.load_label(label_path)
+    image = read_image(job.source)  # decoding the whole file catches truncated images
+    if image.shape[:2] != maps.train_ids.shape:
+        raise CitysegError(
+            f"{job.source}: image is {image.shape[1]}x{image.shape[0]} but its label {label_path.name} "
+            f"is {maps.train_ids.shape[1]}x{maps.train_ids.shape[0]}"
+        )
+    _place_image(job.source, job.out_image, link)
+    save_png(maps.label_ids, job.out_label_ids)
+    save_png(maps.train_ids, job.out_train_ids)  # last: its presence marks the frame done
+    return maps.stats
+
+
+def _convert_pair(job: Job) -> ColourStats:
+    photo, maps = formats.load_pair(job.source)
+    save_png(photo, job.out_image)
+    save_png(maps.label_ids, job.out_label_ids)
+    save_png(maps.train_ids, job.out_train_ids)
+    return maps.stats
+
+
+def run_job(job: Job, link: str | None = None) -> Result:
+    """Convert one frame unless it is done; bad input becomes a "bad" result, never an exception."""
+    if job.done():
+        return Result(job.source, "skipped")
+    try:
+        stats = _convert_cityscapes(job, link) if job.kind == "cityscapes" else _convert_pair(job)
+    except CitysegError as exc:
+        return Result(job.source, "bad", message=str(exc))
+    return Result(job.source, "written", stats)
+
+
+def _run_job_star(args: tuple[Job, str | None]) -> Result:
+    return run_job(*args)
+
+
+def _check_paths(src: Path, out: Path) -> None:
+    if not src.is_dir():
+        raise CitysegError(f"{src}: not a folder")
+    s, o = src.resolve(), out.resolve()
+    if o == s or s in o.parents:
+        raise CitysegError(f"{out}: is inside the source {src}; prepare never writes into SRC")
+
+
+def prepare(src: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto", splits: list[str] | None = None,
+            city: str | None = None, workers: int = 1, skip_bad: bool = False, link: str | None = None,
+            progress: bool = True) -> Summary:
+    """Convert SRC into the official layout under OUT (see the module docstring).
+
+    Args:
+        fmt: "auto", "cityscapes" or "pairs".
+        splits: split folder names to convert (default: all found).
+        city: output city folder of pairs (default "pairs").
+        workers: processes; 1 runs in this process.
+        skip_bad: go on past bad files and list them in the summary; otherwise the first bad
+            file raises CitysegError (files finished so far stay, a rerun resumes).
+        link: None copies images, "hard" or "sym" links them (cityscapes sources only).
+    """
+    from tqdm import tqdm
+
+    src, out = Path(src), Path(out)
+    _check_paths(src, out)
+    if fmt not in FORMATS:
+        raise CitysegError(f"format {fmt!r}: valid formats are {', '.join(FORMATS)}")
+    if link is not None and link not in LINKS:
+        raise CitysegError(f"link {link!r}: valid values are {', '.join(LINKS)}")
+    fmt = detect_format(src) if fmt == "auto" else fmt
+    if link and fmt == "pairs":
+        raise CitysegError(f"{src}: images of pairs files are cut out of them and cannot be linked; drop --link/--symlink")
+    jobs = discover(src, out, fmt, splits, city)
+    summary = Summary(out, fmt)
+    todo = [(job, link) for job in jobs]
+    pool = None
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing
+
+        from cityseg.data.colour import _confident_lut
+
+        _confident_lut()  # build the colour table once; forked workers share it
+        pool = multiprocessing.Pool(min(workers, len(jobs)))
+        results = pool.imap_unordered(_run_job_star, todo, chunksize=1)
+    else:
+        results = map(_run_job_star, todo)
+    try:
+        for result in tqdm(results, total=len(jobs), desc="prepare", unit="file", disable=not progress):
+            if result.status == "bad":
+                if not skip_bad:
+                    raise CitysegError(result.message)
+                summary.bad.append(result)
+            elif result.status == "skipped":
+                summary.skipped += 1
+            else:
+                summary.written += 1
+                summary.stats = summary.stats + result.stats
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    summary.bad.sort(key=lambda r: str(r.source))
+    return summary
+

@@ -1,0 +1,334 @@
+"""cityseg prepare: official layout from cityscapes and pairs sources, resume, links, every bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cityseg import labels
+from cityseg.cli import main
+from cityseg.data import colour
+
+ID = {name: lb.id for name, lb in labels.LABEL_BY_NAME.items()}
+W, H = 48, 24
+
+
+def _png(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def _read(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def _label_ids(seed: int) -> np.ndarray:
+    """(H, W) uint8 labelIds: road below, building/sky above, a car, a parking patch, void corner."""
+    ids = np.full((H, W), ID["road"], np.uint8)
+    ids[: H // 2] = ID["building"]
+    ids[: H // 4, W // 2:] = ID["sky"]
+    ids[14:20, 4 + seed: 16 + seed] = ID["car"]
+    ids[16:22, 30:40] = ID["parking"]
+    ids[-3:, -5:] = ID["ego vehicle"]
+    return ids
+
+
+def _photo(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (H, W, 3), np.uint8)
+
+
+def _cityscapes_source(root: Path) -> dict[str, np.ndarray]:
+    """SRC with one frame per label kind: labelIds, labelTrainIds only, colour only. Returns labelIds per stem."""
+    frames = {"bonn_000000_000019": "labelIds", "bonn_000001_000019": "labelTrainIds", "ulm_000002_000019": "color"}
+    truth = {}
+    for i, (stem, kind) in enumerate(frames.items()):
+        split, city = ("train", stem.split("_")[0]) if i < 2 else ("val", "ulm")
+        ids = _label_ids(i)
+        truth[stem] = ids
+        _png(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", _photo(i))
+        label = {"labelIds": ids, "labelTrainIds": labels.ID_TO_TRAIN_ID[ids], "color": labels.ID_PALETTE[ids]}[kind]
+        _png(root / "gtFine" / split / city / f"{stem}_gtFine_{kind}.png", label)
+    return truth
+
+
+def _snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """path -> (sha1, mtime_ns) of every file under root."""
+    return {str(p.relative_to(root)): (hashlib.sha1(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _prepare(*args: str | Path) -> int:
+    return main(["prepare", *map(str, args), "--quiet"])
+
+
+def _outputs(out: Path, split: str, city: str, stem: str) -> tuple[Path, Path, Path]:
+    return (out / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
+            out / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png",
+            out / "gtFine" / split / city / f"{stem}_gtFine_labelTrainIds.png")
+
+
+@pytest.fixture
+def cityscapes_src(tmp_path) -> tuple[Path, dict[str, np.ndarray]]:
+    src = tmp_path / "src"
+    return src, _cityscapes_source(src)
+
+
+# ---------------------------------------------------------------------------- cityscapes sources
+
+
+def test_cityscapes_source_gives_official_layout(cityscapes_src, tmp_path, capsys):
+    src, truth = cityscapes_src
+    before = _snapshot(src)
+    out = tmp_path / "out"
+    assert _prepare(src, out, "--workers", "1") == 0
+    assert _snapshot(src) == before  # SRC is only read
+    where = {"bonn_000000_000019": ("train", "bonn"), "bonn_000001_000019": ("train", "bonn"),
+             "ulm_000002_000019": ("val", "ulm")}
+    for i, (stem, ids) in enumerate(truth.items()):
+        image, label_ids, train_ids = _outputs(out, *where[stem], stem)
+        assert image.read_bytes() == (src / "leftImg8bit" / where[stem][0] / where[stem][1] / image.name).read_bytes()
+        assert (_read(train_ids) == labels.ID_TO_TRAIN_ID[ids]).all(), stem
+        written_ids = _read(label_ids)
+        assert (labels.ID_TO_TRAIN_ID[written_ids] == labels.ID_TO_TRAIN_ID[ids]).all()  # usable as ground truth
+        if i == 0:  # the source's own labelIds, unchanged
+            assert (written_ids == ids).all()
+        if i == 1:  # derived from trainIds: void (parking, ego vehicle) -> 0
+            assert written_ids[17, 35] == 0 and written_ids[0, 0] == ID["building"]
+        if i == 2:  # from colours: void classes with their own colour keep their id
+            assert written_ids[17, 35] == ID["parking"] and written_ids[-1, -1] == 0
+    printed = capsys.readouterr().out
+    assert "prepared 3 files (cityscapes)" in printed and "3 written, 0 already done, 0 bad" in printed
+    assert f"{3 * H * W:,} mapped exactly" in printed
+
+
+def test_split_filter_and_unknown_split(cityscapes_src, tmp_path, capsys):
+    src, _ = cityscapes_src
+    assert _prepare(src, tmp_path / "out", "--split", "val", "--workers", "1") == 0
+    assert not (tmp_path / "out/gtFine/train").exists() and (tmp_path / "out/gtFine/val/ulm").is_dir()
+    assert _prepare(src, tmp_path / "out", "--split", "test") == 2
+    assert "no split test; found: train, val" in capsys.readouterr().err
+
+
+def test_second_run_skips_and_killed_run_resumes(cityscapes_src, tmp_path, capsys):
+    src, _ = cityscapes_src
+    out = tmp_path / "out"
+    assert _prepare(src, out, "--workers", "1") == 0
+    capsys.readouterr()
+    first = _snapshot(out)
+    assert _prepare(src, out, "--workers", "1") == 0
+    assert "0 written, 3 already done" in capsys.readouterr().out
+    assert _snapshot(out) == first  # nothing rewritten
+    # a run killed mid-frame leaves at most a temporary file and no labelTrainIds: redone
+    image, label_ids, train_ids = _outputs(out, "train", "bonn", "bonn_000001_000019")
+    train_ids.unlink()
+    (train_ids.parent / f".{train_ids.stem}.abc.tmp.png").write_bytes(b"half")
+    assert _prepare(src, out, "--workers", "1") == 0
+    assert "1 written, 2 already done" in capsys.readouterr().out
+    assert _snapshot(out)[str(train_ids.relative_to(out))][0] == first[str(train_ids.relative_to(out))][0]
+
+
+def test_worker_processes_give_the_same_files(cityscapes_src, tmp_path):
+    src, _ = cityscapes_src
+    assert _prepare(src, tmp_path / "one", "--workers", "1") == 0
+    assert _prepare(src, tmp_path / "two", "--workers", "2") == 0
+    one, two = _snapshot(tmp_path / "one"), _snapshot(tmp_path / "two")
+    assert {k: v[0] for k, v in one.items()} == {k: v[0] for k, v in two.items()}
+
+
+@pytest.mark.parametrize("flag", ["--link", "--symlink"])
+def test_images_can_be_linked(cityscapes_src, tmp_path, flag):
+    src, _ = cityscapes_src
+    out = tmp_path / "out"
+    assert _prepare(src, out, flag, "--workers", "1") == 0
+    source = src / "leftImg8bit/train/bonn/bonn_000000_000019_leftImg8bit.png"
+    target = _outputs(out, "train", "bonn", "bonn_000000_000019")[0]
+    if flag == "--link":
+        assert os.path.samefile(source, target) and not target.is_symlink()
+    else:
+        assert target.is_symlink() and target.resolve() == source.resolve()
+
+
+# ---------------------------------------------------------------------------- pairs sources
+
+
+PAIRS = (("train", "0001.png"), ("train", "0002.jpg"), ("val", "17.png"))  # (split, file); seed = index
+
+
+def _pairs_source(root: Path) -> None:
+    for seed, (split, name) in enumerate(PAIRS):
+        _png(root / split / name, np.concatenate([_photo(seed), labels.ID_PALETTE[_label_ids(seed)]], axis=1))
+
+
+def test_pairs_source_png_and_jpeg(tmp_path, capsys):
+    src, out = tmp_path / "src", tmp_path / "out"
+    _pairs_source(src)
+    assert _prepare(src, out, "--city", "frankfurt", "--workers", "1") == 0  # format auto-detected
+    assert "prepared 3 files (pairs)" in capsys.readouterr().out
+    for seed, (split, name) in enumerate(PAIRS):
+        image, label_ids, train_ids = _outputs(out, split, "frankfurt", Path(name).stem)
+        expected = labels.ID_TO_TRAIN_ID[_label_ids(seed)]
+        got = _read(train_ids)
+        assert got.shape == (H, W) and _read(image).shape == (H, W, 3)
+        if name.endswith(".png"):  # lossless: photo half and labels exact
+            assert (_read(image) == _photo(seed)).all()
+            assert (got == expected).all()
+            assert (labels.ID_TO_TRAIN_ID[_read(label_ids)] == expected).all()
+        else:  # JPEG blurs the random photo into the mask's border; the recovery keeps nearly every pixel
+            assert (got == expected).mean() > 0.97
+
+
+def test_pairs_default_city_and_format_flag(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    _pairs_source(src)
+    assert _prepare(src, out, "--format", "pairs", "--split", "val", "--workers", "1") == 0
+    assert all(p.is_file() for p in _outputs(out, "val", "pairs", "17"))
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+BAD_CASES = {
+    # name: (how to spoil a fresh cityscapes source, expected message fragment)
+    "missing label": (lambda s: next(s.glob("gtFine/train/bonn/bonn_000000_*")).unlink(),
+                      "bonn_000000_000019_leftImg8bit.png: no label found"),
+    "truncated image": (lambda s: _truncate(next(s.glob("leftImg8bit/val/ulm/*.png"))),
+                        "ulm_000002_000019_leftImg8bit.png: cannot read image"),
+    "truncated label": (lambda s: _truncate(next(s.glob("gtFine/train/bonn/bonn_000001_*"))),
+                        "bonn_000001_000019_gtFine_labelTrainIds.png: cannot read image"),
+    "size mismatch": (lambda s: _png(next(s.glob("leftImg8bit/train/bonn/bonn_000000_*")), _photo(0)[:, :-2]),
+                      f"bonn_000000_000019_leftImg8bit.png: image is {W - 2}x{H} but its label "
+                      f"bonn_000000_000019_gtFine_labelIds.png is {W}x{H}"),
+    "values outside the table": (lambda s: _png(next(s.glob("gtFine/train/bonn/bonn_000000_*")),
+                                                np.full((H, W), 40, np.uint8)),
+                                 "bonn_000000_000019_gtFine_labelIds.png: values outside the label table: 40"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_is_one_clear_line(cityscapes_src, tmp_path, capsys, case):
+    src, _ = cityscapes_src
+    spoil, message = BAD_CASES[case]
+    spoil(src)
+    assert _prepare(src, tmp_path / "out", "--workers", "1") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("cityseg prepare: error: ")
+    assert message in err
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_skip_bad_goes_on_and_lists_bad_files(cityscapes_src, tmp_path, capsys, workers):
+    src, _ = cityscapes_src
+    BAD_CASES["missing label"][0](src)
+    BAD_CASES["truncated image"][0](src)
+    out = tmp_path / "out"
+    assert _prepare(src, out, "--skip-bad", "--workers", workers) == 0
+    captured = capsys.readouterr()
+    assert "1 written, 0 already done, 2 bad" in captured.out
+    assert "skipped 2 bad files:" in captured.err
+    assert BAD_CASES["missing label"][1] in captured.err and BAD_CASES["truncated image"][1] in captured.err
+    assert all(p.is_file() for p in _outputs(out, "train", "bonn", "bonn_000001_000019"))
+    assert not any(p.exists() for p in _outputs(out, "val", "ulm", "ulm_000002_000019"))  # nothing half-written
+
+
+def test_pairs_with_odd_width_names_the_file(tmp_path, capsys):
+    src = tmp_path / "src"
+    _png(src / "train/odd.jpg", np.zeros((8, 15, 3), np.uint8))
+    assert _prepare(src, tmp_path / "out") == 2
+    assert "odd.jpg: width 15 is odd" in capsys.readouterr().err
+
+
+def test_truncated_jpeg_pair_is_a_clear_error(tmp_path, capsys):
+    src = tmp_path / "src"
+    _pairs_source(src)
+    _truncate(src / "train/0002.jpg")
+    assert _prepare(src, tmp_path / "out", "--workers", "1") == 2
+    assert "0002.jpg: cannot read image" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "pairs", "--link"], "cannot be linked"),
+    (["--format", "cityscapes", "--city", "x"], "--city names the output city of --format pairs"),
+])
+def test_options_that_do_not_apply(tmp_path, capsys, args, message):
+    src = tmp_path / "src"
+    _pairs_source(src)
+    (src / "leftImg8bit/train/x").mkdir(parents=True)
+    assert _prepare(src, tmp_path / "out", *args) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("missing", "src: not a folder"),
+    ("empty", "src: cannot tell the format"),
+    ("no images", "src: no images found (looked for"),
+])
+def test_empty_or_wrong_folders(tmp_path, capsys, layout, message):
+    src = tmp_path / "src"
+    if layout != "missing":
+        src.mkdir()
+    if layout == "no images":
+        (src / "leftImg8bit/train/bonn").mkdir(parents=True)
+    assert _prepare(src, tmp_path / "out") == 2
+    assert message in capsys.readouterr().err
+
+
+def test_out_inside_src_is_refused(cityscapes_src, capsys):
+    src, _ = cityscapes_src
+    assert _prepare(src, src / "out") == 2
+    assert "is inside the source" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- real frames
+
+
+def _link_tree(root: Path, files: dict[str, Path]) -> Path:
+    for rel, target in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).symlink_to(target)
+    return root
+
+
+def test_real_frames_prepare(fixtures_dir, tmp_path):
+    small = fixtures_dir / "cityscapes_small"
+    stem = "frankfurt_000000_000294"
+    src = _link_tree(tmp_path / "src", {
+        f"leftImg8bit/val/frankfurt/{stem}_leftImg8bit.png": small / f"leftImg8bit/val/frankfurt/{stem}_leftImg8bit.png",
+        f"gtFine/val/frankfurt/{stem}_gtFine_labelIds.png": small / f"gtFine/val/frankfurt/{stem}_gtFine_labelIds.png",
+    })
+    out = tmp_path / "out"
+    assert _prepare(src, out, "--symlink", "--workers", "1") == 0
+    _, label_ids, train_ids = _outputs(out, "val", "frankfurt", stem)
+    source_ids = _read(small / f"gtFine/val/frankfurt/{stem}_gtFine_labelIds.png")
+    assert (_read(label_ids) == source_ids).all()
+    assert (_read(train_ids) == labels.ID_TO_TRAIN_ID[source_ids]).all()
+    # the fixture's own labelTrainIds were downscaled separately from its labelIds: 77 of
+    # 32,768 pixels differ, all on borders
+    official = _read(small / f"gtFine/val/frankfurt/{stem}_gtFine_labelTrainIds.png")
+    assert (_read(train_ids) != official).sum() <= 77
+
+
+def test_real_size_mismatch_of_kitti(fixtures_dir, tmp_path, capsys):
+    kitti = fixtures_dir / "kitti"
+    src = _link_tree(tmp_path / "src", {
+        "leftImg8bit/train/kitti/kitti_000000_000010_leftImg8bit.png": kitti / "image_2/000000_10.png",
+        "gtFine/train/kitti/kitti_000000_000010_gtFine_labelIds.png": kitti / "semantic/000000_10.png",
+    })
+    assert _prepare(src, tmp_path / "out") == 2
+    assert ("kitti_000000_000010_leftImg8bit.png: image is 1224x370 but its label "
+            "kitti_000000_000010_gtFine_labelIds.png is 1242x375") in capsys.readouterr().err
+
+
+def test_recovery_stats_add_up():
+    a = colour.ColourStats(10, 7, 2, 1)
+    assert (a + a).astuple() == (20, 14, 4, 2)
