@@ -1,0 +1,243 @@
+"""One typed configuration: dataclass sections filled from one YAML file plus ``--set`` overrides.
+
+A recipe is one flat YAML file (``configs/*.yaml``) with one level of sections; no inheritance.
+Every key is documented here with its default. The resolved config is written into the run
+folder and into every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from cityseg.errors import CitysegError
+
+#: Where the recipes live (repo checkout); ``configs/demo.yaml`` is the default.
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
+
+
+@dataclass
+class DataConfig:
+    root: str | None = None  # Cityscapes-layout folder; None: the synthetic default data (generated on first use)
+    train_split: str = "train"
+    val_split: str = "val"
+    crop_size: str = "256x128"  # WIDTHxHEIGHT of training crops
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])  # random scale before cropping
+    hflip: bool = True
+    color_jitter: float = 0.2  # brightness/contrast/saturation strength; 0 disables
+    val_size: str | None = None  # WIDTHxHEIGHT to resize validation images to; labels are still scored at full size
+    workers: int = 2  # DataLoader worker processes per GPU/process
+    synth_train: int = 200  # size of the synthetic default data (used when root is None)
+    synth_val: int = 40
+    synth_size: str = "256x128"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "lraspp_mobilenet_v3_large"  # key of cityseg.models.MODELS
+    pretrained: str = "none"  # imagenet | none | PATH (cityseg checkpoint or backbone state dict)
+    freeze: list[str] = field(default_factory=lambda: ["stem", "layer1"])  # backbone stages kept frozen (BN in eval)
+    aux_head: bool = False  # auxiliary FCN head on the penultimate stage
+    output_stride: int = 8
+    sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
+
+
+@dataclass
+class LossConfig:
+    ce: float = 0.0  # weight of cross-entropy
+    focal: float = 1.5  # weight of softmax focal loss (the seed's)
+    dice: float = 1.0  # weight of soft multi-class Dice loss (the seed's)
+    focal_gamma: float = 2.0  # Lin et al. 2017
+    focal_alpha: list[float] | None = None  # per-class alpha (19 values) or None
+    class_weights: list[float] | None = None  # per-class cross-entropy weights (19 values) or None
+    aux_weight: float = 0.4  # weight of the auxiliary head's loss (same terms)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 5e-4
+    weight_decay: float = 1e-3
+    momentum: float = 0.9  # sgd only
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw only
+    head_lr_mult: float = 1.0  # learning-rate multiplier of the head relative to the backbone
+
+
+@dataclass
+class SchedConfig:
+    name: str = "plateau"  # plateau | poly | cosine | constant
+    warmup_iters: int = 0  # linear warmup from warmup_factor*lr, in optimiser steps
+    warmup_factor: float = 0.1
+    factor: float = 0.5  # plateau: multiply lr by this ...
+    patience: int = 3  # ... after this many epochs without improvement of the validation loss
+    power: float = 0.9  # poly
+    min_lr: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 8  # global batch size (all processes, after accumulation)
+    micro_batch_size: int | None = None  # per-process batch per step; None: batch_size / world size
+    # auto: bf16 on GPUs that support it, else fp16 with a GradScaler; none (float32) on the CPU, where
+    # autocast is slower than float32 without AMX and changes results; bf16 | fp16 force it
+    amp: str = "auto"  # auto | bf16 | fp16 | none
+    channels_last: bool = True
+    grad_clip: float | None = None  # max gradient norm (None: no clipping)
+    compile: bool = False  # torch.compile the model
+    seed: int = 0
+    threads: int | None = None  # CPU threads of each training process (torch.set_num_threads); None: one per core
+    deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only) and no cudnn.benchmark
+    early_stop: int | None = None  # stop after this many validations without a better val mIoU
+    val_every: int = 1  # epochs between validations (the last epoch is always validated)
+    val_batch_size: int = 1  # per-process validation batch (whole images)
+    panels: int = 4  # validation frames drawn as image | ground truth | prediction panels
+    log_every: int = 10  # optimiser steps between TensorBoard scalars / plain log lines
+
+
+@dataclass
+class EvalConfig:
+    mode: str = "whole"  # whole | sliding
+    crop_size: str = "1024x512"  # WIDTHxHEIGHT of sliding windows
+    stride: str = "683x341"  # WIDTHxHEIGHT step of sliding windows
+    scales: list[float] = field(default_factory=lambda: [1.0])  # multi-scale TTA
+    flip: bool = False  # horizontal-flip TTA
+    boundary_tolerance: int = 2  # pixels; boundary F1 counts a boundary pixel matched within this distance
+
+
+@dataclass
+class CRFConfig:
+    iterations: int = 5
+    gaussian_sxy: float = 3.0
+    gaussian_compat: float = 3.0
+    bilateral_sxy: float = 50.0
+    bilateral_srgb: float = 13.0
+    bilateral_compat: float = 5.0
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    crf: CRFConfig = field(default_factory=CRFConfig)
+    name: str = "demo"  # recipe name (defaults to the YAML file's stem); runs go to runs/<name>
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _section_fields(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``hint`` (YAML already typed it); name ``key`` on error."""
+    origin = get_origin(hint)
+    args = get_args(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise CitysegError(f"config key {key}: null is not allowed; expected {_hint_name(hint)}")
+    if args and type(None) in args:  # Optional[X]
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise CitysegError(f"config key {key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], key) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise CitysegError(f"config key {key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise CitysegError(f"config key {key}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise CitysegError(f"config key {key}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        why = " (YAML reads unquoted yes/no/on/off as true/false; quote it)" if isinstance(value, bool) else ""
+        raise CitysegError(f"config key {key}: expected a string, got {value!r}{why}")
+    return value
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+def config_from_dict(raw: dict[str, Any], name: str = "demo") -> Config:
+    """Build a Config from a nested dict; unknown sections or keys raise CitysegError listing the valid ones."""
+    cfg = Config(name=name)
+    sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "name"}
+    for sec_name, values in (raw or {}).items():
+        if sec_name == "name":
+            cfg.name = str(values)
+            continue
+        if sec_name not in sections:
+            raise CitysegError(f"unknown config section {sec_name!r}; valid sections: {', '.join(sections)}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise CitysegError(f"config section {sec_name!r} must be a mapping of keys to values")
+        section = getattr(cfg, sec_name)
+        hints = _section_fields(type(section))
+        for key, value in values.items():
+            if key not in hints:
+                raise CitysegError(
+                    f"unknown config key {sec_name}.{key}; valid keys of {sec_name}: {', '.join(hints)}"
+                )
+            setattr(section, key, _coerce(value, hints[key], f"{sec_name}.{key}"))
+    return cfg
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (value parsed as YAML) to a nested dict, in order."""
+    for item in overrides or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise CitysegError(f"--set {item!r}: write section.key=value, e.g. train.epochs=20")
+        dotted, text = item.split("=", 1)
+        section, key = dotted.strip().split(".", 1)
+        value = yaml.safe_load(text) if text.strip() else None
+        raw.setdefault(section, {})
+        if raw[section] is None:
+            raw[section] = {}
+        raw[section][key] = value
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a recipe (``configs/demo.yaml`` when None), apply ``--set`` overrides, validate."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.is_file():
+        raise CitysegError(f"{path}: config file not found (recipes are in {CONFIG_DIR})")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise CitysegError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise CitysegError(f"{path}: a config must be a mapping of sections")
+    raw = apply_overrides(raw, overrides or [])
+    name = str(raw.pop("name", path.stem))
+    return config_from_dict(raw, name=name)

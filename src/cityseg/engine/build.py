@@ -1,0 +1,222 @@
+"""Everything ``train()`` builds before its loop: device, threads and seeds, data loaders, model
+(channels_last, SyncBatchNorm, DDP, compile), loss, optimiser, and the :class:`Engine` that says
+how one optimiser step runs (mixed precision, gradient accumulation, clipping).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from cityseg.config import Config
+from cityseg.data import synthetic
+from cityseg.data.dataset import CityscapesDataset
+from cityseg.data.transforms import build_transforms
+from cityseg.engine import distributed as D
+from cityseg.errors import CitysegError
+from cityseg.losses import build_loss
+from cityseg.models import build_model
+from cityseg.utils import parse_size
+
+#: Values of ``train.amp`` (see :func:`build_engine`).
+AMP_MODES = ("auto", "bf16", "fp16", "none")
+
+
+@dataclass
+class Engine:
+    """How one optimiser step runs: device, mixed precision, accumulation, clipping."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+    accum: int  # micro-batches per optimiser step
+    grad_clip: float | None
+    channels_last: bool
+    aux_weight: float
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """``torch.autocast`` to the mixed-precision dtype, or nothing in float32."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 3, H, W) float images (channels_last if set) and (N, H, W) int64 targets on the device."""
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        images = images.to(self.device, non_blocking=True, memory_format=fmt)
+        return images, targets.to(self.device, non_blocking=True).long()
+
+
+def resolve_device(kind: str) -> torch.device:
+    """``auto`` -> CUDA when available else CPU; ``cuda`` without a GPU is an error."""
+    if kind not in ("auto", "cpu", "cuda"):
+        raise CitysegError(f"--device {kind!r}: valid: auto, cpu, cuda")
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise CitysegError("--device cuda: no CUDA device is available (use --device cpu)")
+    return D.local_device(kind)
+
+
+def setup_torch(cfg: Config, dev: torch.device) -> None:
+    """Thread count, and deterministic kernels where torch has them (warn-only: a few CUDA ops have none)."""
+    if cfg.train.threads is not None:
+        if cfg.train.threads < 1:
+            raise CitysegError(f"train.threads={cfg.train.threads}: must be >= 1 (or null for one per core)")
+        torch.set_num_threads(cfg.train.threads)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = not cfg.train.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~free accuracy-wise for segmentation
+        torch.backends.cudnn.allow_tf32 = True
+        if cfg.train.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_data_root(cfg: Config) -> Path:
+    """``data.root``, or the synthetic default data (generated once; safe when ranks race)."""
+    if cfg.data.root is not None:
+        return Path(cfg.data.root).expanduser()
+    size = parse_size(cfg.data.synth_size, "data.synth_size")
+    return Path(synthetic.ensure_default_data(train=cfg.data.synth_train, val=cfg.data.synth_val, size=size, seed=0))
+
+
+def build_loaders(cfg: Config, root: Path, dev: torch.device) -> tuple[DataLoader, DataLoader, torch.Generator]:
+    """Training loader (shuffled, sharded under DDP, seeded) and validation loader (sharded, in order).
+
+    ``generator`` draws the shuffling order and the workers' base seed (torch seeds each
+    worker's torch, numpy and random from it), so its state in the checkpoint fixes the next
+    epoch's batches and augmentations. Workers are not persistent for the same reason: every
+    epoch draws fresh worker seeds from the generator.
+    """
+    train_set = CityscapesDataset(root, cfg.data.train_split, transform=build_transforms(cfg.data, train=True))
+    val_set = CityscapesDataset(root, cfg.data.val_split, transform=build_transforms(cfg.data, train=False))
+    micro = micro_batch_size(cfg)
+    generator = torch.Generator().manual_seed(cfg.train.seed + D.get_rank())
+    common = dict(num_workers=cfg.data.workers, pin_memory=dev.type == "cuda", generator=generator)
+    if D.is_dist():
+        sampler = DistributedSampler(train_set, shuffle=True, seed=cfg.train.seed, drop_last=True)
+        train_loader = DataLoader(train_set, micro, sampler=sampler, drop_last=True, **common)
+    else:
+        train_loader = DataLoader(train_set, micro, shuffle=True, drop_last=True, **common)
+    val_loader = DataLoader(val_set, cfg.train.val_batch_size, sampler=ShardSampler(len(val_set)), **common)
+    return train_loader, val_loader, generator
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Indices ``rank, rank + world, ...``: every validation image exactly once across processes
+    (``DistributedSampler`` pads with repeats, which would count some frames twice)."""
+
+    def __init__(self, n: int) -> None:
+        self.indices = list(range(D.get_rank(), n, D.get_world_size()))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def micro_batch_size(cfg: Config) -> int:
+    """Per-process batch of one forward pass; the global batch is reached by accumulation."""
+    world = D.get_world_size()
+    micro = cfg.train.micro_batch_size or max(cfg.train.batch_size // world, 1)
+    if cfg.train.batch_size % (micro * world):
+        raise CitysegError(
+            f"train.batch_size={cfg.train.batch_size} is not a multiple of train.micro_batch_size={micro} "
+            f"x {world} processes"
+        )
+    return micro
+
+
+def build_train_model(cfg: Config, dev: torch.device) -> tuple[nn.Module, nn.Module]:
+    """Return ``(model to call, bare model)``: channels_last, SyncBatchNorm, DDP and compile as configured."""
+    core = build_model(
+        cfg.model.name,
+        pretrained=cfg.model.pretrained,
+        aux_head=cfg.model.aux_head,
+        freeze=list(cfg.model.freeze),
+        output_stride=cfg.model.output_stride,
+    )
+    if D.is_dist() and cfg.model.sync_bn and dev.type == "cuda":  # SyncBatchNorm has no CPU kernel
+        core = nn.SyncBatchNorm.convert_sync_batchnorm(core)
+    core = core.to(dev, memory_format=torch.channels_last if cfg.train.channels_last else torch.contiguous_format)
+    model = core
+    if D.is_dist():
+        model = nn.parallel.DistributedDataParallel(core, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    return model, core
+
+
+def build_criterion(cfg: Config) -> nn.Module:
+    """The weighted loss of ``cfg.loss`` (called on the main head, and on the aux head by the loop)."""
+    return build_loss(cfg.loss)
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW or SGD over the trainable parameters; the head's rate is ``head_lr_mult`` x the backbone's."""
+    o = cfg.optim
+    backbone = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.")]
+    head = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+    groups = [{"params": backbone, "lr": o.lr}, {"params": head, "lr": o.lr * o.head_lr_mult}]
+    groups = [g for g in groups if g["params"]]
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    raise CitysegError(f"unknown optim.name {o.name!r}; valid: adamw, sgd")
+
+
+def build_engine(cfg: Config, dev: torch.device, micro_batch: int) -> Engine:
+    """Mixed precision, accumulation and clipping settings.
+
+    ``train.amp: auto`` is bf16 on GPUs that support it (no scaler needed), fp16 with a
+    GradScaler on older GPUs, and none (float32) on the CPU, where autocast is slower than float32 on
+    most processors and would change the reproducible CPU results.
+    """
+    mode = cfg.train.amp
+    if mode not in AMP_MODES:
+        raise CitysegError(f"unknown train.amp {mode!r}; valid: {', '.join(AMP_MODES)}")
+    if mode == "auto":
+        mode = "none" if dev.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[mode]
+    scaler = torch.amp.GradScaler(dev.type) if dtype is torch.float16 else None
+    return Engine(
+        device=dev,
+        amp_dtype=dtype,
+        scaler=scaler,
+        accum=cfg.train.batch_size // (micro_batch * D.get_world_size()),
+        grad_clip=cfg.train.grad_clip,
+        channels_last=cfg.train.channels_last,
+        aux_weight=cfg.loss.aux_weight,
+    )
+
+
+def steps_per_epoch(cfg: Config, loader: DataLoader, engine: Engine, root: Path, max_steps: int | None) -> int:
+    """Optimiser steps per epoch: full accumulations of the loader's (drop-last) micro-batches."""
+    steps = len(loader) // engine.accum
+    if max_steps is not None:
+        steps = min(steps, max_steps)
+    if steps < 1:
+        raise CitysegError(
+            f"{root}: {len(loader.dataset)} training images per process make no full batch of "
+            f"train.batch_size={cfg.train.batch_size}; lower it or add images"
+        )
+    return steps

@@ -1,0 +1,233 @@
+"""The run folder and what training reports: ``config.yaml``, ``metrics.jsonl``, TensorBoard,
+curves, panels, progress bars (plain log lines when stdout is not a terminal).
+
+Only rank 0 creates a :class:`RunLog` with ``enabled=True``; on other ranks every method is a
+no-op, so the loop in ``train.py`` calls them without asking which process it is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cityseg.config import Config
+from cityseg.errors import CitysegError
+from cityseg.utils import atomic_path
+
+#: What a run writes into its folder; ``--force`` removes exactly these, nothing else.
+RUN_ARTEFACTS = ("config.yaml", "metrics.jsonl", "checkpoints", "tb", "curves.png", "panels.png")
+
+
+def prepare_run_dir(out: Path, resume: bool, force: bool, main: bool = True) -> None:
+    """Refuse to overwrite an existing run unless ``resume`` or ``force``; ``force`` clears its artefacts.
+
+    Every process calls it, so that all of them raise the same error (none is left waiting at a
+    barrier); only the ``main`` one changes anything on disk.
+    """
+    if out.exists() and not out.is_dir():
+        raise CitysegError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (resume or force):
+        raise CitysegError(
+            f"--out {out}: folder already holds files; use --resume to continue that run, "
+            "--force to start it afresh, or another --out"
+        )
+    if not main:
+        return
+    if force:
+        for name in RUN_ARTEFACTS:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def truncate_metrics(path: Path, last_epoch: int) -> None:
+    """Keep only the lines of ``metrics.jsonl`` with ``epoch <= last_epoch`` (atomically)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["epoch"] <= last_epoch:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut by a kill mid-write
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf -> None (JSON has no NaN), numpy/torch scalars -> Python numbers."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (torch.Tensor, np.generic)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class Progress:
+    """A tqdm bar (loss, lr, images/s, ETA) on a terminal; a plain line every ``log_every`` steps otherwise."""
+
+    def __init__(self, desc: str, total: int, enabled: bool, log_every: int = 10) -> None:
+        self.desc, self.total, self.enabled, self.log_every = desc, total, enabled, max(log_every, 1)
+        self.n, self.started = 0, time.perf_counter()
+        self.bar = None
+        if enabled and sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, file=sys.stdout, dynamic_ncols=True, leave=False)
+
+    def update(self, **values: float) -> None:
+        self.n += 1
+        if not self.enabled:
+            return
+        text = self._format(values)
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=False)
+            self.bar.update(1)
+        elif self.n % self.log_every == 0 or self.n == self.total:
+            elapsed = time.perf_counter() - self.started
+            eta = elapsed / self.n * (self.total - self.n)
+            print(f"{self.desc} {self.n}/{self.total} {text} eta {_hms(eta)}", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    @staticmethod
+    def _format(values: dict[str, float]) -> str:
+        parts = []
+        for key, value in values.items():
+            if key == "lr":
+                parts.append(f"lr {value:.2e}")
+            elif key == "speed":
+                parts.append(f"{value:.1f} img/s")
+            else:
+                parts.append(f"{key} {value:.4f}")
+        return " ".join(parts)
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class RunLog:
+    """Writes the run folder (rank 0 only; a no-op elsewhere).
+
+    Args:
+        resume_epoch: when resuming, the checkpoint's epoch: newer ``metrics.jsonl`` lines are cut
+            and TensorBoard events after ``resume_step`` are purged.
+    """
+
+    def __init__(
+        self, out: Path, cfg: Config, enabled: bool, resume_epoch: int | None = None, resume_step: int = 0
+    ) -> None:
+        self.out, self.cfg, self.enabled = out, cfg, enabled
+        self.metrics_path = out / "metrics.jsonl"
+        self.tb = None
+        self.started = time.perf_counter()
+        if not enabled:
+            return
+        with atomic_path(out / "config.yaml") as tmp:
+            tmp.write_text(cfg.to_yaml())
+        if resume_epoch is not None:
+            truncate_metrics(self.metrics_path, resume_epoch)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(out / "tb"), purge_step=resume_step + 1 if resume_epoch else None)
+
+    def progress(self, desc: str, total: int) -> Progress:
+        """A progress bar (or plain lines) on rank 0; silent elsewhere."""
+        return Progress(desc, total, enabled=self.enabled, log_every=self.cfg.train.log_every)
+
+    def info(self, message: str) -> None:
+        """Print a line (rank 0 only)."""
+        if self.enabled:
+            print(message, flush=True)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """TensorBoard scalars every ``train.log_every`` optimiser steps."""
+        if self.tb is not None and step % self.cfg.train.log_every == 0:
+            for key, value in values.items():
+                self.tb.add_scalar(key, value, step)
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        """Append the epoch's record to ``metrics.jsonl``, log it, redraw the curves."""
+        if not self.enabled:
+            return
+        record = json_safe(record)
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        for key in ("train_loss", "val_loss", "val_miou", "val_dice", "lr"):
+            if record.get(key) is not None:
+                self.tb.add_scalar(f"epoch/{key}", record[key], record["step"])
+        self.tb.flush()
+        self.info(
+            f"epoch {record['epoch']}: train_loss {record['train_loss']:.4f}"
+            + (f" val_loss {record['val_loss']:.4f} val_miou {record['val_miou']:.4f} "
+               f"val_dice {record['val_dice']:.4f}" if record.get("val_loss") is not None else "")
+            + f" lr {record['lr']:.2e} ({record['time']:.0f} s)"
+        )  # fmt: skip
+        from cityseg.viz import plot_curves
+
+        plot_curves(self.metrics_path, self.out / "curves.png")
+
+    def panels(self, frames: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]], epoch: int) -> None:
+        """Draw image | ground truth | prediction | errors for a few validation frames into ``panels.png``.
+
+        ``frames``: ``(name, (3, h, w) normalised image, (H, W) target, (H, W) prediction)``.
+        """
+        if not self.enabled or not frames:
+            return
+        from cityseg.viz import save_panel
+
+        names, images, targets, preds = zip(*frames)
+        save_panel(
+            self.out / "panels.png",
+            [image.numpy() for image in images],
+            [t.numpy() for t in targets],
+            [p.numpy() for p in preds],
+            names=[f"epoch {epoch}, {name}" for name in names],
+        )
+
+    def finish(self, state: Any) -> dict[str, Any]:
+        """Print where everything is and the best mIoU; return the same as a dict."""
+        summary = {
+            "run": str(self.out),
+            "curves": str(self.out / "curves.png"),
+            "panels": str(self.out / "panels.png"),
+            "best_checkpoint": str(self.out / "checkpoints" / "best.pt"),
+            "best_miou": state.best_miou,
+            "best_epoch": state.best_epoch,
+            "epochs": state.epoch,
+            "minutes": (time.perf_counter() - self.started) / 60,
+        }
+        self.info(
+            f"done in {summary['minutes']:.1f} min: best val mIoU {state.best_miou:.4f} (epoch {state.best_epoch})\n"
+            f"  run folder  {summary['run']}\n  curves      {summary['curves']}\n"
+            f"  panels      {summary['panels']}\n  best model  {summary['best_checkpoint']}"
+        )
+        return summary
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None

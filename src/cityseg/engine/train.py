@@ -1,0 +1,384 @@
+"""The training loop: ``train(cfg, out_dir)`` reads top to bottom, one epoch of
+:func:`train_one_epoch` then :func:`evaluate`, a checkpoint, a line in ``metrics.jsonl``.
+
+Same code on one CPU and on N GPUs under ``torchrun --nproc_per_node=N -m cityseg train``:
+every process runs the loop on its shard of the data, gradients are averaged by DDP, the
+validation confusion matrix is summed across processes, and only rank 0 writes files or logs.
+
+Resuming (``--resume``) reloads ``checkpoints/last.pt``: weights, optimiser, schedule, grad
+scaler, counters, and every RNG (torch, numpy, python, cuda, the DataLoader generator) of every
+process, so the continued run repeats exactly what the uninterrupted run would have done; lines
+of ``metrics.jsonl`` newer than the checkpoint are cut away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from cityseg.config import Config
+from cityseg.engine import distributed as D
+from cityseg.engine.build import (
+    Engine,
+    build_criterion,
+    build_engine,
+    build_loaders,
+    build_optimizer,
+    build_train_model,
+    resolve_data_root,
+    resolve_device,
+    seed_everything,
+    setup_torch,
+    steps_per_epoch,
+)
+from cityseg.engine.checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    load_model_state,
+    restore_rng,
+    save_checkpoint,
+    strip_prefixes,
+)
+from cityseg.engine.evaluator import Evaluator
+from cityseg.engine.runlog import Progress, RunLog, prepare_run_dir
+from cityseg.engine.schedule import LRSchedule, build_schedule
+from cityseg.errors import CitysegError
+from cityseg.labels import CLASS_NAMES, NUM_CLASSES
+from cityseg.models import set_frozen_bn_eval
+
+
+@dataclass
+class RunState:
+    """Counters that a checkpoint carries across a restart."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimiser steps taken
+    best_miou: float = -1.0
+    best_epoch: int = 0
+    stale: int = 0  # validations since the best one (early stopping)
+
+    def update_best(self, miou: float, epoch: int) -> bool:
+        """Record one validation's mIoU; True when it is a new best."""
+        if miou > self.best_miou:
+            self.best_miou, self.best_epoch, self.stale = miou, epoch, 0
+            return True
+        self.stale += 1
+        return False
+
+
+class NonFiniteLoss(CitysegError):
+    """The loss became NaN or infinite; training stops, the last good checkpoint is kept."""
+
+
+Frame = tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]  # name, image, target, prediction
+
+
+def train(
+    cfg: Config,
+    out_dir: str | Path,
+    device: str = "auto",
+    resume: bool = False,
+    force: bool = False,
+    max_steps_per_epoch: int | None = None,
+) -> dict[str, Any]:
+    """Train ``cfg`` into the run folder ``out_dir``; return the summary printed at the end.
+
+    Args:
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        resume: continue from ``out_dir/checkpoints/last.pt`` (from scratch when there is none).
+        force: start afresh even if ``out_dir`` already holds a run.
+        max_steps_per_epoch: cut every epoch short (tests); None trains on the whole split.
+
+    Raises:
+        CitysegError: bad config, data or checkpoint; a non-finite loss (:class:`NonFiniteLoss`).
+        KeyboardInterrupt: Ctrl-C; the checkpoints on disk stay valid for ``resume``.
+    """
+    dev = resolve_device(device)
+    D.init_distributed(dev)
+    try:
+        return _train(cfg, Path(out_dir), dev, resume, force, max_steps_per_epoch)
+    finally:
+        D.cleanup()
+
+
+def _train(cfg: Config, out: Path, dev: torch.device, resume: bool, force: bool, max_steps: int | None) -> dict:
+    prepare_run_dir(out, resume=resume, force=force, main=D.is_main_process())
+    D.barrier()
+    setup_torch(cfg, dev)
+    seed_everything(cfg.train.seed + D.get_rank())
+    root = resolve_data_root(cfg)
+    train_loader, val_loader, generator = build_loaders(cfg, root, dev)
+    model, core = build_train_model(cfg, dev)
+    criterion, optimizer = build_criterion(cfg), build_optimizer(cfg, core)
+    engine = build_engine(cfg, dev, micro_batch=train_loader.batch_size)
+    steps = steps_per_epoch(cfg, train_loader, engine, root, max_steps)
+    schedule = build_schedule(optimizer, cfg.sched, total_steps=cfg.train.epochs * steps)
+    state, last = RunState(), out / "checkpoints" / "last.pt"
+    if resume and last.is_file():
+        state = restore(last, cfg, core, optimizer, schedule, engine, generator)
+    log = RunLog(out, cfg, D.is_main_process(), resume_epoch=state.epoch if resume else None, resume_step=state.step)
+    log.info(describe_run(cfg, root, dev, engine, train_loader, val_loader, steps, state, resume))
+    panel: tuple[int, list[Frame]] | None = None
+    try:
+        for epoch in range(state.epoch + 1, cfg.train.epochs + 1):
+            started = time.perf_counter()
+            if isinstance(train_loader.sampler, DistributedSampler):
+                train_loader.sampler.set_epoch(epoch)
+            bar = log.progress(f"epoch {epoch}/{cfg.train.epochs}", steps)
+            train_loss = train_one_epoch(
+                model, criterion, optimizer, schedule, train_loader, engine, state, steps, bar, log
+            )
+            record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
+            improved = False
+            if epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs:
+                bar = log.progress("  val", len(val_loader))
+                scores, frames = evaluate(model, criterion, val_loader, engine, cfg, bar)
+                schedule.epoch_end(scores["val_loss"])
+                improved = state.update_best(scores["val_miou"], epoch)
+                panel = (epoch, frames) if improved or panel is None else panel
+                record.update(scores)
+            state.epoch = epoch
+            record.update(step=state.step, lr=schedule.lrs()[0], time=round(time.perf_counter() - started, 3))
+            log.epoch(record)  # before the checkpoint: a kill in between re-runs this epoch, cutting the line
+            save_state(out, cfg, core, optimizer, schedule, engine, generator, state, record, best=improved)
+            if cfg.train.early_stop is not None and state.stale >= cfg.train.early_stop:
+                log.info(f"early stop: no better val mIoU in {state.stale} validations")
+                break
+    except KeyboardInterrupt:
+        saved = f"{last} holds epoch {state.epoch}" if last.is_file() else "no epoch was finished"
+        log.info(f"\ninterrupted: {saved}; continue with --resume --out {out}")
+        raise
+    except NonFiniteLoss as exc:
+        kept = f"{last} (epoch {state.epoch}) is intact" if last.is_file() else "no checkpoint was written yet"
+        raise NonFiniteLoss(f"{exc}; {kept}") from None
+    finally:
+        log.close()
+    if panel is not None:
+        log.panels(panel[1], epoch=panel[0])
+    return log.finish(state)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: LRSchedule,
+    loader: DataLoader,
+    engine: Engine,
+    state: RunState,
+    steps: int,
+    progress: Progress,
+    log: RunLog,
+) -> float:
+    """``steps`` optimiser steps of ``engine.accum`` micro-batches each; returns the mean loss."""
+    model.train()
+    set_frozen_bn_eval(model)
+    total, count, seen, started = 0.0, 0, 0, time.perf_counter()
+    for i, batch in enumerate(itertools.islice(loader, steps * engine.accum)):
+        images, targets = engine.to_device(batch["image"], batch["mask"])
+        last_micro = (i + 1) % engine.accum == 0
+        with maybe_no_sync(model, sync=last_micro), engine.autocast():
+            loss = compute_loss(criterion, model(images), targets, engine.aux_weight)
+        value = global_mean(loss.detach())  # also tells every process about a NaN on any one
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"loss is {value} at epoch {state.epoch + 1}, step {state.step + 1}")
+        backward(loss / engine.accum, engine)
+        total, count, seen = total + value, count + 1, seen + images.shape[0] * D.get_world_size()
+        if last_micro:
+            optimizer_step(model, optimizer, engine)
+            schedule.step()
+            state.step += 1
+            lr = schedule.lrs()[0]
+            progress.update(loss=total / count, lr=lr, speed=seen / (time.perf_counter() - started))
+            log.scalars(state.step, {"train/loss": value, "train/lr": lr})
+    progress.close()
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, criterion: nn.Module, loader: DataLoader, engine: Engine, cfg: Config, progress: Progress
+) -> tuple[dict[str, Any], list[Frame]]:
+    """Validation loss and scores on whole images; returns (scores, the first frames for panels).
+
+    Logits are upsampled to the label's size before the loss and the argmax, so the numbers
+    are those ``cityseg evaluate`` gives for the same images and labels. The loss is the mean
+    over batches weighted by their size; the scores come from one confusion matrix summed over
+    every process.
+    """
+    model.eval()
+    evaluator = Evaluator(NUM_CLASSES, engine.device, boundary_tolerance=cfg.eval.boundary_tolerance)
+    loss_sum = torch.zeros(2, dtype=torch.float64, device=engine.device)  # (sum of loss x batch size, images)
+    frames: list[Frame] = []
+    for batch in loader:
+        images, targets = engine.to_device(batch["image"], batch["mask"])
+        with engine.autocast():
+            logits = model(images)["out"]
+        logits = F.interpolate(logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False)
+        n = images.shape[0]
+        loss_sum += torch.stack([criterion(logits, targets).double() * n, loss_sum.new_tensor(n)])
+        pred = logits.argmax(1)
+        evaluator.update(pred, targets)
+        for j in range(min(n, cfg.train.panels - len(frames))):
+            frames.append((batch["name"][j], images[j].float().cpu(), targets[j].cpu(), pred[j].cpu()))
+        progress.update(loss=(loss_sum[0] / loss_sum[1]).item())
+    progress.close()
+    D.all_reduce_sum(loss_sum)
+    evaluator.reduce()
+    result = evaluator.compute()
+    scores = {
+        "val_loss": (loss_sum[0] / loss_sum[1]).item(),
+        "val_miou": nan_to_zero(result["miou"]),
+        "val_dice": nan_to_zero(result["mean_dice"]),
+        "val_pixel_accuracy": result["pixel_accuracy"],
+        "val_boundary_f1": result["boundary_f1"],
+        "iou": {name: result["classes"][name]["iou"] for name in CLASS_NAMES},
+    }
+    return scores, frames
+
+
+# --- one step ------------------------------------------------------------------------------
+
+
+def compute_loss(
+    criterion: nn.Module, outputs: dict[str, torch.Tensor], targets: torch.Tensor, aux_weight: float
+) -> torch.Tensor:
+    """Loss of the main head (plus ``aux_weight`` x the auxiliary head's), computed in float32."""
+    loss = criterion(outputs["out"].float(), targets)
+    if "aux" in outputs:
+        loss = loss + aux_weight * criterion(outputs["aux"].float(), targets)
+    return loss
+
+
+def backward(loss: torch.Tensor, engine: Engine) -> None:
+    """Backpropagate ``loss`` (scaled first under fp16)."""
+    if engine.scaler is not None:
+        engine.scaler.scale(loss).backward()
+    else:
+        loss.backward()
+
+
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, engine: Engine) -> None:
+    """Unscale (fp16), clip, step, zero the gradients."""
+    if engine.scaler is not None:
+        engine.scaler.unscale_(optimizer)
+    if engine.grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), engine.grad_clip)
+    if engine.scaler is not None:
+        engine.scaler.step(optimizer)
+        engine.scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def maybe_no_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """Skip DDP's gradient all-reduce on micro-batches before the last of an accumulation."""
+    if sync or not isinstance(model, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def global_mean(value: torch.Tensor) -> float:
+    """Mean of a scalar over all processes (one tiny all-reduce; NaN anywhere gives NaN everywhere)."""
+    t = value.float().reshape(1).clone()
+    return D.all_reduce_sum(t).item() / D.get_world_size()
+
+
+def nan_to_zero(x: float | None) -> float:
+    """A score that is NaN (no class present at all) counts as 0 when comparing epochs."""
+    return 0.0 if x is None or math.isnan(x) else float(x)
+
+
+def describe_run(cfg, root, dev, engine, train_loader, val_loader, steps, state, resume) -> str:
+    """One line saying what is about to run."""
+    amp = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[engine.amp_dtype]
+    start = "starting (no checkpoint to resume yet)" if resume else "starting"
+    start = f"resuming after epoch {state.epoch}" if state.epoch else start
+    return (
+        f"{start}: {cfg.model.name} on {dev} x{D.get_world_size()}, data {root} "
+        f"({len(train_loader.dataset)} train / {len(val_loader.dataset)} val), "
+        f"batch {cfg.train.batch_size} = {train_loader.batch_size} x {engine.accum} accum x {D.get_world_size()}, "
+        f"{steps} steps/epoch, {cfg.train.epochs} epochs, amp {amp}"
+    )
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+
+def save_state(
+    out: Path,
+    cfg: Config,
+    core: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: LRSchedule,
+    engine: Engine,
+    generator: torch.Generator,
+    state: RunState,
+    record: dict[str, Any],
+    best: bool,
+) -> None:
+    """Write ``last.pt`` (and ``best.pt`` when ``best``) from rank 0, with every process's RNG state."""
+    rngs = D.all_gather_object(capture_rng(generator))  # collective: every rank must call it
+    if D.is_main_process():
+        ckpt = {
+            "config": cfg.to_dict(),
+            "model": strip_prefixes(core.state_dict()),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": schedule.state_dict(),
+            "scaler": engine.scaler.state_dict() if engine.scaler is not None else None,
+            "epoch": state.epoch,
+            "step": state.step,
+            "rng": rngs,
+            "best_miou": state.best_miou,
+            "best_epoch": state.best_epoch,
+            "stale": state.stale,
+            "metrics": record,
+        }
+        if best:
+            save_checkpoint(out / "checkpoints" / "best.pt", ckpt)
+        save_checkpoint(out / "checkpoints" / "last.pt", ckpt)
+    D.barrier()
+
+
+def restore(
+    path: Path,
+    cfg: Config,
+    core: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: LRSchedule,
+    engine: Engine,
+    generator: torch.Generator,
+) -> RunState:
+    """Load ``last.pt`` into the freshly built objects; return the counters to continue from."""
+    ckpt = load_checkpoint(path, map_location="cpu")
+    load_model_state(core, ckpt, path, cfg.model.name)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    schedule.load_state_dict(ckpt["scheduler"])
+    if engine.scaler is not None and ckpt.get("scaler"):
+        engine.scaler.load_state_dict(ckpt["scaler"])
+    rngs = ckpt["rng"]
+    if len(rngs) == D.get_world_size():
+        restore_rng(rngs[D.get_rank()], generator)
+    elif D.is_main_process():
+        print(f"note: {path} was written by {len(rngs)} processes, this run has {D.get_world_size()}; "
+              "the data order after resuming differs from an uninterrupted run")  # fmt: skip
+    return RunState(
+        epoch=int(ckpt["epoch"]),
+        step=int(ckpt["step"]),
+        best_miou=float(ckpt["best_miou"]),
+        best_epoch=int(ckpt.get("best_epoch", 0)),
+        stale=int(ckpt.get("stale", 0)),
+    )
+
+

@@ -1,0 +1,140 @@
+"""Checkpoints: atomic writes, weights_only loading, prefixes, RNG round trips, model rebuild."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cityseg.config import Config
+from cityseg.engine import checkpoint as C
+from cityseg.errors import CitysegError
+
+
+def _tiny_state(cfg: Config | None = None) -> dict:
+    from cityseg.models import build_model
+
+    cfg = cfg or Config()
+    cfg.model.name, cfg.model.freeze = "cityseg_tiny", []
+    model = build_model("cityseg_tiny", freeze=[])
+    return {"config": cfg.to_dict(), "model": model.state_dict(), "epoch": 3, "step": 30}
+
+
+def test_round_trip_loads_with_weights_only(tmp_path):
+    path = tmp_path / "ck" / "last.pt"
+    gen = torch.Generator().manual_seed(5)
+    state = {**_tiny_state(), "rng": [C.capture_rng(gen)], "best_miou": 0.5, "scaler": None}
+    C.save_checkpoint(path, state)
+    raw = torch.load(path, weights_only=True)  # must not need the full unpickler
+    assert raw["format"] == "cityseg" and raw["version"] == 1 and raw["epoch"] == 3
+    ckpt = C.load_checkpoint(path)
+    for key, value in state["model"].items():
+        assert torch.equal(ckpt["model"][key], value)
+    assert ckpt["config"]["model"]["name"] == "cityseg_tiny"
+
+
+def test_rng_capture_restore_replays_every_generator():
+    gen = torch.Generator().manual_seed(1)
+    torch.manual_seed(2), np.random.seed(3), random.seed(4)
+    np.random.randn()  # leaves a cached gaussian in the numpy state
+    saved = C.capture_rng(gen)
+    first = (torch.rand(3), np.random.rand(3), random.random(), torch.rand(3, generator=gen), np.random.randn())
+    torch.manual_seed(99), np.random.seed(99), random.seed(99), gen.manual_seed(99)
+    C.restore_rng(saved, gen)
+    again = (torch.rand(3), np.random.rand(3), random.random(), torch.rand(3, generator=gen), np.random.randn())
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+    assert first[2] == again[2] and torch.equal(first[3], again[3]) and first[4] == again[4]
+
+
+def test_rng_state_survives_weights_only_file(tmp_path):
+    gen = torch.Generator().manual_seed(7)
+    C.save_checkpoint(tmp_path / "r.pt", {"rng": [C.capture_rng(gen)]})
+    expected = (torch.rand(2), np.random.rand(), random.random())
+    C.restore_rng(C.load_checkpoint(tmp_path / "r.pt")["rng"][0], gen)
+    assert torch.equal(torch.rand(2), expected[0])
+    assert np.random.rand() == expected[1] and random.random() == expected[2]
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    C.save_checkpoint(path, {"epoch": 1})
+    real_save = torch.save
+
+    def dying_save(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half a checkpo")  # what a kill mid-write would leave
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        C.save_checkpoint(path, {"epoch": 2})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert C.load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("arbitrary code ran",))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"not a zip file at all", "not a readable cityseg checkpoint"),
+        ("pickled_object", "not a readable cityseg checkpoint"),
+        ("plain_state_dict", "not a cityseg checkpoint"),
+    ],
+)
+def test_bad_files_give_one_clear_error(tmp_path, content, message):
+    path = tmp_path / "x.pt"
+    if content == "pickled_object":
+        torch.save({"format": "cityseg", "version": 1, "evil": _Evil()}, path)
+    elif content == "plain_state_dict":
+        torch.save({"weight": torch.zeros(2)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CitysegError, match=message) as info:
+        C.load_checkpoint(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CitysegError, match="checkpoint not found"):
+        C.load_checkpoint(tmp_path / "none.pt")
+
+
+def test_strip_prefixes_removes_ddp_and_compile_wrappers():
+    sd = {"module._orig_mod.a.weight": 1, "_orig_mod.module.b": 2, "c.module.d": 3}
+    assert C.strip_prefixes(sd) == {"a.weight": 1, "b": 2, "c.module.d": 3}
+
+
+def test_load_model_rebuilds_from_the_checkpoint_config(tmp_path):
+    state = _tiny_state()
+    C.save_checkpoint(tmp_path / "m.pt", {**state, "model": {f"module.{k}": v for k, v in state["model"].items()}})
+    model, cfg = C.load_model(tmp_path / "m.pt")
+    assert cfg.model.name == "cityseg_tiny" and not model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state["model"][key])
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 32, 64))["out"].shape[-2:] == (32, 64)
+
+
+def test_checkpoint_of_another_model_names_both(tmp_path):
+    from cityseg.models import build_model
+
+    C.save_checkpoint(tmp_path / "m.pt", _tiny_state())
+    other = build_model("lraspp_mobilenet_v3_large", freeze=[])
+    ckpt = C.load_checkpoint(tmp_path / "m.pt")
+    with pytest.raises(CitysegError, match="holds model 'cityseg_tiny'.*builds 'lraspp_mobilenet_v3_large'"):
+        C.load_model_state(other, ckpt, tmp_path / "m.pt", "lraspp_mobilenet_v3_large")
+
+
+def test_weights_that_do_not_fit_are_reported(tmp_path):
+    state = _tiny_state()
+    state["model"] = {k: v for k, v in state["model"].items() if "classifier" not in k}
+    C.save_checkpoint(tmp_path / "m.pt", state)
+    with pytest.raises(CitysegError, match="weights do not fit model 'cityseg_tiny'"):
+        C.load_model(tmp_path / "m.pt")

@@ -1,0 +1,110 @@
+"""Configuration: the recipes load, overrides apply, bad keys and values give one clear line."""
+
+from __future__ import annotations
+
+import yaml
+import pytest
+
+from cityseg.cli import main
+from cityseg.config import CONFIG_DIR, Config, config_from_dict, load_config
+from cityseg.errors import CitysegError
+
+RECIPES = ["demo", "seed", "seed_ce", "published_r50", "r101", "convnext"]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_loads_and_round_trips(name):
+    cfg = load_config(CONFIG_DIR / f"{name}.yaml")
+    assert cfg.name == name
+    again = config_from_dict(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg  # the saved config.yaml rebuilds the same Config
+
+
+def test_seed_recipe_is_the_seeds():
+    cfg = load_config(CONFIG_DIR / "seed.yaml")
+    assert (cfg.model.name, cfg.model.pretrained) == ("deeplabv3_resnet50", "imagenet")
+    assert cfg.model.freeze == ["stem", "layer1"]
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 5e-4, 1e-3)
+    assert (cfg.sched.name, cfg.sched.factor, cfg.sched.patience) == ("plateau", 0.5, 3) and cfg.sched.warmup_iters > 0
+    assert cfg.train.batch_size == 32 and (cfg.loss.focal, cfg.loss.dice, cfg.loss.ce) == (1.5, 1.0, 0.0)
+    ce = load_config(CONFIG_DIR / "seed_ce.yaml")
+    assert (ce.loss.ce, ce.loss.focal, ce.loss.dice) == (1.0, 0.0, 0.0)
+    assert ce.optim == cfg.optim and ce.sched == cfg.sched and ce.model == cfg.model and ce.train == cfg.train
+
+
+def test_published_recipe_is_80k_iterations_of_8():
+    cfg = load_config(CONFIG_DIR / "published_r50.yaml")
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == ("sgd", 0.01, 0.9, 1e-4)
+    assert (cfg.sched.name, cfg.sched.power) == ("poly", 0.9) and cfg.data.crop_size == "1024x512"
+    assert cfg.model.aux_head and cfg.loss.aux_weight == 0.4
+    assert abs(cfg.train.epochs * 2975 / cfg.train.batch_size - 80_000) < 2975 / cfg.train.batch_size
+
+
+def test_no_config_means_demo():
+    assert load_config(None).name == "demo"
+
+
+def test_overrides_are_yaml_typed_and_ordered():
+    cfg = load_config(None, ["train.epochs=3", "optim.lr=1e-3", "data.scale_range=[1, 1.5]", "train.epochs=4"])
+    assert cfg.train.epochs == 4 and cfg.optim.lr == 1e-3 and cfg.data.scale_range == [1.0, 1.5]
+    assert load_config(None, ["train.grad_clip=null"]).train.grad_clip is None
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.epoch=3"], r"unknown config key train\.epoch; valid keys of train: epochs, batch_size"),
+        (["trian.epochs=3"], r"unknown config section 'trian'; valid sections: data, model"),
+        (["train.epochs=three"], r"config key train\.epochs: expected an integer, got 'three'"),
+        (["train.epochs"], r"--set 'train.epochs': write section\.key=value"),
+        (["train.channels_last=2"], r"train\.channels_last: expected true or false"),
+        (["train.amp=off"], r"train\.amp: expected a string, got False \(YAML reads unquoted yes/no/on/off"),
+    ],
+)
+def test_bad_overrides(overrides, message):
+    with pytest.raises(CitysegError, match=message):
+        load_config(None, overrides)
+
+
+def test_unknown_key_in_a_file_names_it(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("optim:\n  lr: 0.1\n  nesterov: true\n")
+    with pytest.raises(CitysegError, match=r"unknown config key optim\.nesterov; valid keys of optim: name, lr"):
+        load_config(path)
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(CitysegError, match="config file not found"):
+        load_config(tmp_path / "none.yaml")
+    (tmp_path / "b.yaml").write_text("train: [unclosed\n")
+    with pytest.raises(CitysegError, match="not valid YAML"):
+        load_config(tmp_path / "b.yaml")
+
+
+def test_cli_print_config_prints_resolved_yaml(capsys, tmp_path):
+    code = main(["train", "--print-config", "--set", "train.epochs=7", "--data", str(tmp_path)])
+    assert code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["epochs"] == 7 and printed["data"]["root"] == str(tmp_path) and printed["name"] == "demo"
+    assert config_from_dict(printed) == load_config(None, ["train.epochs=7", f"data.root={tmp_path}"])
+
+
+def test_cli_bad_key_exits_2_with_one_line(capsys):
+    assert main(["train", "--print-config", "--set", "model.nmae=x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cityseg train: error: unknown config key model.nmae") and "\n" not in err
+
+
+def test_cli_resume_and_force_are_exclusive(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--resume", "--force"])
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_resume_reads_the_runs_own_config(tmp_path, capsys):
+    cfg = Config(name="mine")
+    cfg.train.epochs = 9
+    (tmp_path / "config.yaml").write_text(cfg.to_yaml())
+    assert main(["train", "--resume", "--out", str(tmp_path), "--set", "train.epochs=12", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["name"] == "mine" and printed["train"]["epochs"] == 12

@@ -1,0 +1,441 @@
+"""The training engine on tiny synthetic data: steps per model and loss, the run folder, resume
+equivalence (in-process and with a real SIGKILL), DDP on two CPU processes, faults."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader
+
+import cityseg.engine.build as B
+import cityseg.engine.train as T
+from cityseg.cli import main
+from cityseg.config import Config, config_from_dict, load_config
+from cityseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from cityseg.engine.runlog import Progress, RunLog
+from cityseg.engine.schedule import build_schedule
+from cityseg.errors import CitysegError
+from cityseg.labels import NUM_CLASSES
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: A run small enough for a test: 64x32 frames, 4-image batches, 2 epochs, no worker processes.
+TINY = [
+    "model.name=cityseg_tiny",
+    "model.freeze=[]",
+    "data.crop_size=64x32",
+    "data.scale_range=[0.75,1.25]",
+    "data.workers=0",
+    "train.batch_size=4",
+    "train.val_batch_size=2",
+    "train.epochs=2",
+    "train.panels=2",
+    "train.log_every=1",
+    "sched.name=constant",
+    "sched.warmup_iters=2",
+    "optim.lr=0.005",
+]
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """8 train + 4 val synthetic frames of 64x32 in the official layout (drawn once per session)."""
+    from cityseg.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, train=8, val=4, size=(64, 32), seed=0, workers=1, progress=False)
+    return root
+
+
+def tiny_cfg(root: Path, *extra: str) -> Config:
+    cfg = load_config(None, [*TINY, *extra])
+    cfg.data.root = str(root)
+    return cfg
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def tiny_args(root: Path, out: Path, *extra: str) -> list[str]:
+    sets = [item for s in TINY for item in ("--set", s)]
+    return ["train", "--data", str(root), "--out", str(out), "--device", "cpu", *sets, *extra]
+
+
+# --- steps per model and per loss ------------------------------------------------------------
+
+
+def _loader(root: Path, cfg: Config) -> DataLoader:
+    from cityseg.data.dataset import CityscapesDataset
+    from cityseg.data.transforms import build_transforms
+
+    ds = CityscapesDataset(root, "train", transform=build_transforms(cfg.data, train=True))
+    return DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=False, drop_last=True)
+
+
+def _steps(cfg: Config, root: Path, steps: int) -> tuple[nn.Module, dict, list[float]]:
+    """Run ``steps`` optimiser steps through the engine; return the model, its initial weights, losses."""
+    B.seed_everything(0)
+    model, core = B.build_train_model(cfg, torch.device("cpu"))
+    before = {k: v.clone() for k, v in core.state_dict().items()}
+    optimizer = B.build_optimizer(cfg, core)
+    engine = B.build_engine(cfg, torch.device("cpu"), micro_batch=cfg.train.batch_size)  # no accumulation
+    schedule = build_schedule(optimizer, cfg.sched, total_steps=steps)
+    state, losses = T.RunState(), []
+    loader = _loader(root, cfg)
+    batch = next(iter(loader))
+    for _ in range(steps):  # the same batch again and again: the loss must fall
+        losses.append(T.train_one_epoch(model, B.build_criterion(cfg), optimizer, schedule, [batch], engine, state, 1,
+                                        Progress("t", 1, enabled=False), RunLog(Path("."), cfg, enabled=False)))
+    return core, before, losses
+
+
+@pytest.mark.parametrize(
+    "name, freeze",
+    [
+        ("cityseg_tiny", ["stem"]),
+        ("lraspp_mobilenet_v3_large", ["stem", "layer1"]),
+        ("deeplabv3_mobilenet_v3_large", ["stem", "layer1"]),
+        pytest.param("deeplabv3_resnet50", ["stem", "layer1"], marks=pytest.mark.slow),  # ~20 s on 2 cores
+    ],
+)
+def test_a_few_steps_per_model_learn_and_keep_frozen_stages(synth_root, name, freeze):
+    extra = [f"model.name={name}", f"model.freeze={freeze}", "train.channels_last=true"]
+    if name == "deeplabv3_resnet50":
+        extra.append("model.output_stride=16")  # same code path, a quarter of the compute
+    cfg = tiny_cfg(synth_root, *extra)
+    core, before, losses = _steps(cfg, synth_root, steps=4)
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    after = core.state_dict()
+    frozen = [n for n, p in core.named_parameters() if not p.requires_grad]
+    assert frozen, "the freeze list froze nothing"
+    for key in frozen:
+        assert torch.equal(after[key], before[key]), key
+    # BatchNorm of frozen stages keeps its running statistics (set_frozen_bn_eval after train())
+    frozen_bn = [k for k in after if k.endswith("running_mean") and k.replace("running_mean", "weight") in frozen]
+    assert frozen_bn and all(torch.equal(after[k], before[k]) for k in frozen_bn)
+    trainable = [n for n, p in core.named_parameters() if p.requires_grad]
+    assert any(not torch.equal(after[k], before[k]) for k in trainable)
+
+
+@pytest.mark.parametrize(
+    "weights", [["loss.ce=1", "loss.focal=0", "loss.dice=0"], ["loss.focal=1", "loss.dice=0"],
+                ["loss.focal=0", "loss.dice=1"], ["loss.focal=1.5", "loss.dice=1"]],
+    ids=["ce", "focal", "dice", "focal+dice"],
+)
+def test_a_few_steps_per_loss(synth_root, weights):
+    _, _, losses = _steps(tiny_cfg(synth_root, *weights), synth_root, steps=4)
+    assert losses[-1] < losses[0]
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    """2 micro-batches of 2 with accumulation give the gradient of one batch of 4 (no BN, CE, no ignore)."""
+    torch.manual_seed(0)
+    images, targets = torch.randn(4, 3, 8, 8), torch.randint(0, NUM_CLASSES, (4, 8, 8))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, NUM_CLASSES, 3, padding=1)
+
+        def forward(self, x):
+            return {"out": self.conv(x)}
+
+    def run(micro: int) -> torch.Tensor:
+        torch.manual_seed(1)
+        net = Net()
+        cfg = Config()
+        cfg.loss.ce, cfg.loss.focal, cfg.loss.dice = 1.0, 0.0, 0.0
+        cfg.train.batch_size, cfg.train.micro_batch_size, cfg.optim.name, cfg.optim.weight_decay = 4, micro, "sgd", 0.0
+        opt = B.build_optimizer(cfg, net)
+        engine = B.build_engine(cfg, torch.device("cpu"), micro_batch=micro)
+        batches = [{"image": images[i : i + micro], "mask": targets[i : i + micro]} for i in range(0, 4, micro)]
+        sched = build_schedule(opt, cfg.sched, 1)
+        T.train_one_epoch(net, B.build_criterion(cfg), opt, sched, batches, engine, T.RunState(), 1,
+                          Progress("t", 1, enabled=False), RunLog(Path("."), cfg, enabled=False))
+        return net.conv.weight.detach().clone()
+
+    assert torch.allclose(run(2), run(4), atol=1e-6)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_step_runs_and_auto_is_float32_on_cpu(synth_root, amp):
+    cfg = tiny_cfg(synth_root, f"train.amp={amp}")
+    engine = B.build_engine(cfg, torch.device("cpu"), micro_batch=2)
+    assert engine.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    assert (engine.scaler is not None) == (amp == "fp16")
+    _, _, losses = _steps(cfg, synth_root, steps=2)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert B.build_engine(tiny_cfg(synth_root), torch.device("cpu"), 2).amp_dtype is None  # auto: fp32 on CPU
+
+
+# --- the whole run ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(synth_root, tmp_path_factory) -> tuple[Path, str]:
+    """``cityseg train`` without --out, run in a fresh folder: the run lands in runs/demo."""
+    cwd = tmp_path_factory.mktemp("cwd")
+    sets = [item for s in TINY for item in ("--set", s)]
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            assert main(["train", "--data", str(synth_root), "--device", "cpu", *sets]) == 0
+    finally:
+        os.chdir(old)
+    return cwd / "runs" / "demo", printed.getvalue()
+
+
+def test_run_folder_holds_everything(finished_run):
+    out, printed = finished_run
+    records = read_metrics(out)
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        assert {"epoch", "train_loss", "val_loss", "val_miou", "val_dice", "lr", "time", "iou", "step"} <= set(r)
+        assert len(r["iou"]) == NUM_CLASSES and 0 <= r["val_miou"] <= 1
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert config_from_dict(saved) == config_from_dict(load_checkpoint(out / "checkpoints" / "last.pt")["config"])
+    last, best = load_checkpoint(out / "checkpoints" / "last.pt"), load_checkpoint(out / "checkpoints" / "best.pt")
+    assert last["epoch"] == 2 and last["step"] == records[-1]["step"] == 4
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "best_miou", "metrics"} <= set(last)
+    best_record = max(records, key=lambda r: r["val_miou"])
+    assert best["epoch"] == best_record["epoch"] and best["best_miou"] == pytest.approx(best_record["val_miou"])
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert (out / "curves.png").stat().st_size > 1000 and (out / "panels.png").stat().st_size > 1000
+    # the closing lines say where everything is and the best mIoU
+    assert f"best val mIoU {best_record['val_miou']:.4f}" in printed
+    for name in ("runs/demo", "runs/demo/curves.png", "runs/demo/panels.png"):
+        assert name in printed
+    # not a terminal: plain progress lines, no bar control characters
+    assert "epoch 2/2 2/2 loss" in printed and "\r" not in printed
+
+
+def test_force_clears_only_what_a_run_writes(tmp_path):
+    from cityseg.engine.runlog import prepare_run_dir
+
+    (tmp_path / "checkpoints").mkdir()
+    for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    with pytest.raises(CitysegError, match="already holds files"):
+        prepare_run_dir(tmp_path, resume=False, force=False)
+    prepare_run_dir(tmp_path, resume=False, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_validation_numbers_match_cityseg_evaluate(finished_run, synth_root, tmp_path):
+    out, _ = finished_run
+    scores = tmp_path / "scores.json"
+    code = main(["evaluate", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--data", str(synth_root),
+                 "--device", "cpu", "--json", str(scores)])
+    assert code == 0
+    evaluated, trained = json.loads(scores.read_text()), read_metrics(out)[-1]
+    assert evaluated["miou"] == pytest.approx(trained["val_miou"], abs=1e-9)
+    assert evaluated["mean_dice"] == pytest.approx(trained["val_dice"], abs=1e-9)
+
+
+def test_existing_run_is_not_overwritten(finished_run, synth_root, capsys):
+    out, _ = finished_run
+    before = (out / "metrics.jsonl").read_text()
+    assert main(tiny_args(synth_root, out)) == 2
+    assert "already holds files; use --resume" in capsys.readouterr().err
+    assert (out / "metrics.jsonl").read_text() == before
+
+
+# --- resume ---------------------------------------------------------------------------------
+
+
+def _interrupt_at_step(monkeypatch, n: int) -> None:
+    """Make the n-th optimiser step of this process raise KeyboardInterrupt (a simulated Ctrl-C)."""
+    real, calls = T.optimizer_step, {"n": 0}
+
+    def step(*args):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        real(*args)
+
+    monkeypatch.setattr(T, "optimizer_step", step)
+
+
+def test_resume_after_interruption_matches_the_uninterrupted_run(finished_run, synth_root, tmp_path, monkeypatch):
+    reference, _ = finished_run
+    out = tmp_path / "run"
+    _interrupt_at_step(monkeypatch, 3)  # epoch 2 has steps 3 and 4
+    assert main(tiny_args(synth_root, out)) == 130  # Ctrl-C: clean exit status 130
+    assert [r["epoch"] for r in read_metrics(out)] == [1]
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
+    monkeypatch.undo()
+    # a kill between the metrics line and the checkpoint leaves a line (and maybe half a line) too many
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"epoch": 2, "val_loss": -1.0}) + "\n" + '{"epoch": 3, "val_')
+    assert main(tiny_args(synth_root, out, "--resume")) == 0
+    got, want = read_metrics(out), read_metrics(reference)
+    assert [r["epoch"] for r in got] == [1, 2]
+    for a, b in zip(got, want):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
+    resumed = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
+    for key, value in load_checkpoint(reference / "checkpoints" / "last.pt")["model"].items():
+        assert torch.allclose(resumed[key].float(), value.float(), atol=1e-5), key
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(finished_run, synth_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoints").mkdir()
+    ckpt = load_checkpoint(finished_run[0] / "checkpoints" / "last.pt")
+    ckpt["config"]["model"]["name"] = "deeplabv3_mobilenet_v3_large"
+    save_checkpoint(out / "checkpoints" / "last.pt", {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    assert main(tiny_args(synth_root, out, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "holds model 'deeplabv3_mobilenet_v3_large', but the config builds 'cityseg_tiny'" in err
+
+
+@pytest.mark.slow
+def test_sigkill_during_second_epoch_then_resume(synth_root, tmp_path):
+    """A real ``kill -9`` in epoch 2, then ``--resume``: same final val loss as never stopping."""
+    extra = ["--set", "data.workers=1", "--set", "train.batch_size=2"]  # 4 steps/epoch, one worker process
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "cityseg"]
+    subprocess.run([*cmd, *tiny_args(synth_root, tmp_path / "ref", *extra)], check=True, env=env, capture_output=True)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, *tiny_args(synth_root, out, *extra)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    for line in proc.stdout:  # plain progress lines, one per optimiser step
+        if line.startswith("epoch 2/2 2/4"):  # two of the four steps of epoch 2 are done
+            break
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    assert [r["epoch"] for r in read_metrics(out)] == [1]
+    subprocess.run([*cmd, *tiny_args(synth_root, out, *extra, "--resume")], check=True, env=env, capture_output=True)
+    got, want = read_metrics(out), read_metrics(tmp_path / "ref")
+    assert [r["epoch"] for r in got] == [1, 2]
+    assert got[-1]["val_loss"] == pytest.approx(want[-1]["val_loss"], abs=1e-4)
+
+
+# --- DDP ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_run(synth_root, tmp_path):
+    """torchrun with 2 CPU processes: rank 0 alone writes, every val frame is scored once."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "cityseg", *tiny_args(synth_root, out, "--set", "train.val_batch_size=1")]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("done in") == 1  # only rank 0 prints
+    records = read_metrics(out)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[-1]["step"] == 4  # global batch 4 = 2 processes x 2
+    # the confusion matrix summed over both processes equals one process scoring all 4 frames
+    from cityseg.engine.checkpoint import load_model
+
+    model, cfg = load_model(out / "checkpoints" / "last.pt")
+    cfg.data.root, cfg.train.val_batch_size = str(synth_root), 1
+    _, val_loader, _ = B.build_loaders(cfg, synth_root, torch.device("cpu"))
+    engine = B.build_engine(cfg, torch.device("cpu"), micro_batch=2)
+    scores, _ = T.evaluate(model, B.build_criterion(cfg), val_loader, engine, cfg, Progress("v", 1, enabled=False))
+    assert scores["val_miou"] == pytest.approx(records[-1]["val_miou"], abs=1e-9)
+    assert scores["val_loss"] == pytest.approx(records[-1]["val_loss"], abs=1e-5)
+
+
+# --- faults ---------------------------------------------------------------------------------
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(synth_root, tmp_path, monkeypatch, capsys):
+    real, calls = T.compute_loss, {"n": 0}
+
+    def poisoned(*args):
+        calls["n"] += 1
+        loss = real(*args)
+        return loss * float("nan") if calls["n"] == 3 else loss  # first micro-batch of epoch 2
+
+    monkeypatch.setattr(T, "compute_loss", poisoned)
+    out = tmp_path / "run"
+    assert main(tiny_args(synth_root, out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "loss is nan at epoch 2, step 3" in err and "last.pt (epoch 1) is intact" in err and "\n" not in err
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
+    assert [r["epoch"] for r in read_metrics(out)] == [1]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--set", "train.batch_size=3"], "train.batch_size=3 is not a multiple of train.micro_batch_size=2"),
+        (["--set", "train.amp=fp8"], "unknown train.amp 'fp8'; valid: auto, bf16, fp16, none"),
+        (["--set", "optim.name=lion"], "unknown optim.name 'lion'; valid: adamw, sgd"),
+        (["--set", "model.name=unet"], "unknown model 'unet'; valid models: deeplabv3_resnet50"),
+        (["--set", "train.batch_size=16"], "training images per process make no full batch"),
+    ],
+)
+def test_bad_settings_give_one_line(synth_root, tmp_path, capsys, extra, message):
+    if "batch_size=3" in extra[1]:
+        extra = [*extra, "--set", "train.micro_batch_size=2"]
+    assert main(tiny_args(synth_root, tmp_path / "run", *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_data_folder_without_the_layout(tmp_path, capsys):
+    (tmp_path / "photos").mkdir()
+    assert main(tiny_args(tmp_path / "photos", tmp_path / "run")) == 2
+    assert "not a Cityscapes-layout folder" in capsys.readouterr().err
+
+
+def test_default_data_is_generated_when_no_root(monkeypatch, tmp_path):
+    """data.root null and no --data: ensure_default_data with the config's synth_* sizes."""
+    calls = []
+
+    def fake(train, val, size, seed):
+        calls.append((train, val, size, seed))
+        return tmp_path
+
+    import cityseg.data.synthetic as S
+
+    monkeypatch.setattr(S, "ensure_default_data", fake)
+    cfg = load_config(None, ["data.synth_train=5", "data.synth_val=2", "data.synth_size=64x32"])
+    assert B.resolve_data_root(cfg) == tmp_path and calls == [(5, 2, (64, 32), 0)]
+
+
+# --- real frames ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_demo_recipe_fits_the_real_frames(fixtures_dir, tmp_path):
+    """The 8 real training frames as both splits (linked, never copied): the pipeline fits real data.
+
+    The demo recipe with 60 epochs, its crops taken from frames shrunk 4x (2048x1024 -> ~512x256,
+    the scale of the synthetic frames) and validation on 512x256 inputs scored at full size.
+    """
+    src = fixtures_dir / "cityscapes"
+    for split in ("train", "val"):
+        for kind, suffix in (("leftImg8bit", "_leftImg8bit.png"), ("gtFine", "_gtFine_labelIds.png")):
+            folder = tmp_path / "data" / kind / split / "aachen"
+            folder.mkdir(parents=True)
+            for f in sorted((src / kind / "train" / "aachen").glob(f"*{suffix}")):
+                (folder / f.name).symlink_to(f)
+    out = tmp_path / "run"
+    sets = ["train.epochs=60", "data.scale_range=[0.2,0.3]", "data.val_size=512x256", "data.workers=1",
+            "train.log_every=1000"]
+    args = ["train", "--data", str(tmp_path / "data"), "--out", str(out), "--device", "cpu"]
+    assert main([*args, *[item for s in sets for item in ("--set", s)]]) == 0
+    best = max(r["val_miou"] for r in read_metrics(out))
+    print(f"real frames: best val mIoU {best:.3f}")
+    assert best >= 0.35
