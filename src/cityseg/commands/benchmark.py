@@ -1,0 +1,71 @@
+"""``cityseg benchmark``: the baseline and every inference path, timed on the same input."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "time inference paths (channels_last, bf16, onnxruntime, compile) against eager fp32 torch"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="deeplabv3_resnet50",
+                        help="model name (cityseg.models.MODELS; default deeplabv3_resnet50, random weights)")
+    parser.add_argument("--checkpoint", metavar="CKPT", help="a cityseg checkpoint to time and measure agreement on "
+                        "(its model replaces --model)")
+    parser.add_argument("--size", default="2048x1024", metavar="WxH", help="input size (default 2048x1024)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="default: cpu")
+    parser.add_argument("--paths", metavar="P,P,...", help="paths to time (default: every one available); "
+                        "eager_fp32 is always timed as the baseline")
+    parser.add_argument("--image", metavar="FILE", help="input photo, resized to --size (default: a synthetic frame)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up call (default 3)")
+    parser.add_argument("--threads", type=int, help="torch and onnxruntime threads (default: torch's default)")
+    parser.add_argument("--json", metavar="FILE", help='write {"baseline_ms", "ms", "path", "agreement", "paths": {...}}')
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from cityseg.errors import CitysegError
+    from cityseg.inference.benchmark import benchmark_input, format_results, run_benchmark
+    from cityseg.inference.runtime import resolve_device
+    from cityseg.utils import atomic_path, parse_size
+
+    if args.repeats < 1:
+        raise CitysegError(f"--repeats {args.repeats}: must be >= 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CitysegError(f"--threads {args.threads}: must be >= 1")
+        torch.set_num_threads(args.threads)
+    size = parse_size(args.size, "--size")
+    device = resolve_device(args.device)
+    model, name = _model(args)
+    x = benchmark_input(size, args.image)
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()] if args.paths else None
+    print(f"benchmark: {name} at {args.size} on {device} ({torch.get_num_threads()} threads), {args.repeats} rounds",
+          file=sys.stderr)
+    result = run_benchmark(model, x, device, paths, repeats=args.repeats,
+                           progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
+    result["model"] = name
+    print(format_results(result))
+    if args.json:
+        try:
+            with atomic_path(args.json) as tmp:
+                tmp.write_text(json.dumps(result, indent=2) + "\n")
+        except OSError as exc:
+            raise CitysegError(f"{args.json}: cannot write ({exc.strerror or exc})") from None
+    return 0
+
+
+def _model(args: argparse.Namespace):
+    """(model in eval mode on the CPU, its name) from --checkpoint or --model."""
+    if args.checkpoint:
+        from cityseg.engine.checkpoint import load_model
+
+        model, cfg = load_model(args.checkpoint, "cpu")
+        return model, f"{cfg.model.name} ({args.checkpoint})"
+    from cityseg.models import build_model
+
+    return build_model(args.model, pretrained="none", freeze=[]).eval(), args.model

@@ -1,0 +1,203 @@
+"""ONNX export: uint8 RGB in, logits and trainIds out, normalisation inside the graph.
+
+The exported graph (:class:`ExportWrapper`):
+
+* input ``image``: uint8 RGB, (N, 3, H, W), with N, H and W dynamic;
+* output ``logits``: float32 (N, 19, H, W), the model's logits at the input size;
+* output ``labels``: uint8 (N, H, W) trainIds, the argmax of ``logits`` (uint8 because trainIds
+  fit in a byte and that is what the label PNGs hold; ONNX ArgMax gives int64, cast in the graph).
+
+Exporter: torch's dynamo exporter (``torch.onnx.export(..., dynamo=True)``) with dynamic N, H, W
+first; when it fails, the TorchScript exporter with ``dynamic_axes``. Either way the file is then
+checked with onnxruntime at two input sizes (the dynamic-shape trap of DeepLabV3 is its ASPP
+image pooling, whose upsampling must follow the input size) against the fp32 torch model.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cityseg.errors import CitysegError
+from cityseg.utils import atomic_path
+
+log = logging.getLogger(__name__)
+
+#: The default ONNX opset: 18 is the lowest the dynamo exporter writes natively (no down-conversion).
+DEFAULT_OPSET = 18
+#: Required argmax agreement of onnxruntime with fp32 torch (issue 6).
+EXPORT_AGREEMENT = 0.999
+EXPORTERS = ("auto", "dynamo", "torchscript")
+
+
+class ExportWrapper(nn.Module):
+    """A cityseg model behind uint8 input and ImageNet normalisation, returning logits and labels.
+
+    Shape:
+        image: (N, 3, H, W) uint8 RGB. Returns ``(logits (N, C, H, W) float32, labels (N, H, W) uint8)``.
+    """
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.model = model
+        # scaled to 0-255 so the graph does one subtract and one divide on the uint8 input
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (image.float() - self.mean) / self.std
+        out = self.model(x)
+        logits = out["out"] if isinstance(out, dict) else out
+        return logits, logits.argmax(1).to(torch.uint8)
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_onnx` did: which exporter wrote the file and how the check went."""
+
+    path: Path
+    exporter: str
+    opset: int
+    agreement: float  # lowest argmax agreement with fp32 torch over the checked inputs
+    checked: list[str]  # the inputs checked, e.g. "random 96x64", "frankfurt_..._leftImg8bit.png"
+
+
+def wrap_for_export(model: nn.Module) -> ExportWrapper:
+    """``model`` (eval mode, CPU, fp32) inside :class:`ExportWrapper` with ImageNet mean/std."""
+    from cityseg.models import IMAGENET_MEAN, IMAGENET_STD
+
+    return ExportWrapper(model.float().cpu().eval(), IMAGENET_MEAN, IMAGENET_STD).eval()
+
+
+def _example(height: int = 64, width: int = 96) -> torch.Tensor:
+    return torch.randint(0, 256, (1, 3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def _export_dynamo(wrapper: ExportWrapper, opset: int) -> bytes:
+    """Export with torch.export (dynamo) and dynamic N, H, W; returns the serialised model."""
+    from torch.export import Dim
+
+    dims = {"image": {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrapper, (_example(),), dynamo=True, opset_version=opset, input_names=["image"],
+            output_names=["logits", "labels"], dynamic_shapes=dims, verbose=False,
+        )
+    buffer = io.BytesIO()
+    program.save(buffer)  # type: ignore[union-attr]
+    return buffer.getvalue()
+
+
+def _export_torchscript(wrapper: ExportWrapper, opset: int) -> bytes:
+    """Export with the TorchScript exporter and ``dynamic_axes``; returns the serialised model."""
+    buffer = io.BytesIO()
+    axes = {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"},
+            "labels": {0: "batch", 1: "height", 2: "width"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, (_example(),), buffer, dynamo=False, opset_version=opset, input_names=["image"],
+            output_names=["logits", "labels"], dynamic_axes=axes,
+        )
+    return buffer.getvalue()
+
+
+def onnx_bytes(model: nn.Module, opset: int = DEFAULT_OPSET, exporter: str = "auto") -> tuple[bytes, str]:
+    """Serialise ``model`` (wrapped by :func:`wrap_for_export`) to ONNX; returns (bytes, exporter used).
+
+    ``exporter``: ``"dynamo"``, ``"torchscript"``, or ``"auto"`` (dynamo, falling back to
+    TorchScript when it raises or its graph fails the two-size check).
+
+    Raises:
+        CitysegError: unknown exporter, or every exporter tried failed (the last reason is named).
+    """
+    if exporter not in EXPORTERS:
+        raise CitysegError(f"exporter {exporter!r}; valid: {', '.join(EXPORTERS)}")
+    wrapper = wrap_for_export(model)
+    tries = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
+    order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+    reason = ""
+    for name in order:
+        try:
+            data = tries[name](wrapper, opset)
+            check_dynamic(data, wrapper)
+            return data, name
+        except Exception as exc:  # exporter internals raise many types; any failure means "try the next"
+            reason = f"{name} exporter: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            log.warning("ONNX export failed with the %s", reason)
+    raise CitysegError(f"ONNX export failed ({reason})")
+
+
+def check_dynamic(data: bytes, wrapper: ExportWrapper, sizes: tuple[tuple[int, int], ...] = ((96, 64), (80, 112))) -> None:
+    """Run the serialised model at two (W, H) sizes and batch sizes 1 and 2; raise if shapes or labels are off."""
+    from cityseg.inference.runtime import ort_session
+
+    session = ort_session(data, threads=1)
+    for batch, (w, h) in enumerate(sizes, start=1):
+        image = torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(w))
+        logits, labels = session.run(["logits", "labels"], {"image": image.numpy()})
+        with torch.inference_mode():
+            ref, _ = wrapper(image)
+        if logits.shape != tuple(ref.shape) or labels.shape != (batch, h, w) or labels.dtype != np.uint8:
+            raise RuntimeError(f"at {w}x{h} the graph gives logits {logits.shape}, labels {labels.shape} {labels.dtype}")
+        if not np.array_equal(labels, logits.argmax(1).astype(np.uint8)):
+            raise RuntimeError(f"at {w}x{h} the labels output is not the argmax of the logits")
+
+
+def argmax_agreement(session, wrapper: ExportWrapper, image: np.ndarray) -> float:
+    """Fraction of pixels where onnxruntime's labels equal fp32 torch's argmax; ``image`` (H, W, 3) uint8."""
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+    (labels,) = session.run(["labels"], {"image": x.numpy()})
+    with torch.inference_mode():
+        ref, _ = wrapper(x)
+    return float((torch.from_numpy(labels).long() == ref.argmax(1)).double().mean())
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "auto",
+    check_images: list[Path] | None = None,
+    min_agreement: float = EXPORT_AGREEMENT,
+) -> ExportReport:
+    """Export ``model`` to ``path`` (written atomically) and check it with onnxruntime.
+
+    The check runs the file on a random 320x192 image and on every ``check_images`` file (real
+    frames, read as RGB) and compares its ``labels`` with the argmax of fp32 torch.
+
+    Raises:
+        CitysegError: export failed, a check image is unreadable, or agreement < ``min_agreement``
+            (then no file is written).
+    """
+    from cityseg.inference.runtime import ort_session
+    from cityseg.utils import read_image
+
+    path = Path(path)
+    data, used = onnx_bytes(model, opset, exporter)
+    wrapper = wrap_for_export(model)
+    session = ort_session(data)
+    images = [("random 320x192", _example(192, 320)[0].permute(1, 2, 0).numpy())]
+    images += [(p.name, read_image(p, "RGB")) for p in check_images or []]
+    results = [(name, argmax_agreement(session, wrapper, img)) for name, img in images]
+    worst_name, worst = min(results, key=lambda r: r[1])
+    if worst < min_agreement:
+        raise CitysegError(
+            f"{worst_name}: onnxruntime agrees with fp32 torch on {worst:.4%} of pixels, below {min_agreement:.1%}; "
+            f"{path} not written"
+        )
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as exc:
+        raise CitysegError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    return ExportReport(path, used, opset, worst, [name for name, _ in results])

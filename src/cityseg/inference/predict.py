@@ -1,0 +1,316 @@
+"""Inference: whole-image and sliding-window prediction with test-time augmentation.
+
+:func:`predict_logits` is the one inference routine: ``cityseg evaluate --checkpoint``,
+``cityseg predict`` and :class:`~cityseg.inference.predictor.Predictor` all call it. It takes
+any callable that maps normalised ``(N, 3, h, w)`` float images to logits (a cityseg model, whose
+forward returns ``{"out": ...}``, or one of the runners of :mod:`cityseg.inference.runners`) and
+returns averaged softmax probabilities at the input size.
+
+Sliding windows follow mmsegmentation's ``slide_inference``: windows of ``crop`` every
+``stride``, the last row and column shifted back to end at the image border, so every window has
+the same size and the windows can be batched; overlapping pixels average their probabilities.
+A ``(C, H, W)`` probability buffer and an ``(H, W)`` count map per image are all that is held at
+full resolution, so 2048x1024 frames fit in a few hundred MB whatever the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cityseg.errors import CitysegError
+
+if TYPE_CHECKING:
+    from cityseg.config import CRFConfig
+
+#: Anything that maps (N, 3, h, w) float images to (N, C, h, w) logits or ``{"out": logits}``.
+LogitsFn = Callable[[torch.Tensor], "torch.Tensor | dict[str, torch.Tensor]"]
+
+MODES = ("whole", "sliding")
+
+
+def model_logits(model: LogitsFn, x: torch.Tensor) -> torch.Tensor:
+    """Run ``model`` on ``x`` (N, 3, h, w) -> (N, C, h, w) float32 logits at ``x``'s size.
+
+    Accepts models returning torchvision's ``{"out": ...}`` dict or a bare tensor; outputs
+    at another size (a model without a final upsampling) are resized bilinearly.
+    """
+    out = model(x)
+    logits = out["out"] if isinstance(out, dict) else out
+    logits = logits.float()
+    if logits.shape[-2:] != x.shape[-2:]:
+        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return logits
+
+
+def window_starts(size: int, crop: int, stride: int) -> list[int]:
+    """Start offsets of sliding windows along one axis (mmsegmentation's grid).
+
+    The windows ``[s, s + min(crop, size))`` cover ``[0, size)``; the last one is shifted back to
+    end at the border, so all have the same length. E.g. ``window_starts(10, 4, 3) == [0, 3, 6]``.
+    """
+    crop = min(crop, size)
+    count = max(size - crop + stride - 1, 0) // stride + 1
+    return sorted({min(i * stride, size - crop) for i in range(count)})
+
+
+def check_window(crop: tuple[int, int], stride: tuple[int, int]) -> None:
+    """Raise CitysegError unless ``0 < stride <= crop`` on both axes (else pixels go unseen)."""
+    for axis, c, s in zip("wh", crop, stride, strict=True):
+        if c <= 0 or s <= 0:
+            raise CitysegError(f"sliding window: crop {crop} and stride {stride} (WxH) must be positive")
+        if s > c:
+            raise CitysegError(
+                f"sliding window: stride {s} > crop {c} along {'width' if axis == 'w' else 'height'} leaves pixels "
+                "unpredicted; use a stride <= the crop size"
+            )
+
+
+def _whole_probs(model: LogitsFn, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Softmax of the model on whole images, ``batch_size`` at a time -> (N, C, h, w) float32."""
+    return torch.cat([model_logits(model, chunk).softmax(1) for chunk in x.split(batch_size)])
+
+
+def _sliding_probs(
+    model: LogitsFn, x: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int], batch_size: int
+) -> torch.Tensor:
+    """Average softmax over sliding windows -> (N, C, h, w) float32 at ``x``'s size.
+
+    ``crop`` and ``stride`` are (width, height). Windows of one image are run ``batch_size``
+    at a time and accumulated into a probability buffer and a count map.
+    """
+    n, _, h, w = x.shape
+    (cw, ch), (sw, sh) = crop, stride
+    ch, cw = min(ch, h), min(cw, w)
+    boxes = [(y, xx) for y in window_starts(h, ch, sh) for xx in window_starts(w, cw, sw)]
+    outputs = []
+    for image in x:
+        probs: torch.Tensor | None = None
+        count = torch.zeros((1, h, w), dtype=torch.float32, device=x.device)
+        for first in range(0, len(boxes), batch_size):
+            chunk = boxes[first : first + batch_size]
+            crops = torch.stack([image[:, y : y + ch, xx : xx + cw] for y, xx in chunk])
+            window_probs = model_logits(model, crops).softmax(1)
+            if probs is None:  # the class count is known only after the first forward pass
+                probs = window_probs.new_zeros((window_probs.shape[1], h, w))
+            for (y, xx), p in zip(chunk, window_probs, strict=True):
+                probs[:, y : y + ch, xx : xx + cw] += p
+                count[:, y : y + ch, xx : xx + cw] += 1
+        outputs.append(probs / count)
+    return torch.stack(outputs)
+
+
+def _scaled(images: torch.Tensor, scale: float) -> torch.Tensor:
+    if scale == 1.0:
+        return images
+    h, w = images.shape[-2:]
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
+def predict_logits(
+    model: LogitsFn,
+    images: torch.Tensor,
+    mode: str = "whole",
+    crop: tuple[int, int] = (1024, 512),
+    stride: tuple[int, int] = (683, 341),
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    batch_size: int = 4,
+) -> torch.Tensor:
+    """Class probabilities of ``images``, averaged over scales, flips and sliding windows.
+
+    Args:
+        model: a cityseg model in eval mode (or any callable from normalised images to logits).
+        images: (N, 3, H, W) float32, normalised with ImageNet mean/std, on the model's device.
+        mode: ``"whole"`` (one pass per image) or ``"sliding"`` (windows of ``crop``).
+        crop: sliding-window size (width, height); clipped to the (scaled) image.
+        stride: sliding-window step (width, height); at most ``crop``.
+        scales: multi-scale test-time augmentation; each scale resizes the image bilinearly
+            and its probabilities are resized back to (H, W).
+        flip: add a horizontally flipped pass per scale (its output is flipped back).
+        batch_size: images (whole) or windows (sliding) per forward pass.
+
+    Returns:
+        (N, C, H, W) float32 probabilities: the mean over passes of the per-pass softmax.
+        Despite the name (kept for the evaluation interface) these are probabilities, not logits.
+
+    Raises:
+        CitysegError: unknown mode, bad window, no or non-positive scales.
+    """
+    if mode not in MODES:
+        raise CitysegError(f"inference mode {mode!r}; valid: {', '.join(MODES)}")
+    if not scales or any(s <= 0 for s in scales):
+        raise CitysegError(f"scales {list(scales)}: need at least one positive scale")
+    if mode == "sliding":
+        check_window(tuple(crop), tuple(stride))
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise CitysegError(f"images must be (N, 3, H, W); got {tuple(images.shape)}")
+    size = images.shape[-2:]
+    total: torch.Tensor | None = None
+    passes = 0
+    with torch.inference_mode():
+        for scale in scales:
+            x = _scaled(images, float(scale))
+            for flipped in (False, True) if flip else (False,):
+                xi = x.flip(-1) if flipped else x
+                if mode == "whole":
+                    probs = _whole_probs(model, xi, batch_size)
+                else:
+                    probs = _sliding_probs(model, xi, tuple(crop), tuple(stride), batch_size)
+                if flipped:
+                    probs = probs.flip(-1)
+                if probs.shape[-2:] != size:
+                    probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
+                total = probs if total is None else total.add_(probs)
+                passes += 1
+    assert total is not None
+    return total / passes
+
+
+# --- the embedding API ---------------------------------------------------------------------------
+
+
+class Predictor:
+    """Load a model once, then segment RGB arrays: the Python API for embedding cityseg.
+
+    Example::
+
+        from cityseg.inference.predict import Predictor
+
+        predictor = Predictor.from_checkpoint("runs/demo/checkpoints/best.pt")   # or .from_onnx("m.onnx")
+        train_ids = predictor.predict(rgb)   # rgb: (H, W, 3) uint8 -> (H, W) uint8 trainIds
+        colour = cityseg.labels.colorize(train_ids)   # official palette, (H, W, 3) uint8
+
+    Construct with :meth:`from_checkpoint`, :meth:`from_onnx` or :meth:`from_model`; the
+    keyword options (``mode``, ``crop``, ``stride``, ``scales``, ``flip``, ``batch_size``,
+    ``crf``) are those of :func:`predict_logits`, plus a :class:`~cityseg.config.CRFConfig`
+    to refine every prediction with a dense CRF.
+    """
+
+    def __init__(
+        self,
+        runner: LogitsFn,
+        path: str,
+        mode: str = "whole",
+        crop: tuple[int, int] = (1024, 512),
+        stride: tuple[int, int] = (683, 341),
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+        batch_size: int = 1,
+        crf: CRFConfig | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise CitysegError(f"inference mode {mode!r}; valid: {', '.join(MODES)}")
+        if mode == "sliding":
+            check_window(tuple(crop), tuple(stride))
+        if batch_size < 1:
+            raise CitysegError(f"batch size {batch_size}: must be >= 1")
+        if crf is not None:
+            from cityseg.inference.crf import check_available
+
+            check_available()
+        self.runner = runner
+        self.path = path  #: the inference path (see cityseg.inference.runtime.PATHS)
+        self.options = {"mode": mode, "crop": tuple(crop), "stride": tuple(stride), "scales": tuple(scales),
+                        "flip": flip, "batch_size": batch_size}
+        self.crf = crf
+        # runners take inputs anywhere and move them; the input tensor is built on the model's device
+        self.device = getattr(runner, "device", torch.device("cpu"))
+
+    @classmethod
+    def from_model(
+        cls, model: torch.nn.Module, device: str = "auto", precision: str = "auto", runtime: str = "auto", **options
+    ) -> Predictor:
+        """Wrap a cityseg model (its forward returns ``{"out": logits}``) on the chosen path.
+
+        ``device``: auto | cpu | cuda; ``precision``: auto | fp32 | bf16; ``runtime``: auto | torch |
+        compile | onnxruntime (see :func:`cityseg.inference.runtime.select_path`).
+        """
+        from cityseg.inference.runtime import build_runner, resolve_device, select_path
+
+        dev = resolve_device(device)
+        path = select_path(dev, precision, runtime)
+        return cls(build_runner(path, model, dev), path, **options)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str = "auto", precision: str = "auto", runtime: str = "auto", **options
+    ) -> Predictor:
+        """Load a cityseg checkpoint (CitysegError if it is not one) -> Predictor; see :meth:`from_model`."""
+        from cityseg.engine.checkpoint import load_model
+
+        model, _ = load_model(path, "cpu")
+        return cls.from_model(model, device, precision, runtime, **options)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, threads: int | None = None, device: str = "cpu", **options) -> Predictor:
+        """Load a model written by ``cityseg export`` and run it with onnxruntime (fp32)."""
+        from cityseg.inference.runtime import OrtRunner, ort_session
+        from cityseg.models import IMAGENET_MEAN, IMAGENET_STD
+
+        if not Path(path).is_file():
+            raise CitysegError(f"{path}: ONNX file not found")
+        runner = OrtRunner(ort_session(path, threads, device), IMAGENET_MEAN, IMAGENET_STD)
+        return cls(runner, "onnxruntime", **options)
+
+    def probabilities(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """(N, C, H, W) float32 probabilities of N same-size (H, W, 3) uint8 RGB images (on the CPU)."""
+        x = to_input(images, self.device)
+        return predict_logits(self.runner, x, **self.options).cpu()
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> (H, W) uint8 trainIds (CRF-refined when the predictor has a CRF config)."""
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Segment several images (any sizes; same-size ones share forward passes) -> list of (H, W) uint8."""
+        results: list[np.ndarray | None] = [None] * len(images)
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            check_rgb(image, f"image {i}")
+            by_size.setdefault(image.shape, []).append(i)
+        step = self.options["batch_size"]
+        for indices in by_size.values():
+            for first in range(0, len(indices), step):
+                chunk = indices[first : first + step]
+                probs = self.probabilities([images[i] for i in chunk]).numpy()
+                for i, p in zip(chunk, probs, strict=True):
+                    results[i] = self._labels(p, images[i])
+        return results  # type: ignore[return-value]
+
+    def _labels(self, probs: np.ndarray, image: np.ndarray) -> np.ndarray:
+        if self.crf is not None:
+            from cityseg.inference.crf import crf_labels
+
+            return crf_labels(probs, image, self.crf)
+        return probs.argmax(0).astype(np.uint8)
+
+    def describe(self) -> str:
+        """One line: the path and the runner (e.g. ``bf16: torch bf16 channels_last on cpu``)."""
+        describe = getattr(self.runner, "describe", None)
+        return f"{self.path}: {describe() if describe else type(self.runner).__name__}"
+
+
+def check_rgb(image: np.ndarray, what: str = "image") -> None:
+    """Raise CitysegError unless ``image`` is a (H, W, 3) uint8 array."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        shape = getattr(image, "shape", None)
+        raise CitysegError(f"{what}: expected a (H, W, 3) uint8 RGB array, got {type(image).__name__} "
+                           f"{shape} {getattr(image, 'dtype', '')}")
+
+
+def to_input(images: Sequence[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
+    """N same-size (H, W, 3) uint8 RGB arrays -> (N, 3, H, W) float32 normalised with ImageNet mean/std."""
+    from cityseg.models import IMAGENET_MEAN, IMAGENET_STD
+
+    batch = torch.from_numpy(np.stack([np.ascontiguousarray(im) for im in images])).to(device)
+    x = batch.permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous()

@@ -1,0 +1,135 @@
+"""ONNX export: the graph's interface, dynamic shapes, agreement with torch, atomic writes, the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cityseg import labels
+from cityseg.cli import main
+from cityseg.config import Config
+from cityseg.errors import CitysegError
+
+ort = pytest.importorskip("onnxruntime")
+
+from cityseg.inference.export import export_onnx, onnx_bytes, wrap_for_export  # noqa: E402
+from cityseg.inference.predict import Predictor, to_input  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model() -> torch.nn.Module:
+    from cityseg.models import build_model
+
+    torch.manual_seed(0)
+    return build_model("cityseg_tiny", freeze=[]).eval()
+
+
+class PoolingHead(torch.nn.Module):
+    """The dynamic-shape trap of DeepLabV3 in miniature: a stride-4 trunk, an image-pooling branch
+    upsampled back to the feature size (ASPP's), and logits upsampled to the input size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, 4, 1), torch.nn.BatchNorm2d(16), torch.nn.ReLU())
+        self.pool = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Conv2d(16, 16, 1))
+        self.classifier = torch.nn.Conv2d(32, labels.NUM_CLASSES, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.trunk(x)
+        pooled = torch.nn.functional.interpolate(self.pool(f), size=f.shape[-2:], mode="bilinear", align_corners=False)
+        logits = self.classifier(torch.cat([f, pooled], 1))
+        return {"out": torch.nn.functional.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from cityseg.engine.checkpoint import save_checkpoint
+
+    cfg = Config()
+    cfg.model.name, cfg.model.freeze = "cityseg_tiny", []
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, {"config": cfg.to_dict(), "model": tiny_model().state_dict(), "epoch": 1, "step": 1})
+    return path
+
+
+def rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def run_onnx(session, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return tuple(session.run(["logits", "labels"], {"image": images}))
+
+
+@pytest.mark.parametrize(("exporter", "make"), [("dynamo", PoolingHead), ("torchscript", tiny_model)])
+def test_exported_graph_has_dynamic_uint8_input_and_matches_torch(exporter, make):
+    model = make().eval()
+    data, used = onnx_bytes(model, exporter=exporter)
+    assert used == exporter
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    assert inp.name == "image" and inp.type == "tensor(uint8)"
+    assert [o.name for o in session.get_outputs()] == ["logits", "labels"]
+    assert not any(isinstance(d, int) for i, d in enumerate(inp.shape) if i != 1)  # N, H, W symbolic
+    wrapper = wrap_for_export(model)
+    for n, h, w in [(1, 64, 64), (2, 48, 80)]:  # two sizes, two batch sizes, one exported graph
+        images = np.stack([rgb(h, w, seed=i) for i in range(n)]).transpose(0, 3, 1, 2).copy()
+        logits, labels_out = run_onnx(session, images)
+        assert logits.shape == (n, labels.NUM_CLASSES, h, w) and logits.dtype == np.float32
+        assert labels_out.shape == (n, h, w) and labels_out.dtype == np.uint8
+        ref_logits, _ = wrapper(torch.from_numpy(images))
+        np.testing.assert_allclose(logits, ref_logits.detach().numpy(), rtol=1e-3, atol=1e-4)
+        # normalisation is in the graph: the torch model on normalised input gives the same argmax
+        ref = model(to_input(list(images.transpose(0, 2, 3, 1))))["out"].argmax(1).numpy()
+        assert (labels_out == ref).mean() >= 0.999
+
+
+def test_export_cli_writes_checked_file_and_predict_runs_it(tmp_path, checkpoint, capsys):
+    onnx_path = tmp_path / "model.onnx"
+    image_path = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.fromarray(rgb(64, 96, seed=5)).save(image_path)
+    assert main(["export", "--checkpoint", str(checkpoint), "--onnx", str(onnx_path), "--exporter", "torchscript",
+                 "--check-image", str(image_path)]) == 0
+    assert "photo.png" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "photo.png"]  # no temporary left
+    out = tmp_path / "pred"
+    assert main(["predict", "--onnx", str(onnx_path), str(image_path), "--out", str(out)]) == 0
+    got = np.asarray(Image.open(out / "trainIds" / "photo.png"))
+    expected = tiny_model()(to_input([rgb(64, 96, seed=5)]))["out"].argmax(1)[0].numpy()
+    assert (got == expected).mean() >= 0.999
+
+
+def test_export_refuses_low_agreement_and_writes_nothing(tmp_path):
+    path = tmp_path / "m.onnx"
+    with pytest.raises(CitysegError, match="not written"):
+        export_onnx(tiny_model(), path, exporter="torchscript", min_agreement=1.01)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_unwritable_path_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CitysegError, match="cannot write"):
+        export_onnx(tiny_model(), blocker / "m.onnx", exporter="torchscript")
+
+
+def test_from_onnx_on_a_real_frame_agrees_with_fp32_torch(tmp_path, fixtures_dir):
+    from cityseg.utils import read_image
+
+    frame = read_image(fixtures_dir / "images_only" / "frankfurt_demo_leftImg8bit.png", "RGB")  # 1024x512
+    model = tiny_model()
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path, exporter="torchscript")
+    onnx_pred = Predictor.from_onnx(path).predict(frame)
+    torch_pred = Predictor.from_model(model, device="cpu", precision="fp32", runtime="torch").predict(frame)
+    assert (onnx_pred == torch_pred).mean() >= 0.999
