@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test test-long install install-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,7 +24,11 @@ demo: $(VENV)/.installed
 	$(BIN)/cityseg train
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not long"
+
+# training the demo recipe on the 8 real fixture frames (several minutes; needs ../shared/fixtures)
+test-long: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q -s -m long
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -138,6 +138,16 @@ def test_native_bf16_read_from_cpu_flags(monkeypatch):
         runtime.select_path(cpu, "bf16", "onnxruntime")
 
 
+def test_low_precision_keeps_image_and_logit_convolutions_fp32():
+    model = tiny_model()
+    wrapped = runtime.keep_fp32_ends(model)
+    assert sorted(wrapped) == ["backbone.stem.0", "classifier"]  # reads RGB; writes NUM_CLASSES logits
+    assert runtime.keep_fp32_ends(model) == []  # idempotent
+    x = to_input([rgb(32, 32)])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x)["out"].dtype == torch.float32  # the last layer ran outside autocast
+
+
 @pytest.mark.parametrize("path", ["channels_last", "bf16"])
 def test_runner_paths_agree_with_fp32(path):
     if path not in runtime.available_paths(torch.device("cpu")):

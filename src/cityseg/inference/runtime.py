@@ -1,9 +1,11 @@
 """Execution paths of a model: device and precision choice, torch and onnxruntime runners.
 
 A *runner* is a callable ``(N, 3, h, w) float32 normalised images -> (N, C, h, w) float32
-logits`` that hides how the model runs: eager torch in fp32 or under bf16 autocast, NCHW or
-channels_last, or an onnxruntime session. :func:`cityseg.inference.predict.predict_logits`
-takes any runner, so sliding windows and test-time augmentation work the same on every path.
+logits`` that hides how the model runs: eager or ``torch.compile``d torch in fp32 or under bf16
+autocast, NCHW or channels_last, or an onnxruntime session. A *path* (:data:`PATHS`) names one
+such configuration; :func:`default_path` is the one ``cityseg predict`` uses, chosen by the
+measurements in BENCHMARKS.md. :func:`cityseg.inference.predict.predict_logits` takes any
+runner, so sliding windows and test-time augmentation work the same on every path.
 
 Why bf16 only where the CPU has it natively: without ``avx512_bf16`` or AMX, oneDNN emulates
 bf16 with fp32 arithmetic plus conversions, which is slower than fp32 and still loses precision.
@@ -15,7 +17,6 @@ import contextlib
 import copy
 import functools
 import os
-import platform
 import shutil
 from pathlib import Path
 
@@ -49,12 +50,13 @@ def cpu_has_native_bf16() -> bool:
     """True when the CPU computes bf16 dot products in hardware (AVX512-BF16 or AMX-BF16).
 
     ``torch.backends.cpu.get_cpu_capability()`` says only "AVX512" on both kinds of AVX-512
-    CPU, so the flags are read from /proc/cpuinfo; on Apple silicon bf16 is native (ARMv8.6).
+    CPU (and ``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` is true on any AVX-512 CPU, where
+    oneDNN emulates bf16), so the flags are read from /proc/cpuinfo. Elsewhere (no /proc/cpuinfo)
+    only torch's "AMX" capability counts.
     """
     if any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS):
         return True
-    capability = torch.backends.cpu.get_cpu_capability()
-    return "AMX" in capability or (platform.system() == "Darwin" and platform.machine() == "arm64")
+    return "AMX" in torch.backends.cpu.get_cpu_capability()
 
 
 def resolve_device(kind: str = "auto") -> torch.device:
@@ -126,6 +128,8 @@ def keep_fp32_ends(model: nn.Module) -> list[str]:
 
     wrapped = []
     for parent_name, parent in list(model.named_modules()):
+        if isinstance(parent, Fp32):  # already wrapped: calling twice changes nothing
+            continue
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Conv2d) and (child.in_channels == 3 or child.out_channels == NUM_CLASSES):
                 setattr(parent, name, Fp32(child))
