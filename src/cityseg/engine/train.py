@@ -99,6 +99,8 @@ def train(
         force: start afresh even if ``out_dir`` already holds a run.
         max_steps_per_epoch: cut every epoch short (tests); None trains on the whole split.
 
+    Sets torch's process-wide thread count (``train.threads``) and deterministic-algorithms flag.
+
     Raises:
         CitysegError: bad config, data or checkpoint; a non-finite loss (:class:`NonFiniteLoss`).
         KeyboardInterrupt: Ctrl-C; the checkpoints on disk stay valid for ``resume``.
