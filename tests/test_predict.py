@@ -206,10 +206,11 @@ def _write(path, array):
 def test_predict_cli_writes_four_maps_at_input_size(tmp_path, checkpoint):
     a = _write(tmp_path / "in" / "aachen_000000_000019_leftImg8bit.png", rgb(40, 72))
     b = _write(tmp_path / "in" / "sub" / "other.jpg", rgb(64, 48, seed=3))
-    out = tmp_path / "out"
-    code = main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "in"), "--out", str(out),
-                 "--precision", "fp32", "--runtime", "torch", "--batch-size", "2"])
-    assert code == 0
+    out = tmp_path / "in" / "out"  # inside the input folder: a second run must not read its own outputs
+    for _ in range(2):
+        code = main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "in"), "--out", str(out),
+                     "--precision", "fp32", "--runtime", "torch", "--batch-size", "2"])
+        assert code == 0
     model = tiny_model()
     for src in (a, b):
         image = np.asarray(Image.open(src).convert("RGB"))
@@ -234,6 +235,11 @@ def test_predict_cli_panel_with_ground_truth(tmp_path, checkpoint):
                  "--runtime", "torch", "--gt", str(tmp_path / "gtFine")]) == 0
     panel = Image.open(out / "panel" / f"{img.stem}.png")
     assert panel.width > panel.height  # four tiles side by side
+    # a frame without ground truth still gets its maps; the missing panel is a note, not a failure
+    other = _write(tmp_path / "img" / "bonn_000001_000019_leftImg8bit.png", rgb(32, 64, seed=1))
+    assert main(["predict", "--checkpoint", str(checkpoint), str(other), "--out", str(out), "--precision", "fp32",
+                 "--runtime", "torch", "--gt", str(tmp_path / "gtFine")]) == 0
+    assert (out / "trainIds" / f"{other.stem}.png").is_file() and not (out / "panel" / f"{other.stem}.png").exists()
 
 
 def test_predict_cli_bad_input_is_reported_and_the_rest_done(tmp_path, checkpoint, capsys):

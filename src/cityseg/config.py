@@ -112,12 +112,15 @@ class EvalConfig:
 
 @dataclass
 class CRFConfig:
-    iterations: int = 5
-    gaussian_sxy: float = 3.0
-    gaussian_compat: float = 3.0
-    bilateral_sxy: float = 50.0
-    bilateral_srgb: float = 13.0
-    bilateral_compat: float = 5.0
+    # Dense CRF of ``cityseg predict --crf`` (cityseg.inference.crf). Widths (*_sxy) are in pixels
+    # of a 2048-wide frame, scaled to the image. Tuned by benchmarks/tune_crf.py on the synthetic
+    # val split (demo model) and real fixture frames (real-frame model); see BENCHMARKS.md.
+    iterations: int = 5  # mean-field steps
+    gaussian_sxy: float = 3.0  # smoothness kernel width
+    gaussian_compat: float = 1.0  # smoothness kernel weight
+    bilateral_sxy: float = 80.0  # appearance kernel width
+    bilateral_srgb: float = 8.0  # appearance kernel colour scale (0-255 RGB)
+    bilateral_compat: float = 5.0  # appearance kernel weight
 
 
 @dataclass

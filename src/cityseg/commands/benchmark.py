@@ -66,6 +66,9 @@ def _model(args: argparse.Namespace):
 
         model, cfg = load_model(args.checkpoint, "cpu")
         return model, f"{cfg.model.name} ({args.checkpoint})"
+    import torch
+
     from cityseg.models import build_model
 
+    torch.manual_seed(0)  # the same random weights in every run
     return build_model(args.model, pretrained="none", freeze=[]).eval(), args.model

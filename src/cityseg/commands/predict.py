@@ -9,7 +9,9 @@ For each input ``<stem>.png`` it writes, at the input's size::
     OUT/panel/<stem>.png      with --gt: image | ground truth | prediction | errors
 
 A bad input (missing, unreadable, a name another input already uses) is reported in one line
-and skipped; the others are still done and the exit status is 1. A checkpoint that is not a
+and skipped; the others are still done and the exit status is 1. With --gt, a frame without
+ground truth gets its four maps and a one-line note instead of a panel (not a failure); a
+ground truth that cannot be read or has another size is a failure. A checkpoint that is not a
 cityseg checkpoint or an output folder that cannot be written stops everything with status 2.
 """
 
@@ -62,9 +64,12 @@ def run(args: argparse.Namespace) -> int:
         raise CitysegError(f"--batch-size {args.batch_size}: must be >= 1")
     out = Path(args.out)
     check_writable(out)
-    files, failures = collect_inputs(args.inputs)
+    files, failures = collect_inputs(args.inputs, exclude=out)
     for message in failures:
         print(f"cityseg predict: {message}", file=sys.stderr)
+    if not files:
+        print("cityseg predict: no input image to segment", file=sys.stderr)
+        return 1
     predictor, cfg = build_predictor(args)
     print(f"cityseg predict: {len(files)} images, {predictor.describe()}", file=sys.stderr)
     if predictor.path.startswith("compile"):
@@ -80,21 +85,26 @@ def run(args: argparse.Namespace) -> int:
 # --- inputs -------------------------------------------------------------------------------------
 
 
-def collect_inputs(inputs: list[str]) -> tuple[list, list[str]]:
+def collect_inputs(inputs: list[str], exclude=None) -> tuple[list, list[str]]:
     """Expand files, folders and globs -> (image paths in order, one message per bad input).
 
     A path found twice is kept once; two different files with the same stem would write the same
-    outputs, so the second is refused.
+    outputs, so the second is refused. Folders are searched recursively, skipping ``exclude``
+    (the output folder, which may lie inside an input folder).
     """
     import glob
     from pathlib import Path
 
+    skip = Path(exclude).resolve() if exclude is not None else None
     files: list[Path] = []
     problems: list[str] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            found = sorted(
+                p for p in path.rglob("*")
+                if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not (skip and p.resolve().is_relative_to(skip))
+            )
             if not found:
                 problems.append(f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
             files += found
@@ -267,14 +277,22 @@ def write_outputs(out, stem: str, image, pred, gt_index: dict | None, bar) -> bo
 
 
 def write_panel(out, stem: str, image, pred, gt_index: dict) -> None:
-    """OUT/panel/<stem>.png: image | ground truth | prediction | errors (CitysegError if no usable ground truth)."""
+    """OUT/panel/<stem>.png: image | ground truth | prediction | errors.
+
+    A frame with no ground truth under --gt is noted on stderr and skipped; CitysegError if its
+    ground truth is unreadable or of another size.
+    """
     from cityseg.data.formats import read_label
     from cityseg.errors import CitysegError
     from cityseg.viz import save_panel
 
     key = frame_key(stem)
     if key not in gt_index:
-        raise CitysegError(f"{stem}: no ground truth {key}_gtFine_*.png under --gt; panel not written")
+        from tqdm import tqdm
+
+        tqdm.write(f"cityseg predict: note: no ground truth {key}_gtFine_*.png under --gt; no panel for {stem}",
+                   file=sys.stderr)
+        return
     gt = read_label(gt_index[key])
     if gt.shape != pred.shape:
         raise CitysegError(

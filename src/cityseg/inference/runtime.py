@@ -335,7 +335,7 @@ def build_runner(name: str, model: nn.Module, device: torch.device):
         from cityseg.inference.export import onnx_bytes
         from cityseg.models import IMAGENET_MEAN, IMAGENET_STD
 
-        # the TorchScript exporter: seconds instead of the dynamo exporter's half minute, same graph
+        # the TorchScript exporter: seconds instead of the dynamo exporter's half minute, an equivalent graph
         data, _ = onnx_bytes(model, exporter="torchscript")
         return OrtRunner(ort_session(data, device=device.type), IMAGENET_MEAN, IMAGENET_STD)
     precision, channels_last, compiled = _TORCH_PATHS[name]
