@@ -24,6 +24,17 @@ def parse_size(text: str, what: str = "size") -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def parse_scales(text: str) -> list[float]:
+    """``"0.75,1,1.25"`` (the CLI's ``--scales``) -> ``[0.75, 1.0, 1.25]``; CitysegError unless positive numbers."""
+    try:
+        scales = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        scales = []
+    if not scales or any(s <= 0 for s in scales):
+        raise CitysegError(f"--scales {text!r}: write positive numbers separated by commas, e.g. 0.75,1,1.25")
+    return scales
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.

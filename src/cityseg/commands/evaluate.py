@@ -347,7 +347,7 @@ def _device(kind: str | None) -> Any:
 def _apply_options(cfg: Any, args: argparse.Namespace) -> Any:
     """The checkpoint's config with ``--set`` and the inference flags applied."""
     from cityseg.config import apply_overrides, config_from_dict
-    from cityseg.utils import parse_size
+    from cityseg.utils import parse_scales, parse_size
 
     if args.set:
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), args.set), name=cfg.name)
@@ -360,7 +360,7 @@ def _apply_options(cfg: Any, args: argparse.Namespace) -> Any:
         parse_size(args.stride, "--stride")
         cfg.eval.stride = args.stride
     if args.scales:
-        cfg.eval.scales = _parse_scales(args.scales)
+        cfg.eval.scales = parse_scales(args.scales)
     if args.flip:
         cfg.eval.flip = True
     if args.data:
@@ -368,18 +368,6 @@ def _apply_options(cfg: Any, args: argparse.Namespace) -> Any:
     if args.split:
         cfg.data.val_split = args.split
     return cfg
-
-
-def _parse_scales(text: str) -> list[float]:
-    from cityseg.errors import CitysegError
-
-    try:
-        scales = [float(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        scales = []
-    if not scales or any(s <= 0 for s in scales):
-        raise CitysegError(f"--scales {text!r}: write positive numbers separated by commas, e.g. 0.75,1,1.25")
-    return scales
 
 
 def _inference_options(cfg: Any) -> dict[str, Any]:

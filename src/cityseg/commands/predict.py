@@ -189,7 +189,7 @@ def build_predictor(args: argparse.Namespace):
 
 def inference_options(args: argparse.Namespace, cfg) -> dict:
     """Keyword options of Predictor from the flags, defaults from the config's eval section."""
-    from cityseg.utils import parse_size
+    from cityseg.utils import parse_scales, parse_size
 
     scales = parse_scales(args.scales) if args.scales else (list(TTA_SCALES) if args.tta else [1.0])
     return {
@@ -201,19 +201,6 @@ def inference_options(args: argparse.Namespace, cfg) -> dict:
         "batch_size": args.batch_size,
         "crf": cfg.crf if args.crf else None,
     }
-
-
-def parse_scales(text: str) -> list[float]:
-    """``"0.75,1,1.25"`` -> ``[0.75, 1.0, 1.25]``; CitysegError unless positive numbers."""
-    from cityseg.errors import CitysegError
-
-    try:
-        scales = [float(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        scales = []
-    if not scales or any(s <= 0 for s in scales):
-        raise CitysegError(f"--scales {text!r}: write positive numbers separated by commas, e.g. 0.75,1,1.25")
-    return scales
 
 
 # --- the loop ------------------------------------------------------------------------------------
