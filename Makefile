@@ -8,11 +8,14 @@ BIN := $(VENV)/bin
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# setup.py builds the C extension of src/cityseg/data/_unfilter.c into the source tree
+SOURCES := pyproject.toml setup.py src/cityseg/data/_unfilter.c
+
+$(VENV)/.installed: $(SOURCES) | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-test: $(SOURCES) | $(BIN)/python
 	$(BIN)/pip install -q -e ".[test]"
 	touch $(VENV)/.installed $@
 
@@ -30,4 +33,4 @@ test-long: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -s -m long
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) build src/*.egg-info src/cityseg/data/_unfilter*.so

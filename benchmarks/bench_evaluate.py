@@ -9,7 +9,8 @@ swaps), then times, interleaved, each repeat:
 * ``cityseg``: ``python -m cityseg evaluate --pred-dir P --gt-dir G --json F`` (defaults: all
   usable cores, boundary F1 at 2 px), and the same with ``--boundary-tolerance -1``;
 * ``decode floor``: a fresh process that only decodes the three PNGs of every frame, with PIL in
-  one process and in a pool of N, and with pyspng (the decoder cityseg uses) in a pool of N.
+  one process and in a pool of N, with pyspng (libspng) in a pool of N, and with cityseg's own
+  label-map decoder (cityseg.data.png: libdeflate + a run-aware unfilter) in a pool of N.
 
 Prints medians, CPU seconds (children's user+sys: less sensitive to other jobs on the machine),
 the speed-up, and the largest difference between the two evaluators' numbers; ``--append FILE``
@@ -65,10 +66,15 @@ def spng(path):
     import pyspng
     with open(path, "rb") as f:
         return pyspng.load(f.read())
-DECODE = {"pil": pil, "spng": spng}[sys.argv[4]]
+def cityseg(path):
+    from cityseg.data.png import decode_grey
+    with open(path, "rb") as f:
+        return decode_grey(f.read())
+DECODE = {"pil": pil, "spng": spng, "cityseg": cityseg}[sys.argv[4]]
 def decode(gt):
     for path in (gt, gt.replace("_gtFine_labelIds", "_gtFine_instanceIds"), PRED[gt]):
-        DECODE(path)
+        if DECODE(path) is None:
+            sys.exit(f"{path}: not decoded")
 gts = sorted(glob.glob(sys.argv[1] + "/*/*_gtFine_labelIds.png"))
 PRED = {g: sys.argv[2] + "/" + g.rsplit("/", 1)[1].replace("_gtFine_labelIds", "_leftImg8bit") for g in gts}
 n = int(sys.argv[3])
@@ -177,6 +183,10 @@ def decoder_comparison(gt_dir: Path, pred_dir: Path, frames: int = 15) -> dict[s
         decoders["pyspng"] = lambda p: pyspng.load(Path(p).read_bytes())
     except ImportError:
         pass
+    from cityseg.data import png
+
+    if png.available():
+        decoders["cityseg.data.png"] = lambda p: png.decode_grey(Path(p).read_bytes())
     out = {}
     for name, fn in decoders.items():
         times = []
@@ -243,6 +253,8 @@ def main() -> None:
             "decode floor: PIL, 3 PNGs per frame, 1 process": [py, "-c", FLOOR, str(gt_dir), str(pred_dir), "1", "pil"],
             f"decode floor: PIL, {args.workers} processes": [py, "-c", FLOOR, str(gt_dir), str(pred_dir), n, "pil"],
             f"decode floor: pyspng, {args.workers} processes": [py, "-c", FLOOR, str(gt_dir), str(pred_dir), n, "spng"],
+            f"decode floor: cityseg.data.png, {args.workers} processes":
+                [py, "-c", FLOOR, str(gt_dir), str(pred_dir), n, "cityseg"],
         }
         results: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
         for r in range(args.repeats):  # interleaved, so that other jobs on the machine hit every command alike
@@ -277,7 +289,7 @@ def format_report(
         f"Command: `{command}" + (f" --append {args.append}" if args.append else "") + "`",
         "",
         f"Machine: 2-core x86_64 CPU, no GPU ({versions}); other jobs may have run concurrently on the same "
-        "cores. Date: 2026-11-25.",
+        f"cores. Date: {time.strftime('%Y-%m-%d')}.",
         "",
         f"{args.frames} frames of 2048x1024: the 15 real frankfurt val labelIds + instanceIds maps of "
         "../shared/fixtures under new names, predictions shifted by 1-2 px with wrong blobs and class swaps. "

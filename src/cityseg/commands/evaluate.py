@@ -167,36 +167,39 @@ def read_id_map(path: Path, limit: int | None, what: str) -> Any:
     return arr
 
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
 def _decode_grey_png(path: Path) -> Any:
-    """8/16-bit greyscale PNG via pyspng (libspng), or None for anything else.
+    """8/16-bit greyscale PNG, or None for anything else.
 
-    Decoding is most of the work of ``--pred-dir``; on the official 2048x1024 maps libspng takes
-    ~6 ms for an 8-bit and ~14 ms for the 16-bit instanceIds map where Pillow takes ~8 and ~23
-    (benchmarks/bench_evaluate.py). pyspng expands palette PNGs to RGB and returns 16-bit grey
-    as grey+alpha, so only plain greyscale files come here, and the grey channel is kept.
-    libspng decodes interlaced files too and ignores CRC errors (as Pillow does by default).
+    Decoding is most of the work of ``--pred-dir``. :func:`cityseg.data.png.decode_grey`
+    (libdeflate + a run-aware unfilter) takes ~0.5 ms for an official 2048x1024 labelIds map
+    and ~0.9 ms for the 16-bit instanceIds map, where libspng takes ~6 and ~12.5 and Pillow ~8
+    and ~23 (benchmarks/bench_evaluate.py). Where its C extension is not built, pyspng
+    (libspng) decodes the same files; pyspng expands palette PNGs to RGB and returns 16-bit grey
+    as grey+alpha, so only plain greyscale files go to it, and the grey channel is kept.
     """
     import numpy as np
 
-    try:
-        import pyspng
-    except ImportError:  # optional speed-up; Pillow decodes the same files
-        return None
+    from cityseg.data import png
+
     try:
         data = path.read_bytes()
     except OSError:
         return None  # Pillow's reader raises the CitysegError
+    arr = png.decode_grey(data)
+    if arr is not None or png.available():
+        return arr  # None: not a plain greyscale file, which pyspng would not take either
+    try:
+        import pyspng
+    except ImportError:  # optional speed-up; Pillow decodes the same files
+        return None
     # IHDR is the first chunk: bytes 24 and 25 are the bit depth and colour type (0: greyscale)
-    if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or data[25] != 0 or data[24] not in (8, 16):
+    if data[:8] != png.SIGNATURE or data[12:16] != b"IHDR" or data[25] != 0 or data[24] not in (8, 16):
         return None
     try:
         arr = pyspng.load(data)
     except RuntimeError:
         return None
-    return arr[..., 0] if arr.ndim == 3 else arr  # a strided view; reshape(-1) of it needs no copy
+    return np.ascontiguousarray(arr[..., 0]) if arr.ndim == 3 else arr
 
 
 def score_frame(job: tuple[Path, Path, Path, int | None]) -> Any:

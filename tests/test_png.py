@@ -1,0 +1,218 @@
+"""The fast greyscale PNG decoder (cityseg.data.png) against Pillow, the official tools' decoder."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cityseg.data import png
+
+FILTERS = (0, 1, 2, 3, 4)  # None, Sub, Up, Average, Paeth
+
+
+# --- a PNG writer that picks each row's filter type (Pillow picks them itself) ------------------
+
+
+def _paeth(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    a, b, c = (v.astype(np.int32) for v in (a, b, c))
+    pa, pb, pc = np.abs(b - c), np.abs(a - c), np.abs(a + b - 2 * c)
+    return np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+
+
+def filter_rows(samples: np.ndarray, filters: list[int]) -> bytes:
+    """PNG scanlines of (H, W) uint8 or big-endian uint16 samples, row y filtered with filters[y]."""
+    data = samples.astype(">u2" if samples.dtype.itemsize == 2 else np.uint8)
+    rows = data.view(np.uint8).reshape(samples.shape[0], -1).astype(np.int32)
+    bpp = samples.dtype.itemsize
+    out = []
+    for y, kind in enumerate(filters):
+        cur = rows[y]
+        up = rows[y - 1] if y else np.zeros_like(cur)
+        left = np.concatenate([np.zeros(bpp, np.int32), cur[:-bpp]])
+        upleft = np.concatenate([np.zeros(bpp, np.int32), up[:-bpp]])
+        predictor = [0, left, up, (left + up) // 2, _paeth(left, up, upleft)][kind]
+        out.append(bytes([kind]) + ((cur - predictor) % 256).astype(np.uint8).tobytes())
+    return b"".join(out)
+
+
+def chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def write_png(samples: np.ndarray, filters: list[int], *, idat_parts: int = 1, interlace: int = 0,
+              colour: int = 0, depth: int | None = None, extra: bytes = b"") -> bytes:
+    h, w = samples.shape
+    depth = depth or 8 * samples.dtype.itemsize
+    stream = zlib.compress(filter_rows(samples, filters), 9)
+    step = -(-len(stream) // idat_parts)
+    idats = b"".join(chunk(b"IDAT", stream[i : i + step]) for i in range(0, len(stream), step))
+    ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, interlace))
+    return png.SIGNATURE + ihdr + extra + idats + chunk(b"IEND", b"")
+
+
+def label_like(h: int, w: int, dtype: type, rng: np.random.Generator) -> np.ndarray:
+    """Blocks of one value with ragged edges and a sprinkle of single odd pixels."""
+    top = 34 if dtype == np.uint8 else 34_000
+    cells = rng.integers(0, top, size=(h // 5 + 1, w // 7 + 1))
+    out = np.kron(cells, np.ones((5, 7), np.int64))[:h, :w]
+    out = np.where(rng.random((h, w)) < 0.02, rng.integers(0, top, size=(h, w)), out)
+    shift = rng.integers(0, 3, size=h)
+    out = np.stack([np.roll(row, s) for row, s in zip(out, shift)])
+    return out.astype(dtype)
+
+
+def pillow(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img)
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+
+def test_the_fast_path_is_built():
+    # setup.py builds the extension; without it everything still works, only slower
+    assert png.available(), "cityseg.data._unfilter is not built: reinstall with a C compiler (pip install -e .)"
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("kind", [*FILTERS, "mixed"])
+def test_every_filter_type_decodes_as_pillow_does(dtype, kind):
+    rng = np.random.default_rng(7)
+    for h, w in [(1, 1), (3, 2), (9, 7), (17, 8), (16, 9), (33, 64), (20, 101)]:
+        samples = label_like(h, w, dtype, rng)
+        filters = list(rng.integers(0, 5, size=h)) if kind == "mixed" else [kind] * h
+        data = write_png(samples, filters)
+        expected = pillow(data)
+        np.testing.assert_array_equal(expected, samples)  # the writer above is right
+        got = png.decode_grey(data)
+        assert got is not None and got.dtype == dtype and got.shape == (h, w)
+        np.testing.assert_array_equal(got, samples, err_msg=f"{h}x{w}")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_noise_and_flat_images_with_every_filter(dtype):
+    # noise defeats every fast path; a flat image takes only fast paths
+    rng = np.random.default_rng(3)
+    top = np.iinfo(dtype).max + 1
+    for samples in (rng.integers(0, top, size=(40, 75)).astype(dtype), np.full((40, 75), 200, dtype),
+                    np.tile(rng.integers(0, top, size=(1, 75)), (40, 1)).astype(dtype),
+                    np.tile(rng.integers(0, top, size=(40, 1)), (1, 75)).astype(dtype)):
+        for kind in FILTERS:
+            got = png.decode_grey(write_png(samples, [kind] * 40))
+            np.testing.assert_array_equal(got, samples, err_msg=f"filter {kind}")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])  # Pillow modes "L" and "I;16"
+@pytest.mark.parametrize("level", [0, 1, 6, 9])
+def test_files_written_by_pillow(tmp_path, dtype, level):
+    samples = label_like(64, 130, dtype, np.random.default_rng(level))
+    path = tmp_path / "map.png"
+    Image.fromarray(samples).save(path, compress_level=level)
+    data = path.read_bytes()
+    np.testing.assert_array_equal(png.decode_grey(data), pillow(data))
+
+
+def test_split_idat_and_ancillary_chunks():
+    samples = label_like(50, 60, np.uint8, np.random.default_rng(1))
+    extra = chunk(b"gAMA", struct.pack(">I", 45455)) + chunk(b"tEXt", b"Comment\x00label ids")
+    data = write_png(samples, [4] * 50, idat_parts=5, extra=extra)
+    np.testing.assert_array_equal(png.decode_grey(data), samples)
+
+
+def test_real_label_maps_decode_as_pillow_does(fixtures_dir):
+    maps = sorted(fixtures_dir.glob("cityscapes/gtFine/*/*/*_gtFine_*Ids.png"))
+    maps += sorted(fixtures_dir.glob("kitti/semantic/*.png")) + sorted(fixtures_dir.glob("kitti/instance/*.png"))
+    assert maps
+    for path in maps:
+        data = path.read_bytes()
+        got = png.decode_grey(data)
+        assert got is not None, path
+        np.testing.assert_array_equal(got, pillow(data), err_msg=str(path))
+
+
+def _corrupt(data: bytes, offset: int, value: int) -> bytes:
+    return data[:offset] + bytes([value]) + data[offset + 1 :]
+
+
+@pytest.mark.parametrize("case", ["rgb", "grey-alpha", "palette", "4-bit", "interlaced", "bad IHDR crc",
+                                  "bad IDAT crc", "truncated", "no IEND", "filter type 5", "too few rows",
+                                  "not a png", "zero width"])
+def test_anything_else_is_left_to_the_general_decoder(case, tmp_path):
+    samples = label_like(12, 10, np.uint8, np.random.default_rng(0))
+    good = write_png(samples, [1] * 12)
+    if case in ("rgb", "grey-alpha", "palette", "4-bit"):
+        mode = {"rgb": "RGB", "grey-alpha": "LA", "palette": "P", "4-bit": "P"}[case]
+        img = Image.fromarray(samples).convert(mode)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", bits=4 if case == "4-bit" else 8)
+        data = buf.getvalue()
+    elif case == "interlaced":
+        data = write_png(samples, [0] * 12, interlace=1)
+    elif case == "bad IHDR crc":
+        data = _corrupt(good, 29, good[29] ^ 1)
+    elif case == "bad IDAT crc":
+        data = _corrupt(good, len(good) - 13, good[len(good) - 13] ^ 1)
+    elif case == "truncated":
+        data = good[: len(good) - 20]
+    elif case == "no IEND":
+        data = good[:-12]
+    elif case == "filter type 5":
+        stream = zlib.compress(b"".join(bytes([5]) + bytes(10) for _ in range(12)))
+        ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", 10, 12, 8, 0, 0, 0, 0))
+        data = png.SIGNATURE + ihdr + chunk(b"IDAT", stream) + chunk(b"IEND", b"")
+    elif case == "too few rows":
+        ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", 10, 13, 8, 0, 0, 0, 0))
+        data = good[:8] + ihdr + good[33:]
+    elif case == "not a png":
+        data = b"GIF89a" + bytes(40)
+    else:
+        ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 12, 8, 0, 0, 0, 0))
+        data = good[:8] + ihdr + good[33:]
+    assert png.decode_grey(data) is None
+
+
+def test_random_damage_never_crashes_and_never_decodes_wrongly():
+    rng = np.random.default_rng(11)
+    samples = label_like(30, 40, np.uint16, rng)
+    good = write_png(samples, list(rng.integers(0, 5, size=30)))
+    for _ in range(300):
+        data = bytearray(good)
+        for offset in rng.integers(8, len(data), size=int(rng.integers(1, 4))):
+            data[offset] = int(rng.integers(0, 256))
+        got = png.decode_grey(bytes(data))
+        # a CRC-32 per chunk and the stream's Adler-32: damage is caught, not decoded into wrong ids
+        if got is not None:
+            np.testing.assert_array_equal(got, samples)
+
+
+def test_unfilter_checks_its_buffers():
+    from cityseg.data._unfilter import unfilter
+
+    with pytest.raises(ValueError, match="filtered bytes"):
+        unfilter(bytes(9), bytearray(8), 2, 4, 1, False)
+    with pytest.raises(ValueError, match="filtered bytes"):
+        unfilter(bytes(10), bytearray(9), 2, 4, 1, False)
+    with pytest.raises(ValueError, match="bpp"):
+        unfilter(bytes(10), bytearray(8), 2, 4, 3, False)
+    with pytest.raises(ValueError, match="filter type 9"):
+        unfilter(bytes([0, 1, 2, 3, 4, 9, 0, 0, 0, 0]), bytearray(8), 2, 4, 1, False)
+    with pytest.raises(TypeError):
+        unfilter(bytes(10), bytes(8), 2, 4, 1, False)  # read-only output
+
+
+def test_evaluate_reads_with_the_fast_path_and_falls_back_to_pillow(tmp_path):
+    from cityseg.commands.evaluate import read_id_map
+
+    samples = label_like(20, 30, np.uint8, np.random.default_rng(5))
+    fast = tmp_path / "fast.png"
+    fast.write_bytes(write_png(samples, [4] * 20))
+    palette = tmp_path / "palette.png"
+    Image.fromarray(samples).convert("P").save(palette)  # not plain greyscale: Pillow decodes it
+    for path in (fast, palette):
+        np.testing.assert_array_equal(read_id_map(Path(path), 33, "label id"), samples)
