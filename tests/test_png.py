@@ -216,3 +216,23 @@ def test_evaluate_reads_with_the_fast_path_and_falls_back_to_pillow(tmp_path):
     Image.fromarray(samples).convert("P").save(palette)  # not plain greyscale: Pillow decodes it
     for path in (fast, palette):
         np.testing.assert_array_equal(read_id_map(Path(path), 33, "label id"), samples)
+
+
+def test_without_the_extension_evaluate_decodes_the_same(tmp_path, monkeypatch):
+    """Where setup.py could not compile _unfilter.c, pyspng (then Pillow) reads the same values."""
+    from cityseg.commands.evaluate import read_id_map
+
+    rng = np.random.default_rng(9)
+    paths = []
+    for dtype in (np.uint8, np.uint16):
+        samples = label_like(40, 50, dtype, rng)
+        paths.append((tmp_path / f"{np.dtype(dtype).name}.png", samples))
+        paths[-1][0].write_bytes(write_png(samples, list(rng.integers(0, 5, size=40))))
+    fast = [read_id_map(p, None, "id") for p, _ in paths]
+    monkeypatch.setattr(png, "_unfilter", None)
+    assert not png.available()
+    for (path, samples), got in zip(paths, fast):
+        slow = read_id_map(path, None, "id")
+        np.testing.assert_array_equal(got, samples)
+        np.testing.assert_array_equal(slow, samples)
+        assert slow.dtype == got.dtype and slow.flags.c_contiguous
