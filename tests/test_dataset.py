@@ -105,6 +105,21 @@ def test_instance_ids_are_loaded_on_request(tmp_path):
     assert "instance_ids" not in CityscapesDataset(tmp_path, "val")[0]
 
 
+def test_label_maps_read_the_same_without_the_fast_decoder(synth_root, monkeypatch):
+    """cityseg.data.png reads plain greyscale maps; torchvision.io reads them where it cannot."""
+    from cityseg.data import png
+
+    ds = CityscapesDataset(synth_root, "val", with_instances=True)
+    fast = [ds[i] for i in range(min(2, len(ds)))]
+    assert fast
+    monkeypatch.setattr(png, "_unfilter", None)
+    for i, item in enumerate(fast):
+        slow = ds[i]
+        for key in ("mask", "instance_ids"):
+            assert slow[key].dtype == item[key].dtype == torch.int64
+            torch.testing.assert_close(slow[key], item[key], rtol=0, atol=0)
+
+
 def test_transform_runs_on_items_and_batches_collate(synth_root):
     cfg = DataConfig(crop_size="32x16", scale_range=[0.5, 2.0], color_jitter=0.2)
     ds = CityscapesDataset(synth_root, "train", transform=build_transforms(cfg, train=True))
@@ -195,6 +210,7 @@ def test_real_cityscapes_frames(fixtures_dir):
     np.testing.assert_array_equal(item["mask"].numpy(), labels.ID_TO_TRAIN_ID[label_ids])
     np.testing.assert_array_equal(item["image"].permute(1, 2, 0).numpy(), np.asarray(Image.open(ds.images[0]).convert("RGB")))
     inst = item["instance_ids"].numpy()
+    np.testing.assert_array_equal(inst, np.asarray(Image.open(ds.instances[0])))
     has_instance = inst >= 1000
     np.testing.assert_array_equal(inst[has_instance] // 1000, label_ids[has_instance])
 
