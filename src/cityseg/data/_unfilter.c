@@ -9,9 +9,9 @@
  * with one 64-bit store and handles every other byte exactly as the spec says.
  *
  * unfilter(raw, out, height, row_bytes, bpp, swap16): `raw` holds `height` filtered scanlines
- * of 1 + row_bytes bytes (the inflated IDAT data of a non-interlaced PNG); `out` receives the
- * height * row_bytes reconstructed bytes. With swap16 the 16-bit samples are written in host
- * (little-endian) order instead of PNG's big-endian order.
+ * of 1 + row_bytes bytes (the inflated IDAT data of a non-interlaced PNG); `out` (a separate,
+ * writable buffer) receives the height * row_bytes reconstructed bytes. With swap16 (bpp 2) the
+ * 16-bit samples are written in little-endian order instead of PNG's big-endian order.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -136,19 +136,30 @@ static Py_ssize_t unfilter_image(const uint8_t *raw, uint8_t *out, const uint8_t
 }
 
 static PyObject *unfilter(PyObject *self, PyObject *args) {
+    (void)self;
     Py_buffer raw, out;
     Py_ssize_t height, row_bytes;
     int bpp, swap;
     if (!PyArg_ParseTuple(args, "y*w*nnip", &raw, &out, &height, &row_bytes, &bpp, &swap)) return NULL;
     PyObject *result = NULL;
     uint8_t *zeros = NULL;
-    if (height < 0 || row_bytes < 1 || bpp < 1 || bpp > 8 || row_bytes % bpp || (swap && bpp % 2)) {
-        PyErr_SetString(PyExc_ValueError, "unfilter: bad height, row_bytes, bpp or swap16");
+    if (height < 0 || row_bytes < 1 || bpp < 1 || bpp > 8 || row_bytes % bpp || (swap && bpp != 2)) {
+        PyErr_SetString(PyExc_ValueError, "unfilter: bad height, row_bytes, bpp or swap16 (swap16 needs bpp 2)");
+        goto done;
+    }
+    /* the sizes below must not overflow before they are compared with the buffers */
+    if (row_bytes > PY_SSIZE_T_MAX - 1 || (height && row_bytes + 1 > PY_SSIZE_T_MAX / height)) {
+        PyErr_SetString(PyExc_ValueError, "unfilter: height * (row_bytes + 1) overflows");
         goto done;
     }
     if (raw.len != height * (row_bytes + 1) || out.len != height * row_bytes) {
         PyErr_Format(PyExc_ValueError, "unfilter: %zd filtered bytes for %zd rows of %zd (output %zd)", raw.len,
                      height, row_bytes, out.len);
+        goto done;
+    }
+    const char *r0 = raw.buf, *o0 = out.buf;
+    if (height && r0 < o0 + out.len && o0 < r0 + raw.len) {
+        PyErr_SetString(PyExc_ValueError, "unfilter: raw and out overlap");
         goto done;
     }
     zeros = calloc((size_t)row_bytes, 1);
@@ -179,6 +190,15 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_unfilter", "PNG scanline unfiltering.", -1, methods};
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_unfilter", "PNG scanline unfiltering.", -1, methods, NULL, NULL, NULL, NULL,
+};
 
-PyMODINIT_FUNC PyInit__unfilter(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__unfilter(void) {
+    PyObject *m = PyModule_Create(&module);
+#ifdef Py_GIL_DISABLED
+    /* no global state: safe without the GIL on free-threaded Python */
+    if (m) PyUnstable_Module_SetGIL(m, Py_MOD_GIL_NOT_USED);
+#endif
+    return m;
+}

@@ -9,9 +9,11 @@ unfilter (``_unfilter.c``) fills whole runs at once: about 1.5 ms for the same t
 
 Only the files label maps are saved as take this path: non-interlaced greyscale at 8 or 16 bits,
 the way the official tools, Pillow, OpenCV and torchvision write them. :func:`decode_grey`
-returns None for any other PNG (palette, colour, alpha, 1-4 bits, interlaced, a bad checksum
-or truncated data), and also when the extension could not be built; callers then use a
-general decoder, whose own errors name what is wrong with the file.
+returns None for any other PNG (palette, colour, alpha, 1-4 bits, interlaced, over Pillow's
+pixel limit), for any file Pillow might read differently or refuse (a bad CRC or Adler-32,
+truncated data, a second IHDR, IDAT chunks that are not consecutive), and when the extension
+could not be built; callers then use a general decoder, whose own errors name what is wrong
+with the file.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ except ImportError:  # pragma: no cover - a dependency; guarded so that decoding
     _deflate = None
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Above this many decoded bytes, leave the file to Pillow and its decompression-bomb check.
-MAX_DECODED_BYTES = 1 << 30
+# Larger images are left to Pillow, which warns above this many pixels and refuses twice as many
+# (PIL.Image.MAX_IMAGE_PIXELS, its decompression-bomb guard); Cityscapes frames have 2.1 M.
+MAX_PIXELS = 89_478_485
 _CHUNK_HEAD = struct.Struct(">I4s")
 _IHDR = struct.Struct(">IIBBBBB")
 
@@ -46,7 +49,7 @@ def decode_grey(data: bytes) -> np.ndarray | None:
     """(H, W) uint8 or native-order uint16 samples of a greyscale PNG, or None (see module doc).
 
     The samples are the stored values, as Pillow returns them for modes "L" and "I;16"; sBIT,
-    gAMA and other ancillary chunks do not change them.
+    gAMA, tRNS and other ancillary chunks do not change them.
     """
     if not available() or data[:8] != SIGNATURE:
         return None
@@ -54,21 +57,21 @@ def decode_grey(data: bytes) -> np.ndarray | None:
     if header is None:
         return None
     width, height, depth = header
+    if width * height > MAX_PIXELS:
+        return None
     bpp = depth // 8
     row_bytes = width * bpp
     size = height * (row_bytes + 1)
-    if size > MAX_DECODED_BYTES:
-        return None
     stream = _idat(data)
     if stream is None:
         return None
     try:
         raw = _deflate.zlib_decompress(stream, size)  # checks the stream's Adler-32
-    except _deflate.DeflateError:
+        out = np.empty((height, width), dtype=np.uint8 if depth == 8 else np.uint16)
+    except (_deflate.DeflateError, MemoryError):
         return None
     if len(raw) != size:
         return None
-    out = np.empty((height, width), dtype=np.uint8 if depth == 8 else np.uint16)
     try:
         _unfilter(raw, out, height, row_bytes, bpp, depth == 16 and sys.byteorder == "little")
     except ValueError:  # a filter type outside 0-4
@@ -90,22 +93,28 @@ def _header(data: bytes) -> tuple[int, int, int] | None:
 
 
 def _idat(data: bytes) -> bytes | None:
-    """The concatenated IDAT payloads (a zlib stream), or None when a chunk is truncated,
-    fails its CRC, or IEND never comes."""
+    """The concatenated IDAT payloads (a zlib stream), or None for a file Pillow might read
+    differently or refuse: a truncated chunk or a bad CRC before IEND, a second IHDR, IDAT
+    chunks that are not consecutive, no IDAT, or no IEND."""
     view = memoryview(data)
     parts = []
     pos = 33  # after the signature and IHDR
+    idat_done = False
     while pos + 12 <= len(data):
         length, kind = _CHUNK_HEAD.unpack_from(data, pos)
         end = pos + 12 + length
         if end > len(data):
             return None
+        if kind == b"IEND":
+            return b"".join(parts) if parts else None
+        if kind == b"IHDR" or not _crc_ok(data, pos, length):
+            return None
         if kind == b"IDAT":
-            if not _crc_ok(data, pos, length):
+            if idat_done:
                 return None
             parts.append(view[pos + 8 : end - 4])
-        elif kind == b"IEND":
-            return b"".join(parts) if parts else None
+        elif parts:
+            idat_done = True
         pos = end
     return None
 
