@@ -199,6 +199,7 @@ def test_table_json_and_plots(synthetic_tree, tmp_path, capsys):
                    "--boundary-tolerance", "1") == 0
     table = capsys.readouterr().out
     assert "BF1" in table and "bicycle" in table and "vehicle" in table
+    assert "matched within 1 px" in table
     data = json.loads(out.read_text())
     assert set(data) == {"miou", "iiou", "category_miou", "category_iiou", "mean_dice", "pixel_accuracy",
                          "boundary_f1", "classes", "categories"}

@@ -54,6 +54,7 @@ def test_evaluator_counts_equal_metrics_counts(dense, tol):
     np.testing.assert_array_equal(got.conf[metrics.EVAL_IDS], expected.conf[metrics.EVAL_IDS])
     np.testing.assert_allclose(got.instances, expected.instances, rtol=1e-12)
     np.testing.assert_array_equal(got.boundary, expected.boundary)
+    assert got.boundary_tolerance == expected.boundary_tolerance == tol
     a, b = ev.compute(), expected.scores()
     for key in ("miou", "iiou", "category_miou", "category_iiou", "mean_dice", "pixel_accuracy", "boundary_f1"):
         assert a[key] == pytest.approx(b[key], rel=1e-12), key

@@ -207,3 +207,15 @@ def test_table_lists_every_class_and_category():
     for name in (*CLASS_NAMES, *CATEGORIES, "average", "pixel accuracy"):
         assert name in table
     assert "0.500" in table  # road IoU
+
+
+def test_counts_remember_their_boundary_tolerance_and_refuse_to_mix_them():
+    at1, at2 = (metrics.frame_counts(PRED, GT, boundary_tolerance=t) for t in (1, 2))
+    assert (at1.boundary_tolerance, at2.boundary_tolerance) == (1, 2)
+    total = metrics.Counts().add(at1).add(metrics.frame_counts(PRED, GT, boundary_tolerance=None))
+    assert total.boundary_tolerance == 1
+    np.testing.assert_array_equal(total.boundary, at1.boundary)
+    with pytest.raises(ValueError, match="1 and 2 px"):
+        total.add(at2)
+    assert "within 2 px" in metrics.format_table(at2.scores(), at2.boundary_tolerance)
+    assert "within" not in metrics.format_table(at2.scores())

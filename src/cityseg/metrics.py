@@ -131,14 +131,21 @@ class Counts:
             no instance maps were given (iIoU is then NaN).
         boundary: (4, NUM_CLASSES) int64 per class: predicted boundary pixels, of them matched,
             true boundary pixels, of them matched; None when boundary F1 was not computed.
+        boundary_tolerance: the matching distance in pixels that ``boundary`` was counted with.
     """
 
     conf: np.ndarray = field(default_factory=lambda: np.zeros((NUM_IDS, NUM_IDS), dtype=np.int64))
     instances: np.ndarray | None = None
     boundary: np.ndarray | None = None
+    boundary_tolerance: int | None = None
 
     def add(self, other: Counts) -> Counts:
         """Add ``other`` into ``self`` (in place) and return ``self``."""
+        if other.boundary is not None:
+            if self.boundary is not None and self.boundary_tolerance != other.boundary_tolerance:
+                raise ValueError(f"boundary counts at {self.boundary_tolerance} and {other.boundary_tolerance} px "
+                                 "cannot be added")
+            self.boundary_tolerance = other.boundary_tolerance
         self.conf += other.conf
         self.instances = _add_optional(self.instances, other.instances)
         self.boundary = _add_optional(self.boundary, other.boundary)
@@ -408,6 +415,7 @@ def frame_counts(
         counts.instances = instance_counts(pred_ids, instance_ids)
     if boundary_tolerance is not None:
         counts.boundary = _boundary_from_key(key, changes, gt_ids.shape, boundary_tolerance)
+        counts.boundary_tolerance = int(boundary_tolerance)
     return counts
 
 
@@ -538,8 +546,9 @@ def _fmt(value: float) -> str:
     return "    -" if value is None or math.isnan(value) else f"{value:5.3f}"
 
 
-def format_table(result: dict[str, Any]) -> str:
-    """Terminal table: per class IoU, iIoU, Dice, boundary F1, then averages and categories."""
+def format_table(result: dict[str, Any], boundary_tolerance: int | None = None) -> str:
+    """Terminal table: per class IoU, iIoU, Dice, boundary F1, then averages and categories;
+    ``boundary_tolerance`` (pixels), when given, is stated under it."""
     width = max(len(n) for n in list(CLASS_NAMES) + list(CATEGORIES)) + 2
     head = f"{'class':<{width}}  {'IoU':>5}  {'iIoU':>5}  {'Dice':>5}  {'BF1':>5}"
     rule = "-" * len(head)
@@ -555,6 +564,8 @@ def format_table(result: dict[str, Any]) -> str:
     averages = f"{_fmt(result['category_miou'])}  {_fmt(result['category_iiou'])}"
     lines += ["-" * (width + 14), f"{'average':<{width}}  {averages}", ""]
     lines.append(f"pixel accuracy {_fmt(result['pixel_accuracy'])}")
+    if boundary_tolerance is not None:
+        lines.append(f"BF1: boundary F1, boundary pixels matched within {boundary_tolerance} px (Euclidean)")
     return "\n".join(lines)
 
 

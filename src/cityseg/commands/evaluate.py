@@ -427,7 +427,7 @@ def report(counts: Any, json_path: str | None, plots_dir: str | None) -> dict[st
     from cityseg.utils import atomic_path
 
     result = counts.scores()
-    print(metrics.format_table(result))
+    print(metrics.format_table(result, counts.boundary_tolerance))
     if json_path:
         with atomic_path(json_path) as tmp:
             tmp.write_text(json.dumps(metrics.json_ready(result), indent=2) + "\n")

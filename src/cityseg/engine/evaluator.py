@@ -208,6 +208,7 @@ class Evaluator:
             conf=self.conf.cpu().numpy(),
             instances=self.instance_counts.cpu().numpy() if self.instances else None,
             boundary=self.boundary.cpu().numpy() if self.boundary_tolerance is not None else None,
+            boundary_tolerance=self.boundary_tolerance,
         )
 
     def compute(self) -> dict[str, Any]:
