@@ -181,17 +181,16 @@ def _decode_grey_png(path: Path) -> Any:
 
     from cityseg.data import png
 
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None  # Pillow's reader raises the CitysegError
-    arr = png.decode_grey(data)
-    if arr is not None or png.available():
-        return arr  # None: not a plain greyscale file, which pyspng would not take either
+    if png.available():
+        return png.read_grey(path)  # None: not a plain greyscale file, which pyspng would not take either
     try:
         import pyspng
     except ImportError:  # optional speed-up; Pillow decodes the same files
         return None
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None  # Pillow's reader raises the CitysegError
     # IHDR is the first chunk: bytes 24 and 25 are the bit depth and colour type (0: greyscale)
     if data[:8] != png.SIGNATURE or data[12:16] != b"IHDR" or data[25] != 0 or data[24] not in (8, 16):
         return None

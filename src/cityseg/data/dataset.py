@@ -99,11 +99,7 @@ def _decode(path: Path, mode: ImageReadMode = ImageReadMode.UNCHANGED) -> torch.
 def _decode_grey(path: Path) -> torch.Tensor | None:
     """(H, W) uint8/uint16 map of a plain greyscale PNG by the fast decoder, else None (then
     ``_decode`` reads the file and names what is wrong with it)."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    grey = png.decode_grey(data)
+    grey = png.read_grey(path)
     return None if grey is None else torch.from_numpy(grey)
 
 

@@ -18,6 +18,7 @@ with the file.
 
 from __future__ import annotations
 
+import os
 import struct
 import sys
 
@@ -43,6 +44,17 @@ _IHDR = struct.Struct(">IIBBBBB")
 def available() -> bool:
     """True when the fast path can run (the C extension is built and libdeflate imports)."""
     return _unfilter is not None and _deflate is not None
+
+
+def read_grey(path: str | os.PathLike) -> np.ndarray | None:
+    """:func:`decode_grey` of a file; None also when it cannot be read (the general decoder the
+    caller falls back to then names the missing or unreadable file)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return decode_grey(data)
 
 
 def decode_grey(data: bytes) -> np.ndarray | None:
