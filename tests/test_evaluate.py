@@ -15,7 +15,7 @@ from PIL import Image
 
 from cityseg import metrics
 from cityseg.cli import main
-from cityseg.labels import CATEGORIES, CLASS_NAMES, LABELS
+from cityseg.labels import CATEGORIES, CLASS_NAMES, ID_PALETTE, LABEL_BY_NAME, LABELS
 
 GT_SUFFIX = "_gtFine_labelIds.png"
 INST_SUFFIX = "_gtFine_instanceIds.png"
@@ -200,10 +200,19 @@ def test_table_json_and_plots(synthetic_tree, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "BF1" in table and "bicycle" in table and "vehicle" in table
     assert "matched within 1 px" in table
+    assert "mean class accuracy" in table
     data = json.loads(out.read_text())
     assert set(data) == {"miou", "iiou", "category_miou", "category_iiou", "mean_dice", "pixel_accuracy",
-                         "boundary_f1", "classes", "categories"}
+                         "mean_class_accuracy", "boundary_f1", "classes", "categories", "confusion_matrix"}
     assert 0 < data["boundary_f1"] < 1
+    assert 0 < data["pixel_accuracy"] < 1 and 0 < data["mean_class_accuracy"] < 1
+    # the JSON's confusion matrix is the one every score came from
+    counts, _, _ = __import__("cityseg.commands.evaluate", fromlist=["x"]).evaluate_pred_dir(pred_dir, gt_dir, None, 1)
+    assert data["confusion_matrix"] == metrics.confusion_json(counts.conf)
+    matrix = np.array(data["confusion_matrix"]["counts"])
+    assert matrix.shape == (len(CLASS_NAMES), len(CLASS_NAMES) + 1)
+    assert matrix.sum() == counts.conf[metrics.EVAL_IDS].sum()  # every pixel of scored ground truth
+    assert data["pixel_accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
     for name in ("confusion.png", "iou.png"):
         with Image.open(plots / name) as img:
             assert img.format == "PNG" and img.size[0] > 400
@@ -302,6 +311,96 @@ def test_missing_instance_map_and_folders_are_named(synthetic_tree, tmp_path, ca
     empty.mkdir()
     assert "no *_gtFine_labelIds.png" in _error(capsys, "--pred-dir", str(pred_dir), "--gt-dir", str(empty))
     assert "--gt-dir" in _error(capsys, "--pred-dir", str(pred_dir))
+
+
+# --- other frame names: a prepared pairs tree -------------------------------------------------------
+
+PAIR_IDS = np.array([LABEL_BY_NAME[n].id for n in ("road", "sidewalk", "building", "vegetation", "sky", "car")])
+
+
+def _pairs_tree(tmp_path: Path) -> tuple[Path, Path]:
+    """(gt_dir, pred_dir): ``cityseg prepare --format pairs`` of two pairs files 101.png and 102.png (numeric
+    stems, no instanceIds), and shifted copies of their labelIds as predictions ``<stem>_leftImg8bit.png``."""
+    rng = np.random.default_rng(7)
+    src = tmp_path / "pairs-src" / "val"
+    src.mkdir(parents=True)
+    for name in ("101", "102"):
+        ids = rng.choice(PAIR_IDS, (4, 8)).repeat(8, 0).repeat(8, 1)
+        photo = rng.integers(0, 256, (*ids.shape, 3), np.uint8)
+        Image.fromarray(np.concatenate([photo, ID_PALETTE[ids]], axis=1)).save(src / f"{name}.png")
+    out = tmp_path / "prepared"
+    assert main(["prepare", str(src.parent), str(out), "--format", "pairs", "--quiet", "--workers", "1"]) == 0
+    gt_dir, pred_dir = out / "gtFine" / "val", tmp_path / "pred"
+    pred_dir.mkdir()
+    for gt in gt_dir.rglob(f"*{GT_SUFFIX}"):
+        pred = np.roll(np.asarray(Image.open(gt)), 3, axis=1)
+        Image.fromarray(pred).save(pred_dir / gt.name.replace(GT_SUFFIX, "_leftImg8bit.png"))
+    return gt_dir, pred_dir
+
+
+def test_prepared_pairs_tree_is_scored_without_iiou(tmp_path, capsys):
+    gt_dir, pred_dir = _pairs_tree(tmp_path)
+    assert sorted(p.name for p in gt_dir.rglob("*")) == [
+        "101_gtFine_labelIds.png", "101_gtFine_labelTrainIds.png", "102_gtFine_labelIds.png",
+        "102_gtFine_labelTrainIds.png", "pairs"]
+    (pred_dir / "102_leftImg8bit.png").rename(pred_dir / "102.png")  # <frame>.png is taken too
+    capsys.readouterr()
+    out = tmp_path / "s.json"
+    assert run_cli("--pred-dir", str(pred_dir), "--gt-dir", str(gt_dir), "--json", str(out), "--workers", "1") == 0
+    assert "iIoU is not computed" in capsys.readouterr().err
+    expected = metrics.Counts()
+    for name, pred in (("101", "101_leftImg8bit.png"), ("102", "102.png")):
+        gt_ids = np.asarray(Image.open(gt_dir / "pairs" / f"{name}{GT_SUFFIX}"))
+        expected.add(metrics.frame_counts(np.asarray(Image.open(pred_dir / pred)), gt_ids))
+    data, want = json.loads(out.read_text()), metrics.json_ready(expected.scores())
+    assert 0 < data["miou"] < 1 and data["iiou"] is None and data["category_iiou"] is None
+    for key in ("miou", "mean_dice", "pixel_accuracy", "mean_class_accuracy", "boundary_f1", "category_miou"):
+        assert data[key] == pytest.approx(want[key], abs=1e-12), key
+    assert data["confusion_matrix"] == metrics.confusion_json(expected.conf)
+
+
+def test_pairs_tree_ambiguous_or_unmatched_names_are_one_line(tmp_path, capsys):
+    gt_dir, pred_dir = _pairs_tree(tmp_path)
+    capsys.readouterr()
+    args = ("--pred-dir", str(pred_dir), "--gt-dir", str(gt_dir), "--workers", "1")
+    shutil.copy(pred_dir / "101_leftImg8bit.png", pred_dir / "101.png")
+    err = _error(capsys, *args)
+    assert err.startswith("cityseg evaluate: error: ") and str(gt_dir / "pairs" / f"101{GT_SUFFIX}") in err
+    assert "several predictions" in err and str(pred_dir) in err and "101.png" in err
+    (pred_dir / "101.png").rename(pred_dir / "1010.png")  # another frame's name, ignored
+    assert run_cli(*args) == 0
+    capsys.readouterr()
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(np.zeros((32, 64), np.uint8)).save(other / "1010.png")
+    err = _error(capsys, "--pred-dir", str(other), "--gt-dir", str(gt_dir))
+    assert "no prediction matches" in err and str(other) in err and str(gt_dir) in err
+    shutil.copytree(gt_dir, gt_dir.parent / "train")  # both splits under --gt-dir: every frame name twice
+    err = _error(capsys, "--pred-dir", str(pred_dir), "--gt-dir", str(gt_dir.parent))
+    assert "frame 101 also at" in err and "unique" in err
+
+
+def test_a_prediction_belongs_to_the_longest_frame_name_it_starts_with():
+    from cityseg.commands.evaluate import frame_of
+
+    frames = {"101", "101_2", "aachen_000000_000019"}
+    assert frame_of("101_leftImg8bit.png", frames) == frame_of("101.png", frames) == "101"
+    assert frame_of("101_2_pred.png", frames) == "101_2"
+    assert frame_of("1010_leftImg8bit.png", frames) is None
+    assert frame_of("aachen_000000_000019_leftImg8bit.png", frames) == "aachen_000000_000019"
+    assert frame_of("aachen_000000_000019.png", frames) == "aachen_000000_000019"
+    assert frame_of("aachen_000000.png", frames) is None
+
+
+def test_save_pred_makes_city_folders_for_cityscapes_names_only(tmp_path):
+    torch = pytest.importorskip("torch")
+    from cityseg.commands.evaluate import _save_prediction
+
+    for name in ("101", "lindau_000001_000019", "my_photo", "a_b_000001_000019"):
+        _save_prediction(torch.zeros(4, 6, dtype=torch.uint8), tmp_path, name)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")) == [
+        "101_leftImg8bit.png", "a_b/a_b_000001_000019_leftImg8bit.png",
+        "lindau/lindau_000001_000019_leftImg8bit.png", "my_photo_leftImg8bit.png"]
 
 
 # --- checkpoint -----------------------------------------------------------------------------------

@@ -83,6 +83,26 @@ def test_perfect_prediction_scores_one():
     assert s["iiou"] == 1.0 and s["boundary_f1"] == 1.0
 
 
+@pytest.mark.parametrize("dense", [False, True], ids=["numpy-on-cpu", "dense-torch"])
+def test_accuracies_are_hand_computed(dense):
+    """Pixel and mean class accuracy from the same confusion matrix as IoU (trainIds 0 road, 1 sidewalk)."""
+    target = torch.tensor([[0, 0, 1, 1], [0, 0, 1, IGNORE_INDEX]])
+    pred = torch.tensor([[0, 1, 1, 1], [0, 0, 0, 1]])
+    # road: 3 right, 1 as sidewalk; sidewalk: 2 right, 1 as road; the ignored pixel is not counted
+    ev = Evaluator(NUM_CLASSES, "cpu", boundary_tolerance=None)
+    ev._use_numpy = not dense
+    ev.update(pred, target)
+    s = ev.compute()
+    assert s["pixel_accuracy"] == pytest.approx(5 / 7)
+    assert s["classes"]["road"]["accuracy"] == pytest.approx(3 / 4)
+    assert s["classes"]["sidewalk"]["accuracy"] == pytest.approx(2 / 3)
+    assert s["mean_class_accuracy"] == pytest.approx((3 / 4 + 2 / 3) / 2)
+    assert s["classes"]["road"]["iou"] == pytest.approx(3 / 5)
+    assert s["classes"]["sidewalk"]["iou"] == pytest.approx(2 / 4)
+    table = metrics.confusion_json(ev.counts().conf)["counts"]
+    assert table[0][:2] == [3, 1] and table[1][:2] == [1, 2] and sum(map(sum, table)) == 7
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="num_classes"):
         Evaluator(NUM_CLASSES + 1)

@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from cityseg import metrics
-from cityseg.labels import CATEGORIES, CLASS_NAMES, LABEL_BY_NAME, NUM_CLASSES
+from cityseg.labels import CATEGORIES, CLASS_NAMES, ID_TO_TRAIN_ID, LABEL_BY_NAME, LABELS, NUM_CLASSES
 
 ROAD, SIDEWALK, CAR, PERSON = (LABEL_BY_NAME[n].id for n in ("road", "sidewalk", "car", "person"))
 T_ROAD, T_SIDEWALK = (LABEL_BY_NAME[n].train_id for n in ("road", "sidewalk"))
@@ -39,6 +39,49 @@ def test_hand_computed_iou_dice_accuracy():
     # flat merges road and sidewalk: 9 of the 10 scored pixels are flat in both; the void prediction misses
     assert s["categories"]["flat"]["iou"] == pytest.approx(9 / 10)
     assert s["category_miou"] == pytest.approx(9 / 10)
+
+
+def test_hand_computed_class_accuracy_and_confusion_matrix():
+    # rows by hand: road 3 road + 1 sidewalk; sidewalk 2 road + 3 sidewalk + 1 void prediction
+    counts = metrics.frame_counts(np.array(PRED, np.uint8), np.array(GT, np.uint8), boundary_tolerance=None)
+    s = counts.scores()
+    assert s["classes"]["road"]["accuracy"] == pytest.approx(3 / 4)
+    assert s["classes"]["sidewalk"]["accuracy"] == pytest.approx(3 / 6)
+    assert math.isnan(s["classes"]["car"]["accuracy"])  # absent from the ground truth: left out of the mean
+    assert s["mean_class_accuracy"] == pytest.approx((3 / 4 + 3 / 6) / 2)
+    table = metrics.confusion_json(counts.conf)
+    assert table["rows"] == list(CLASS_NAMES) and table["columns"] == [*CLASS_NAMES, "(void)"]
+    expected = np.zeros((NUM_CLASSES, NUM_CLASSES + 1), np.int64)
+    expected[T_ROAD, [T_ROAD, T_SIDEWALK]] = 3, 1
+    expected[T_SIDEWALK, [T_ROAD, T_SIDEWALK, NUM_CLASSES]] = 2, 3, 1
+    assert table["counts"] == expected.tolist()
+    assert all(type(v) is int for row in table["counts"] for v in row)
+    # a trainId confusion matrix gives the same table (with an empty void column)
+    train = metrics.confusion(ID_TO_TRAIN_ID[np.array(PRED)], ID_TO_TRAIN_ID[np.array(GT)])
+    assert metrics.confusion_json(train)["counts"] == np.where(np.arange(NUM_CLASSES + 1) < NUM_CLASSES,
+                                                               expected, 0).tolist()
+
+
+def test_scores_follow_from_the_json_confusion_matrix():
+    """IoU, Dice, pixel and class accuracy recomputed from confusion_json equal those of scores()."""
+    rng = np.random.default_rng(3)
+    ids = np.array([lb.id for lb in LABELS if lb.id >= 0])
+    gt, pred = rng.choice(ids, (2, 30, 40)).astype(np.uint8)
+    right = rng.random(pred.shape) < 0.5
+    pred[right] = gt[right]
+    counts = metrics.frame_counts(pred, gt, boundary_tolerance=None)
+    s = counts.scores()
+    m = np.array(metrics.confusion_json(counts.conf)["counts"], np.float64)
+    tp, rows, cols = np.diag(m), m.sum(1), m[:, :NUM_CLASSES].sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou, dice, acc = tp / (rows + cols - tp), 2 * tp / (rows + cols), tp / rows
+    for t, name in enumerate(CLASS_NAMES):
+        assert s["classes"][name]["iou"] == pytest.approx(iou[t], nan_ok=True), name
+        assert s["classes"][name]["dice"] == pytest.approx(dice[t], nan_ok=True), name
+        assert s["classes"][name]["accuracy"] == pytest.approx(acc[t], nan_ok=True), name
+    assert s["pixel_accuracy"] == pytest.approx(tp.sum() / m.sum())
+    assert s["mean_class_accuracy"] == pytest.approx(np.nanmean(acc))
+    assert s["miou"] == pytest.approx(np.nanmean(iou))
 
 
 def test_nan_rule_absent_classes_are_left_out_of_every_average():
@@ -194,9 +237,9 @@ def test_disk_offsets_are_the_euclidean_disk_nearest_first():
 def test_json_ready_has_the_schema_and_null_for_nan():
     s = metrics.json_ready(_scores(PRED, GT, tol=2))
     assert set(s) == {"miou", "iiou", "category_miou", "category_iiou", "mean_dice", "pixel_accuracy",
-                      "boundary_f1", "classes", "categories"}
+                      "mean_class_accuracy", "boundary_f1", "classes", "categories"}
     assert list(s["classes"]) == list(CLASS_NAMES)
-    assert set(s["classes"]["road"]) == {"iou", "iiou", "dice", "boundary_f1"}
+    assert set(s["classes"]["road"]) == {"iou", "iiou", "dice", "accuracy", "boundary_f1"}
     assert list(s["categories"]) == list(CATEGORIES) and len(CATEGORIES) == 7
     assert set(s["categories"]["flat"]) == {"iou", "iiou"}
     assert s["iiou"] is None and s["classes"]["car"]["iou"] is None
@@ -204,9 +247,12 @@ def test_json_ready_has_the_schema_and_null_for_nan():
 
 def test_table_lists_every_class_and_category():
     table = metrics.format_table(_scores(PRED, GT))
-    for name in (*CLASS_NAMES, *CATEGORIES, "average", "pixel accuracy"):
+    for name in (*CLASS_NAMES, *CATEGORIES, "average", "pixel accuracy", "mean class accuracy", "Acc"):
         assert name in table
     assert "0.500" in table  # road IoU
+    assert "pixel accuracy 0.600, mean class accuracy 0.625" in table
+    road = next(line for line in table.splitlines() if line.startswith("road"))
+    assert road.split()[1:] == ["0.500", "-", "0.667", "0.750", "-"]  # IoU, iIoU, Dice, Acc, BF1
 
 
 def test_counts_remember_their_boundary_tolerance_and_refuse_to_mix_them():

@@ -283,6 +283,17 @@ def test_empty_or_wrong_folders(tmp_path, capsys, layout, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("fmt", [[], ["--format", "pairs"]], ids=["auto", "pairs"])
+def test_a_split_folder_as_src_names_its_parent(tmp_path, capsys, fmt):
+    src = tmp_path / "src"
+    _pairs_source(src)
+    assert _prepare(src / "train", tmp_path / "out", *fmt) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("cityseg prepare: error: ")
+    assert f"{src / 'train'}: holds the pair images itself" in err
+    assert f"give its parent folder {src} (the one with the train/ val/ split folders)" in err
+
+
 def test_out_inside_src_is_refused(cityscapes_src, capsys):
     src, _ = cityscapes_src
     assert _prepare(src, src / "out") == 2

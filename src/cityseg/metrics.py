@@ -469,8 +469,11 @@ def scores(
 
     Returns:
         ``{"miou", "iiou", "category_miou", "category_iiou", "mean_dice", "pixel_accuracy",
-        "boundary_f1", "classes": {name: {"iou", "iiou", "dice", "boundary_f1"}},
-        "categories": {name: {"iou", "iiou"}}}`` with Python floats.
+        "mean_class_accuracy", "boundary_f1", "classes": {name: {"iou", "iiou", "dice",
+        "accuracy", "boundary_f1"}}, "categories": {name: {"iou", "iiou"}}}`` with Python floats.
+        Pixel accuracy is tp / all pixels of scored ground truth; a class's accuracy is
+        tp / (tp + fn) (its recall, NaN when absent from the ground truth), and the mean class
+        accuracy their mean over the classes present. A void prediction counts as wrong.
     """
     conf = np.asarray(conf, dtype=np.int64)
     if conf.shape == (NUM_CLASSES, NUM_CLASSES):
@@ -484,6 +487,7 @@ def scores(
     fp = scored[:, EVAL_IDS].sum(0) - tp  # predictions on scored gt only
     iou = _ratio(tp, tp + fp + fn)
     dice = _ratio(2 * tp, 2 * tp + fp + fn)
+    accuracy = _ratio(tp, tp + fn)
     iiou = np.full(NUM_CLASSES, np.nan)
     if instances is not None:
         cls = list(INSTANCE_CLASSES)
@@ -498,9 +502,11 @@ def scores(
         "category_iiou": nan_mean(cat_iiou),
         "mean_dice": nan_mean(dice),
         "pixel_accuracy": float(_ratio(tp.sum(), scored.sum())),
+        "mean_class_accuracy": nan_mean(accuracy),
         "boundary_f1": nan_mean(bf1),
         "classes": {
-            name: {"iou": float(iou[t]), "iiou": float(iiou[t]), "dice": float(dice[t]), "boundary_f1": float(bf1[t])}
+            name: {"iou": float(iou[t]), "iiou": float(iiou[t]), "dice": float(dice[t]),
+                   "accuracy": float(accuracy[t]), "boundary_f1": float(bf1[t])}
             for t, name in enumerate(CLASS_NAMES)
         },
         "categories": {
@@ -547,23 +553,24 @@ def _fmt(value: float) -> str:
 
 
 def format_table(result: dict[str, Any], boundary_tolerance: int | None = None) -> str:
-    """Terminal table: per class IoU, iIoU, Dice, boundary F1, then averages and categories;
-    ``boundary_tolerance`` (pixels), when given, is stated under it."""
+    """Terminal table: per class IoU, iIoU, Dice, accuracy, boundary F1, then averages and
+    categories; ``boundary_tolerance`` (pixels), when given, is stated under it."""
     width = max(len(n) for n in list(CLASS_NAMES) + list(CATEGORIES)) + 2
-    head = f"{'class':<{width}}  {'IoU':>5}  {'iIoU':>5}  {'Dice':>5}  {'BF1':>5}"
+    head = f"{'class':<{width}}  {'IoU':>5}  {'iIoU':>5}  {'Dice':>5}  {'Acc':>5}  {'BF1':>5}"
     rule = "-" * len(head)
     lines = [head, rule]
     for name, s in result["classes"].items():
-        cells = "  ".join(_fmt(s[k]) for k in ("iou", "iiou", "dice", "boundary_f1"))
+        cells = "  ".join(_fmt(s[k]) for k in ("iou", "iiou", "dice", "accuracy", "boundary_f1"))
         lines.append(f"{name:<{width}}  {cells}")
-    lines += [rule, f"{'average':<{width}}  {_fmt(result['miou'])}  {_fmt(result['iiou'])}  "
-              f"{_fmt(result['mean_dice'])}  {_fmt(result['boundary_f1'])}", ""]
+    averages = ("miou", "iiou", "mean_dice", "mean_class_accuracy", "boundary_f1")
+    lines += [rule, f"{'average':<{width}}  " + "  ".join(_fmt(result[k]) for k in averages), ""]
     lines += [f"{'category':<{width}}  {'IoU':>5}  {'iIoU':>5}", "-" * (width + 14)]
     for name, s in result["categories"].items():
         lines.append(f"{name:<{width}}  {_fmt(s['iou'])}  {_fmt(s['iiou'])}")
     averages = f"{_fmt(result['category_miou'])}  {_fmt(result['category_iiou'])}"
     lines += ["-" * (width + 14), f"{'average':<{width}}  {averages}", ""]
-    lines.append(f"pixel accuracy {_fmt(result['pixel_accuracy'])}")
+    lines.append(f"pixel accuracy {_fmt(result['pixel_accuracy'])}, "
+                 f"mean class accuracy {_fmt(result['mean_class_accuracy'])} (Acc: tp / ground-truth pixels)")
     if boundary_tolerance is not None:
         lines.append(f"BF1: boundary F1, boundary pixels matched within {boundary_tolerance} px (Euclidean)")
     return "\n".join(lines)
@@ -571,7 +578,23 @@ def format_table(result: dict[str, Any], boundary_tolerance: int | None = None) 
 
 def train_confusion(conf: np.ndarray) -> np.ndarray:
     """(NUM_CLASSES, NUM_CLASSES + 1) int64 view of a label-id confusion matrix for plots: rows
-    scored gt classes, columns predicted classes plus one column of predictions of void labels."""
-    scored = np.asarray(conf)[EVAL_IDS]
+    scored gt classes, columns predicted classes plus one column of predictions of void labels.
+    A (NUM_CLASSES, NUM_CLASSES) trainId matrix is taken too (its void column is zero)."""
+    conf = np.asarray(conf)
+    if conf.shape == (NUM_CLASSES, NUM_CLASSES):
+        conf = _lift(conf)
+    scored = conf[EVAL_IDS]
     classes = scored[:, EVAL_IDS]
     return np.concatenate([classes, (scored.sum(1) - classes.sum(1))[:, None]], axis=1)
+
+
+def confusion_json(conf: np.ndarray) -> dict[str, Any]:
+    """The :func:`train_confusion` table for the JSON: ``{"rows": ground-truth class names
+    (trainId order), "columns": predicted class names + "(void)" (a void label id predicted),
+    "counts": rows of ints}``. IoU, Dice and the accuracies of :func:`scores` follow from it."""
+    table = train_confusion(conf)
+    return {
+        "rows": list(CLASS_NAMES),
+        "columns": [*CLASS_NAMES, "(void)"],
+        "counts": [[int(v) for v in row] for row in table],
+    }

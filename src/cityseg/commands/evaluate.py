@@ -2,8 +2,12 @@
 
 Two sources, one scoring code (:mod:`cityseg.metrics`):
 
-* ``--pred-dir P --gt-dir G``: label-id PNGs matched to ground truth by ``<city>_<seq>_<frame>``
-  as the official ``evalPixelLevelSemanticLabeling`` does, scored by a pool of processes
+* ``--pred-dir P --gt-dir G``: label-id PNGs matched one to one to the ground truth
+  ``<frame>_gtFine_labelIds.png`` by their frame name, ``<frame>.png`` or ``<frame>_*.png``: on
+  Cityscapes names (``<city>_<seq>_<frame>``) this is the official
+  ``evalPixelLevelSemanticLabeling`` matching, and it also takes other names, such as the
+  numeric stems of a prepared pairs tree. iIoU needs ``*_gtFine_instanceIds.png`` beside every
+  ground truth and is skipped, with a note, when there are none. Scored by a pool of processes
   (decoding the PNGs is most of the work). This path never imports torch.
 * ``--checkpoint CKPT --data D``: runs the model (whole image or sliding window, multi-scale
   and flip test-time augmentation) and scores it with the torch
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -23,6 +28,9 @@ HELP = "score predictions (label-id PNGs or a checkpoint) with the official City
 
 GT_SUFFIX = "_gtFine_labelIds.png"
 INSTANCE_SUFFIX = "_gtFine_instanceIds.png"
+PRED_SUFFIX = "_leftImg8bit.png"  # what --save-pred writes after the frame name
+#: A Cityscapes frame name, ``<city>_<seq>_<frame>``: --save-pred writes it under its city folder
+CITYSCAPES_NAME = re.compile(r"^(.+)_(\d{6})_(\d{6})$")
 # options that only make sense with --checkpoint (argparse attribute names)
 _CHECKPOINT_FLAGS = ("data", "split", "mode", "crop", "stride", "scales", "flip", "save_pred", "set", "device")
 
@@ -31,9 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--pred-dir", metavar="DIR", help="label-id prediction PNGs (searched recursively)")
     source.add_argument("--checkpoint", metavar="CKPT", help="cityseg checkpoint to run on --data")
-    parser.add_argument("--gt-dir", metavar="DIR", help="with --pred-dir: ground truth, *_gtFine_labelIds.png "
-                        "with *_gtFine_instanceIds.png beside them (searched recursively)")
-    parser.add_argument("--json", metavar="FILE", help="write the scores as JSON (NaN as null)")
+    parser.add_argument("--gt-dir", metavar="DIR", help="with --pred-dir: ground truth, <frame>_gtFine_labelIds.png "
+                        "(searched recursively), each scored against the one prediction <frame>.png or "
+                        "<frame>_*.png; iIoU when *_gtFine_instanceIds.png lie beside them")
+    parser.add_argument("--json", metavar="FILE", help="write the scores and the confusion matrix as JSON "
+                        "(NaN as null)")
     parser.add_argument("--plots", metavar="DIR", help="write confusion.png (row-normalised) and iou.png")
     parser.add_argument("--boundary-tolerance", metavar="PX", type=int,
                         help="boundary F1 matching distance in pixels (default 2; with --checkpoint the "
@@ -51,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--scales", metavar="S,S,...", help="multi-scale test-time augmentation, e.g. 0.75,1,1.25")
     model.add_argument("--flip", action="store_true", default=None, help="add horizontally flipped passes")
     model.add_argument("--save-pred", metavar="DIR",
-                       help="write label-id PNGs for the benchmark server as DIR/<city>/<frame>_leftImg8bit.png")
+                       help="write label-id PNGs for the benchmark server as DIR/<city>/<frame>_leftImg8bit.png "
+                       "(DIR/<frame>_leftImg8bit.png for names not of the form <city>_<seq>_<frame>)")
     model.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
                        help="override a value of the checkpoint's config (e.g. data.val_size=1024x512), repeatable")
     model.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (cuda if any)")
@@ -89,54 +100,104 @@ def _tolerance(args: argparse.Namespace, default: int) -> int | None:
 # --- prediction PNGs --------------------------------------------------------------------------
 
 
-def frame_key(file_name: str) -> str | None:
-    """``<city>_<seq>_<frame>`` of a Cityscapes file name, or None when it has fewer fields.
+def find_frames(pred_dir: Path, gt_dir: Path) -> list[tuple[Path, Path, Path | None]]:
+    """(prediction, labelIds, instanceIds or None) of every ground-truth frame under ``gt_dir``.
 
-    The official script matches a prediction to ``<city>_<seq>_<frame>_gtFine_labelIds.png``
-    by the glob ``<city>_<seq>_<frame>*.png``; a city name has no underscore.
-    """
-    parts = file_name.rsplit(".", 1)[0].split("_")
-    return "_".join(parts[:3]) if len(parts) >= 3 else None
-
-
-def find_frames(pred_dir: Path, gt_dir: Path) -> list[tuple[Path, Path, Path]]:
-    """(prediction, labelIds, instanceIds) paths of every ground-truth frame under ``gt_dir``.
+    A ground truth ``<frame>_gtFine_labelIds.png`` is scored against the one prediction under
+    ``pred_dir`` named ``<frame>.png`` or ``<frame>_*.png`` (a prediction belongs to the longest
+    frame name it starts with). On Cityscapes names this is the official script's
+    ``<city>_<seq>_<frame>*.png``. Predictions that match no frame are ignored. instanceIds are
+    None for every frame when no frame has one (iIoU is skipped, with a note).
 
     Raises:
-        CitysegError: a folder is missing, there is no ground truth, a frame has no prediction
-            or several, or an instanceIds map is missing.
+        CitysegError: a folder is missing, there is no ground truth, two ground truths share a
+            frame name, no prediction matches at all, a frame has no prediction or several, or
+            some frames have an instanceIds map and others not.
     """
     from cityseg.errors import CitysegError
 
     for folder, flag in ((pred_dir, "--pred-dir"), (gt_dir, "--gt-dir")):
         if not folder.is_dir():
             raise CitysegError(f"{flag} {folder}: folder not found")
-    gts = sorted(_walk(gt_dir, GT_SUFFIX))
-    if not gts:
-        raise CitysegError(f"--gt-dir {gt_dir}: no *{GT_SUFFIX} files found (searched recursively)")
-    preds: dict[str, list[Path]] = {}
-    for path in _walk(pred_dir, ".png"):
-        preds.setdefault(frame_key(path.name) or path.name, []).append(path)
+    gts = _ground_truth_by_frame(gt_dir)
+    preds = _predictions_by_frame(pred_dir, gts)
+    if not preds:
+        example = next(iter(gts))
+        raise CitysegError(
+            f"--pred-dir {pred_dir}: no prediction matches a ground-truth frame of --gt-dir {gt_dir}; a frame "
+            f"<frame>{GT_SUFFIX} needs the prediction <frame>.png or <frame>_*.png (e.g. {example}{PRED_SUFFIX})"
+        )
     frames, missing = [], []
-    for gt in gts:
-        key = gt.name[: -len(GT_SUFFIX)]
+    for key, gt in gts.items():
         found = preds.get(key, [])
         if len(found) > 1:
             names = ", ".join(str(p) for p in sorted(found)[:3])
-            raise CitysegError(f"{gt}: several predictions match {key}*.png: {names}")
+            raise CitysegError(f"{gt}: several predictions under --pred-dir {pred_dir} match {key}.png or "
+                               f"{key}_*.png: {names}; keep one per frame")
         if not found:
             missing.append(gt)
-            continue
-        instance = gt.with_name(key + INSTANCE_SUFFIX)
-        if not instance.is_file():
-            raise CitysegError(f"{instance}: instanceIds map not found (needed for iIoU, beside {gt.name})")
-        frames.append((found[0], gt, instance))
+        else:
+            frames.append((found[0], gt))
     if missing:
         key = missing[0].name[: -len(GT_SUFFIX)]
         raise CitysegError(
-            f"{missing[0]}: no prediction {key}*.png under {pred_dir} ({len(missing)} of {len(gts)} frames have none)"
+            f"{missing[0]}: no prediction {key}.png or {key}_*.png under {pred_dir} ({len(missing)} of {len(gts)} "
+            "frames have none); every ground-truth frame needs one"
         )
-    return frames
+    return _with_instances(frames, gt_dir)
+
+
+def _ground_truth_by_frame(gt_dir: Path) -> dict[str, Path]:
+    """Frame name -> its ``*_gtFine_labelIds.png`` under ``gt_dir``, in path order."""
+    from cityseg.errors import CitysegError
+
+    gts: dict[str, Path] = {}
+    for gt in sorted(_walk(gt_dir, GT_SUFFIX)):
+        key = gt.name[: -len(GT_SUFFIX)]
+        if key in gts:
+            raise CitysegError(f"{gt}: frame {key} also at {gts[key]}; frame names under --gt-dir {gt_dir} must be "
+                               "unique (score one split at a time)")
+        gts[key] = gt
+    if not gts:
+        raise CitysegError(f"--gt-dir {gt_dir}: no *{GT_SUFFIX} files found (searched recursively)")
+    return gts
+
+
+def _predictions_by_frame(pred_dir: Path, frames: dict[str, Path]) -> dict[str, list[Path]]:
+    """Frame name -> the ``.png`` files under ``pred_dir`` that belong to it (see :func:`find_frames`)."""
+    preds: dict[str, list[Path]] = {}
+    for path in _walk(pred_dir, ".png"):
+        key = frame_of(path.name, frames)
+        if key is not None:
+            preds.setdefault(key, []).append(path)
+    return preds
+
+
+def frame_of(file_name: str, frames: dict[str, Path] | set[str]) -> str | None:
+    """The longest frame name ``k`` in ``frames`` with ``file_name`` == ``k.png`` or ``k_*.png``, else None."""
+    parts = file_name[: -len(".png")].split("_")
+    for n in range(len(parts), 0, -1):
+        key = "_".join(parts[:n])
+        if key in frames:
+            return key
+    return None
+
+
+def _with_instances(frames: list[tuple[Path, Path]], gt_dir: Path) -> list[tuple[Path, Path, Path | None]]:
+    """Add the instanceIds map beside each ground truth: all of them, or None for all when there are none."""
+    from cityseg.errors import CitysegError
+
+    instances = [gt.with_name(gt.name[: -len(GT_SUFFIX)] + INSTANCE_SUFFIX) for _, gt in frames]
+    present = [path.is_file() for path in instances]
+    if not any(present):
+        print(f"note: no *{INSTANCE_SUFFIX} files beside the ground truth in {gt_dir}: iIoU is not computed",
+              file=sys.stderr)
+        return [(pred, gt, None) for pred, gt in frames]
+    if not all(present):
+        absent = instances[present.index(False)]
+        raise CitysegError(f"{absent}: instanceIds map not found ({sum(present)} of {len(frames)} frames have one); "
+                           "iIoU needs one beside every *_gtFine_labelIds.png, or none to skip it")
+    return [(pred, gt, inst) for (pred, gt), inst in zip(frames, instances, strict=True)]
 
 
 def _walk(root: Path, suffix: str) -> list[Path]:
@@ -201,8 +262,9 @@ def _decode_grey_png(path: Path) -> Any:
     return np.ascontiguousarray(arr[..., 0]) if arr.ndim == 3 else arr
 
 
-def score_frame(job: tuple[Path, Path, Path, int | None]) -> Any:
-    """Counts of one frame (runs in a worker process). CitysegError names the bad file."""
+def score_frame(job: tuple[Path, Path, Path | None, int | None]) -> Any:
+    """Counts of one frame (runs in a worker process); no iIoU counts when the instanceIds path
+    is None. CitysegError names the bad file."""
     from cityseg import metrics
     from cityseg.errors import CitysegError
     from cityseg.labels import MAX_LABEL_ID
@@ -215,10 +277,12 @@ def score_frame(job: tuple[Path, Path, Path, int | None]) -> Any:
             f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]}, its ground truth {gt_path.name} is "
             f"{gt.shape[1]}x{gt.shape[0]} (WxH); predictions must have the ground truth's size"
         )
-    inst = read_id_map(inst_path, None, "instanceId")  # instance_counts checks the ids it uses
-    if inst.shape != gt.shape:
-        raise CitysegError(f"{inst_path}: instanceIds map is {inst.shape[1]}x{inst.shape[0]}, {gt_path.name} is "
-                           f"{gt.shape[1]}x{gt.shape[0]}")
+    inst = None
+    if inst_path is not None:
+        inst = read_id_map(inst_path, None, "instanceId")  # instance_counts checks the ids it uses
+        if inst.shape != gt.shape:
+            raise CitysegError(f"{inst_path}: instanceIds map is {inst.shape[1]}x{inst.shape[0]}, {gt_path.name} is "
+                               f"{gt.shape[1]}x{gt.shape[0]}")
     try:
         return metrics.frame_counts(pred, gt, inst, tolerance)
     except ValueError as exc:  # the only one frame_counts raises: an instance id that names no label
@@ -407,19 +471,28 @@ def _dataset(cfg: Any) -> tuple[Any, bool]:
 
 
 def _save_prediction(pred: Any, out_dir: Path, name: str) -> None:
-    """Write trainIds (H, W) as official label ids to ``out_dir/<city>/<name>_leftImg8bit.png``."""
+    """Write trainIds (H, W) as official label ids to :func:`prediction_path`."""
     from cityseg.labels import train_ids_to_label_ids
     from cityseg.utils import save_png
 
     ids = train_ids_to_label_ids(pred.to("cpu").numpy().astype("uint8"))
-    save_png(ids, out_dir / name.split("_")[0] / f"{name}_leftImg8bit.png")
+    save_png(ids, prediction_path(out_dir, name))
+
+
+def prediction_path(out_dir: Path, name: str) -> Path:
+    """``out_dir/<city>/<name>_leftImg8bit.png`` for a Cityscapes name ``<city>_<seq>_<frame>``
+    (the benchmark server's layout), else ``out_dir/<name>_leftImg8bit.png``."""
+    match = CITYSCAPES_NAME.match(name)
+    folder = out_dir / match.group(1) if match else out_dir
+    return folder / f"{name}{PRED_SUFFIX}"
 
 
 # --- output -----------------------------------------------------------------------------------
 
 
 def report(counts: Any, json_path: str | None, plots_dir: str | None) -> dict[str, Any]:
-    """Print the table; write the JSON and plots when asked. Returns the scores."""
+    """Print the table; write the JSON (the scores and :func:`cityseg.metrics.confusion_json`) and
+    plots when asked. Returns the scores."""
     import json
 
     from cityseg import metrics
@@ -428,8 +501,9 @@ def report(counts: Any, json_path: str | None, plots_dir: str | None) -> dict[st
     result = counts.scores()
     print(metrics.format_table(result, counts.boundary_tolerance))
     if json_path:
+        data = {**metrics.json_ready(result), "confusion_matrix": metrics.confusion_json(counts.conf)}
         with atomic_path(json_path) as tmp:
-            tmp.write_text(json.dumps(metrics.json_ready(result), indent=2) + "\n")
+            tmp.write_text(json.dumps(data, indent=2) + "\n")
     if plots_dir:
         write_plots(counts.conf, result, Path(plots_dir))
     return result

@@ -94,10 +94,21 @@ def detect_format(src: Path) -> str:
         return "cityscapes"
     if any(_pair_files(d) for d in _subdirs(src)):
         return "pairs"
+    _refuse_split_folder(src)
     raise CitysegError(
         f"{src}: cannot tell the format; expected leftImg8bit/<split>/<city>/*{formats.IMAGE_SUFFIX} "
         f"(cityscapes) or <split>/*.jpg|*.png (pairs)"
     )
+
+
+def _refuse_split_folder(src: Path) -> None:
+    """CitysegError when SRC holds pairs files itself but none of its subfolders do: a split folder."""
+    if _pair_files(src) and not any(_pair_files(d) for d in _subdirs(src)):
+        parent = src.parent if src.name and src.parent != Path(".") else src.absolute().parent
+        raise CitysegError(
+            f"{src}: holds the pair images itself, so it is a split folder; give its parent folder "
+            f"{parent} (the one with the train/ val/ split folders)"
+        )
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -145,6 +156,7 @@ def discover(src: Path, out: Path, fmt: str, splits: list[str] | None = None, ci
         city = city or DEFAULT_PAIRS_CITY
         if not city or "/" in city or city.startswith("."):
             raise CitysegError(f"--city {city!r}: not a folder name")
+        _refuse_split_folder(src)
         jobs = [
             Job("pairs", f, *_targets(out, d.name, city, f.stem))
             for d in _pick_splits(_subdirs(src), splits, src)
