@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "synth": "cityseg.commands.synth",
     "prepare": "cityseg.commands.prepare",
     "train": "cityseg.commands.train",
+    "sweep": "cityseg.commands.sweep",
     "evaluate": "cityseg.commands.evaluate",
     "predict": "cityseg.commands.predict",
     "export": "cityseg.commands.export",
