@@ -225,3 +225,43 @@ def test_build_loss_rejects_bad_config(cfg, message):
 
 def test_losses_dict():
     assert LOSSES == {"ce": CrossEntropy, "focal": FocalLoss, "dice": DiceLoss}
+
+
+def _one_hot_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """The Dice loss written the plain way (one-hot tensor, arg-max over dim 1): the oracle of
+    DiceLoss's index-based sums."""
+    valid = target != labels.IGNORE_INDEX
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    mask = valid.unsqueeze(1)
+    probs = F.softmax(logits.float(), dim=1) * mask
+    one_hot = torch.zeros_like(probs).scatter_(1, safe.unsqueeze(1), 1.0) * mask
+    inter, card = (probs * one_hot).sum((0, 2, 3)), probs.sum((0, 2, 3)) + one_hot.sum((0, 2, 3))
+    dice = (2 * inter + smooth) / (card + smooth)
+    predicted = torch.nn.functional.one_hot(logits.argmax(1)[valid], logits.shape[1]).sum(0) > 0
+    present = (one_hot.sum((0, 2, 3)) > 0) | predicted
+    return ((1 - dice) * present).sum() / present.sum()
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dice_equals_the_one_hot_formula_in_value_and_gradient(seed, channels_last):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, 7, 9, 11, generator=g) * 3
+    if channels_last:
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    target = torch.randint(0, 5, (3, 9, 11), generator=g)  # classes 5, 6 only ever predicted
+    target[torch.rand(3, 9, 11, generator=g) < 0.2] = labels.IGNORE_INDEX
+    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    got, want = DiceLoss()(a, target), _one_hot_dice(b, target)
+    got.backward(), want.backward()
+    assert got.item() == pytest.approx(want.item(), abs=1e-6)
+    torch.testing.assert_close(a.grad, b.grad, atol=1e-7, rtol=1e-5)
+
+
+def test_channel_argmax_equals_argmax_with_ties_to_the_first():
+    from cityseg.losses import channel_argmax
+
+    x = torch.randint(0, 3, (2, 6, 5, 4)).float()  # many ties
+    assert torch.equal(channel_argmax(x), x.argmax(1))
+    y = torch.randn(2, 19, 8, 8).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(channel_argmax(y), y.argmax(1))

@@ -63,6 +63,7 @@ FROZEN_PREFIX = {  # one parameter prefix of the "layer1" stage of each model
     "deeplabv3_mobilenet_v3_large": "backbone.2.",
     "lraspp_mobilenet_v3_large": "backbone.3.",
     "cityseg_tiny": "backbone.layer1.",
+    "cityseg_small": "backbone.layer1.",
 }
 
 

@@ -100,3 +100,31 @@ def test_state_dict_round_trip_resumes_the_same_values():
 def test_unknown_schedule_lists_valid_names():
     with pytest.raises(CitysegError, match="plateau, poly, cosine, constant"):
         build_schedule(_optimizer(), SchedConfig(name="step"), 10)
+
+
+def test_poly_follows_a_given_fraction_not_the_step_count():
+    opt = _optimizer((1.0,))
+    sched = build_schedule(opt, SchedConfig(name="poly", power=1.0), total_steps=1000)
+    sched.step(fraction=0.25)  # one step, but a quarter of the (time) budget gone
+    assert sched.lrs()[0] == pytest.approx(0.75)
+    sched.step(fraction=1.0)
+    assert sched.lrs()[0] == 0.0
+    restored = build_schedule(_optimizer((1.0,)), SchedConfig(name="poly", power=1.0), total_steps=1000)
+    restored.load_state_dict(sched.state_dict())
+    assert restored.lrs()[0] == 0.0 and restored.fraction == 1.0
+
+
+def test_budget_is_the_larger_of_steps_and_wall_time(monkeypatch):
+    from cityseg.engine import schedule as S
+
+    now = {"t": 100.0}
+    monkeypatch.setattr(S.time, "perf_counter", lambda: now["t"])
+    steps_only = S.Budget(total_steps=10)
+    timed = S.Budget(total_steps=10, max_minutes=2.0, elapsed=30.0)  # 30 s spent before a resume
+    assert steps_only.fraction(5) == 0.5 and not steps_only.spent(9) and steps_only.spent(10)
+    assert timed.fraction(1) == pytest.approx(0.25)  # 30 of 120 s beats 1 of 10 steps
+    now["t"] += 60.0
+    assert timed.elapsed() == pytest.approx(90.0) and timed.fraction(1) == pytest.approx(0.75)
+    assert timed.fraction(9) == pytest.approx(0.9)  # now the steps are ahead
+    now["t"] += 30.0
+    assert timed.spent(1) and timed.fraction(1) == 1.0

@@ -473,3 +473,71 @@ def test_demo_recipe_fits_the_real_frames(fixtures_dir, tmp_path):
     best = max(r["val_miou"] for r in read_metrics(out) if "val_miou" in r)  # validated every 10th epoch
     print(f"real frames: best val mIoU {best:.3f}")
     assert best >= 0.35
+
+
+# --- budgets, SIGTERM, cached frames ---------------------------------------------------------
+
+
+def test_step_budget_ends_the_run_mid_epoch_with_the_schedule_at_its_floor(synth_root, tmp_path):
+    out = tmp_path / "run"  # 8 frames / batch 4 = 2 steps per epoch; 3 steps end in epoch 2
+    args = tiny_args(synth_root, out, "--set", "train.epochs=50", "--set", "train.max_steps=3",
+                     "--set", "sched.name=poly", "--set", "sched.warmup_iters=0")
+    assert main(args) == 0
+    records = read_metrics(out)
+    assert [r["epoch"] for r in records] == [1, 2] and records[-1]["step"] == 3
+    assert "val_miou" in records[-1]  # the last, cut-short epoch is validated
+    assert records[-1]["lr"] == 0.0  # poly decayed over the 3 steps, not over 50 epochs
+    assert records[0]["lr"] == pytest.approx(0.005 * (1 - 2 / 3) ** 0.9)
+
+
+def test_time_budget_ends_the_run_and_counts_across_resume(synth_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = tiny_args(synth_root, out, "--set", "train.epochs=50", "--set", "train.max_minutes=0.0001",
+                     "--set", "sched.name=cosine")
+    assert main(args) == 0  # 6 ms: used up by the first step
+    records = read_metrics(out)
+    assert [r["epoch"] for r in records] == [1] and records[0]["step"] == 1 and records[0]["lr"] == 0.0
+    assert "budget used up in epoch 1: train.max_minutes=0.0001" in capsys.readouterr().out
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt["elapsed"] > 0.006
+    assert main(args + ["--resume"]) == 0  # nothing left of the budget: one more step at most
+    assert [r["epoch"] for r in read_metrics(out)][-1] <= 2
+
+
+@pytest.mark.slow
+def test_sigterm_stops_like_ctrl_c(synth_root, tmp_path):
+    """``kill`` (SIGTERM) mid-run: exit status 130, the --resume hint, a loadable last.pt."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "cityseg", *tiny_args(synth_root, out, "--set", "train.epochs=1000")],
+                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("epoch 2/1000"):  # epoch 1 is checkpointed
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, "".join(lines) + rest
+    assert f"continue with --resume --out {out}" in rest and "Traceback" not in rest
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] >= 1
+
+
+def test_cached_frames_are_the_frames_on_disk(synth_root):
+    from cityseg.data.dataset import CityscapesDataset
+
+    plain, cached = CityscapesDataset(synth_root, "train"), CityscapesDataset(synth_root, "train")
+    cached.preload()
+    for i in range(len(plain)):
+        a, b = plain[i], cached[i]
+        assert a["name"] == b["name"]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+    cached[0]["mask"].zero_()  # an item is a copy: writing into it leaves the cache alone
+    assert torch.equal(cached[0]["mask"], plain[0]["mask"])
+
+
+def test_cached_run_equals_the_uncached_run(synth_root, tmp_path):
+    assert main(tiny_args(synth_root, tmp_path / "a", "--set", "train.epochs=1")) == 0
+    assert main(tiny_args(synth_root, tmp_path / "b", "--set", "train.epochs=1", "--set", "data.cache=true")) == 0
+    a, b = read_metrics(tmp_path / "a")[0], read_metrics(tmp_path / "b")[0]
+    assert a["train_loss"] == b["train_loss"] and a["val_loss"] == b["val_loss"]

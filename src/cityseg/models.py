@@ -15,6 +15,9 @@ Models (``MODELS`` keys):
 * ``deeplabv3_mobilenet_v3_large`` / ``lraspp_mobilenet_v3_large``: torchvision's mobile models
   (fixed output stride 16; LR-ASPP has no aux head).
 * ``cityseg_tiny``: a 0.37M-parameter encoder-decoder for training from scratch on the CPU.
+* ``cityseg_small``: a 1.4M-parameter residual encoder (to 1/32) with an FPN decoder, for training
+  from scratch on real frames on the CPU (``configs/pairs.yaml``); stages named as cityseg_tiny's,
+  plus layer4 (1/32).
 
 Backbone stages share one vocabulary, so a ``freeze`` list means the same depth in every model:
 
@@ -356,6 +359,99 @@ def cityseg_tiny(num_classes: int, aux_head: bool, output_stride: int, imagenet:
     return CitysegTiny(num_classes, aux_head), stages
 
 
+# --- cityseg_small ------------------------------------------------------------------------------
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block (two 3x3 convolutions and a shortcut), BatchNorm and ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = ConvBNReLU(cin, cout, stride=stride)
+        self.conv2 = nn.Sequential(nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv2(self.conv1(x)) + self.shortcut(x), inplace=True)
+
+
+class SmallEncoder(nn.Module):
+    """A half-width ResNet-18-like encoder: stem at 1/2, then one basic block per stage at
+    1/4, 1/8, 1/16 and 1/32 (32-64-128-256 channels by default)."""
+
+    def __init__(self, widths: Sequence[int] = (32, 64, 128, 256)) -> None:
+        super().__init__()
+        w0, w1, w2, w3 = widths
+        self.stem = nn.Sequential(ConvBNReLU(3, w0 // 2, stride=2), ConvBNReLU(w0 // 2, w0))
+        self.layer1 = BasicBlock(w0, w0, stride=2)
+        self.layer2 = BasicBlock(w0, w1, stride=2)
+        self.layer3 = BasicBlock(w1, w2, stride=2)
+        self.layer4 = BasicBlock(w2, w3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        c0 = self.stem(x)
+        c1 = self.layer1(c0)
+        c2 = self.layer2(c1)
+        c3 = self.layer3(c2)
+        return [c0, c1, c2, c3, self.layer4(c3)]
+
+
+class CitysegSmall(nn.Module):
+    """An FPN-style encoder-decoder for from-scratch training on real frames on the CPU.
+
+    Why it exists: ``cityseg_tiny`` (0.37M parameters, 1/16 deepest) is sized for the synthetic
+    demo and stalls near 0.3 mIoU on real Cityscapes pairs; the library models need ImageNet
+    weights to be worth their cost. This one (1.5M parameters) adds residual blocks and a 1/32
+    stage for context, and decodes top-down through 1/16, 1/8 and 1/4 into a 1/2-resolution
+    refinement, so thin classes (poles, signs) survive at 256x256. Plain 3x3/1x1 convolutions,
+    BatchNorm and ReLU only: the best-optimised CPU kernels, and fast under bf16 autocast.
+    Training cost at 256x256, batch 8, 2 cores: see benchmarks/bench_models.py.
+
+    Shape:
+        x: (N, 3, H, W) float (any H, W). Returns ``{"out": (N, C, H, W)}`` (+ ``"aux"`` from 1/8).
+    """
+
+    def __init__(
+        self, num_classes: int, aux_head: bool = False, widths: Sequence[int] = (32, 64, 128, 256), decoder: int = 64
+    ) -> None:
+        super().__init__()
+        self.backbone = SmallEncoder(widths)
+        w0, w1, w2, w3 = widths
+        self.context = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(w3, decoder, 1), nn.ReLU(inplace=True))
+        self.lateral = nn.ModuleList(ConvBNReLU(c, decoder, kernel=1) for c in (w0, w1, w2, w3))
+        self.fuse = nn.ModuleList(ConvBNReLU(decoder, decoder) for _ in range(3))
+        self.refine = ConvBNReLU(decoder + w0, w0)  # 1/2 resolution: the decoder and the stem's edges
+        self.classifier = nn.Conv2d(w0, num_classes, 1)
+        self.aux_classifier = (
+            nn.Sequential(ConvBNReLU(decoder, decoder), nn.Conv2d(decoder, num_classes, 1)) if aux_head else None
+        )
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = x.shape[-2:]
+        stem, *feats = self.backbone(x)  # 1/4, 1/8, 1/16, 1/32
+        d = self.lateral[3](feats[3]) + self.context(feats[3])
+        aux = None
+        for i in (2, 1, 0):
+            d = self.fuse[i](self.lateral[i](feats[i]) + _upsample(d, feats[i].shape[-2:]))
+            if i == 1:
+                aux = d
+        d = self.refine(torch.cat([_upsample(d, stem.shape[-2:]), stem], dim=1))
+        out = {"out": _upsample(self.classifier(d), size)}
+        if self.aux_classifier is not None:
+            out["aux"] = _upsample(self.aux_classifier(aux), size)
+        return out
+
+
+def cityseg_small(num_classes: int, aux_head: bool, output_stride: int, imagenet: bool) -> tuple[nn.Module, StageMap]:
+    """The real-data CPU model (:class:`CitysegSmall`); fixed output stride, no pretrained weights."""
+    if imagenet:
+        raise CitysegError("cityseg_small has no ImageNet weights; set model.pretrained=none (or a PATH)")
+    stages = {name: (f"backbone.{name}.",) for name in ("stem", "layer1", "layer2", "layer3", "layer4")}
+    return CitysegSmall(num_classes, aux_head), stages
+
+
 def _upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
@@ -368,6 +464,7 @@ MODELS: dict[str, Builder] = {
     "deeplabv3_mobilenet_v3_large": deeplabv3_mobilenet_v3_large,
     "lraspp_mobilenet_v3_large": lraspp_mobilenet_v3_large,
     "cityseg_tiny": cityseg_tiny,
+    "cityseg_small": cityseg_small,
 }
 
 

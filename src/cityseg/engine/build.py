@@ -107,6 +107,9 @@ def build_loaders(cfg: Config, root: Path, dev: torch.device) -> tuple[DataLoade
     """
     train_set = CityscapesDataset(root, cfg.data.train_split, transform=build_transforms(cfg.data, train=True))
     val_set = CityscapesDataset(root, cfg.data.val_split, transform=build_transforms(cfg.data, train=False))
+    if cfg.data.cache:  # before the workers fork, so that they share the decoded frames
+        train_set.preload(progress=D.is_main_process())
+        val_set.preload(progress=D.is_main_process())
     micro = micro_batch_size(cfg)
     generator = torch.Generator().manual_seed(cfg.train.seed + D.get_rank())
     common = dict(num_workers=cfg.data.workers, pin_memory=dev.type == "cuda", generator=generator)
