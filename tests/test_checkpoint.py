@@ -138,3 +138,44 @@ def test_weights_that_do_not_fit_are_reported(tmp_path):
     C.save_checkpoint(tmp_path / "m.pt", state)
     with pytest.raises(CitysegError, match="weights do not fit model 'cityseg_tiny'"):
         C.load_model(tmp_path / "m.pt")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_refused_naming_the_file_and_the_tensor(tmp_path, value):
+    state = _tiny_state()
+    names = [k for k, v in state["model"].items() if v.is_floating_point()]
+    first, later = names[3], names[-1]
+    state["model"][first].view(-1)[0] = value
+    state["model"][later].view(-1)[-1] = value
+    C.save_checkpoint(tmp_path / "m.pt", state)
+    with pytest.raises(CitysegError) as info:
+        C.load_checkpoint(tmp_path / "m.pt")
+    assert str(info.value) == (f"{tmp_path / 'm.pt'}: tensor model.{first} holds NaN or infinite values; "
+                               "a usable checkpoint holds finite weights only")
+    with pytest.raises(CitysegError, match=f"tensor model.{first} holds NaN"):
+        C.load_model(tmp_path / "m.pt")
+
+
+@pytest.mark.parametrize("command", ["export", "predict", "evaluate"])
+def test_every_command_refuses_a_checkpoint_with_non_finite_weights(tmp_path, capsys, command):
+    from cityseg.cli import main
+
+    state = _tiny_state()
+    name = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][name].fill_(float("nan"))
+    ckpt = tmp_path / "nan.pt"
+    C.save_checkpoint(ckpt, state)
+    (tmp_path / "photos").mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / "photos" / "a.png")
+    args = {
+        "export": ["--onnx", str(tmp_path / "m.onnx")],
+        "predict": [str(tmp_path / "photos"), "--out", str(tmp_path / "pred")],
+        "evaluate": ["--data", str(tmp_path / "photos"), "--device", "cpu"],
+    }[command]
+    assert main([command, "--checkpoint", str(ckpt), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"cityseg {command}: error: {ckpt}: tensor model.{name} holds NaN or infinite values; "
+                       "a usable checkpoint holds finite weights only")
+    assert not (tmp_path / "m.onnx").exists() and not any(p.is_file() for p in tmp_path.glob("pred/**/*"))

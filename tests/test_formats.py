@@ -137,6 +137,29 @@ def test_transparent_and_unexplainable_pixels_become_ignore():
     assert (stats.pixels, stats.exact, stats.recovered, stats.ignored) == (64, 62, 0, 2)
 
 
+@pytest.mark.parametrize("far, accepted", [(0.45, True), (0.55, False)])
+def test_a_colour_mask_must_be_mostly_label_colours(tmp_path, far, accepted):
+    """Pixels far from every palette colour: up to half is a (badly) degraded mask, more is no mask."""
+    rgb = labels.ID_PALETTE[np.full((20, 20), ID["road"], np.uint8)]
+    rgb.reshape(-1, 3)[: int(far * 400)] = (250, 230, 20)  # a saturated yellow no palette colour is near
+    rgba = np.dstack([rgb, np.full((20, 20), 255, np.uint8)])
+    rgba[10:, :, 3] = 0  # transparent pixels do not count: half of what is left is far
+    assert colour.palette_share(rgb) == pytest.approx(1 - int(far * 400) / 400)
+    assert colour.palette_share(rgba) == pytest.approx(1 - min(int(far * 400), 200) / 200)
+    path = _png(tmp_path / "x_gtFine_color.png", rgb)
+    pair = _png(tmp_path / "pair.png", np.concatenate([np.zeros_like(rgb) + 90, rgb], 1))
+    if accepted:
+        formats.load_label(path)
+        formats.load_pair(pair)
+        return
+    with pytest.raises(CitysegError) as info:
+        formats.load_label(path)
+    assert str(info.value) == (f"{path}: not a Cityscapes colour mask: 55.0% of its pixels are far from every label "
+                               "colour; a colour mask has at least 50% of its pixels near one")
+    with pytest.raises(CitysegError, match="pair.png: its right half is not a Cityscapes colour mask: 55.0%"):
+        formats.load_pair(pair)
+
+
 def test_blended_border_recovered_where_nearest_palette_picks_a_third_class():
     # car next to black, downscaled 8x with antialiasing: the border blends to ~(0, 0, 71),
     # the colour of truck. Recovery keeps car/black and matches the NEAREST-resized reference.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,75 @@ def test_images_can_be_linked(cityscapes_src, tmp_path, flag):
         assert target.is_symlink() and target.resolve() == source.resolve()
 
 
+def _set_mtime_later(path: Path) -> None:
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+
+@pytest.mark.parametrize("changed", ["label", "image"])
+def test_a_changed_source_is_made_again_and_the_others_are_skipped(cityscapes_src, tmp_path, capsys, changed):
+    src, _ = cityscapes_src
+    out = tmp_path / "out"
+    assert _prepare(src, out, "--workers", "1") == 0
+    capsys.readouterr()
+    first = _snapshot(out)
+    stem, new_ids = "bonn_000000_000019", _label_ids(5)  # the car moved
+    if changed == "label":
+        path = _png(src / f"gtFine/train/bonn/{stem}_gtFine_labelIds.png", new_ids)
+    else:
+        path = _png(src / f"leftImg8bit/train/bonn/{stem}_leftImg8bit.png", _photo(7))
+    _set_mtime_later(path)  # a copy tool may keep the size; the mtime moves
+    assert _prepare(src, out, "--workers", "2") == 0
+    assert "1 written (1 of them made again: source changed or unrecorded), 2 already done, 0 bad" \
+        in capsys.readouterr().out
+    image, label_ids, train_ids = _outputs(out, "train", "bonn", stem)
+    if changed == "label":
+        assert (_read(label_ids) == new_ids).all() and (_read(train_ids) == labels.ID_TO_TRAIN_ID[new_ids]).all()
+    else:
+        assert (_read(image) == _photo(7)).all()
+    now = _snapshot(out)
+    rewritten = {k for k in first if now[k] != first[k]}
+    assert rewritten and all(stem in k for k in rewritten)  # the other frames were not touched
+    assert _prepare(src, out, "--workers", "1") == 0
+    assert "0 written, 3 already done" in capsys.readouterr().out
+
+
+def test_force_and_missing_records_make_every_frame_again(cityscapes_src, tmp_path, capsys):
+    src, _ = cityscapes_src
+    out = tmp_path / "out"
+    assert _prepare(src, out, "--workers", "1") == 0
+    assert _prepare(src, out, "--workers", "1", "--force") == 0
+    assert "3 written, 0 already done, 0 bad" in capsys.readouterr().out.splitlines()[-2]
+    shutil.rmtree(out / ".cityseg-prepare")  # outputs of an older cityseg: nothing says what they were made from
+    assert _prepare(src, out, "--workers", "1") == 0
+    assert "3 written (3 of them made again: source changed or unrecorded), 0 already done" in capsys.readouterr().out
+
+
+def test_a_source_turned_bad_leaves_no_stale_outputs(cityscapes_src, tmp_path, capsys):
+    src, _ = cityscapes_src
+    out = tmp_path / "out"
+    assert _prepare(src, out, "--workers", "1") == 0
+    _png(src / "gtFine/val/ulm/ulm_000002_000019_gtFine_color.png", _photo(3))  # a photo where the mask was
+    assert _prepare(src, out, "--workers", "1", "--skip-bad") == 0
+    captured = capsys.readouterr()
+    assert "0 written, 2 already done, 1 bad" in captured.out
+    assert "ulm_000002_000019_gtFine_color.png: not a Cityscapes colour mask" in captured.err
+    assert not any(p.exists() for p in _outputs(out, "val", "ulm", "ulm_000002_000019"))
+
+
+def test_a_colour_mask_that_is_a_photo_is_bad_input(cityscapes_src, tmp_path, capsys):
+    src, _ = cityscapes_src
+    mask = src / "gtFine/val/ulm/ulm_000002_000019_gtFine_color.png"
+    _png(mask, _photo(3))
+    assert _prepare(src, tmp_path / "out", "--workers", "1") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"cityseg prepare: error: {mask}: not a Cityscapes colour mask: ")
+    assert "of its pixels are far from every label colour; a colour mask has at least 50% of its pixels near one" in err
+    assert _prepare(src, tmp_path / "out", "--workers", "1", "--skip-bad") == 0
+    assert "0 written, 2 already done, 1 bad" in capsys.readouterr().out  # the first run stopped at the bad one
+
+
 # ---------------------------------------------------------------------------- pairs sources
 
 
@@ -188,6 +258,52 @@ def test_pairs_default_city_and_format_flag(tmp_path):
     _pairs_source(src)
     assert _prepare(src, out, "--format", "pairs", "--split", "val", "--workers", "1") == 0
     assert all(p.is_file() for p in _outputs(out, "val", "pairs", "17"))
+
+
+def _photo_folder(root: Path) -> None:
+    """Photos without masks (a smooth gradient plus noise, like camera frames), in split folders."""
+    y, x = np.mgrid[0:H, 0:2 * W]
+    for split in ("train", "val"):
+        for seed in range(3):
+            rgb = np.stack([x * 2 + 40, y * 3 + 60, (x + y) % 90 + 80], -1) + _photo(seed)[:, :1] // 8
+            _png(root / split / f"{seed:06d}_10.png", rgb.astype(np.uint8))
+
+
+def test_auto_refuses_photos_that_are_not_pairs(tmp_path, capsys):
+    src, out = tmp_path / "photos", tmp_path / "out"
+    _photo_folder(src)
+    assert _prepare(src, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"cityseg prepare: error: {src}: cannot tell the format: {src / 'train' / '000000_10.png'} "
+                          "is not a photo | colour mask pair: label colours make ")
+    assert "known formats: cityscapes (leftImg8bit/<split>/<city>/*_leftImg8bit.png beside gtFine/); pairs (" in err
+    assert not out.exists()
+    # forced, every frame is bad input (its right half is no colour mask), never made-up labels
+    assert _prepare(src, out, "--format", "pairs", "--workers", "1") == 2
+    assert "000000_10.png: its right half is not a Cityscapes colour mask: " in capsys.readouterr().err
+    assert _prepare(src, out, "--format", "pairs", "--workers", "1", "--skip-bad") == 0
+    assert "0 written, 0 already done, 6 bad" in capsys.readouterr().out
+    assert not list(out.glob("gtFine/**/*.png"))
+
+
+def test_auto_refuses_two_masks_side_by_side(tmp_path, capsys):
+    src = tmp_path / "src"
+    _png(src / "train/a.png", np.concatenate([labels.ID_PALETTE[_label_ids(0)]] * 2, axis=1))
+    assert _prepare(src, tmp_path / "out") == 2
+    assert "a.png is not a photo | colour mask pair: label colours make 100% of its right half (a colour mask: " \
+           "at least 50%) and 100% of its left half (a photo: less)" in capsys.readouterr().err
+
+
+def test_auto_looks_at_the_chosen_splits_only(tmp_path, capsys):
+    src = tmp_path / "src"
+    _pairs_source(src)
+    _photo_folder(tmp_path / "photos")
+    shutil.copytree(tmp_path / "photos" / "train", src / "test")  # a split of photos without masks
+    assert _prepare(src, tmp_path / "out", "--workers", "1") == 2
+    assert "test/000000_10.png is not a photo | colour mask pair" in capsys.readouterr().err
+    assert _prepare(src, tmp_path / "out", "--workers", "1", "--split", "train", "val") == 0
+    assert "prepared 3 files (pairs)" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -270,15 +386,19 @@ def test_options_that_do_not_apply(tmp_path, capsys, args, message):
 
 @pytest.mark.parametrize("layout, message", [
     ("missing", "src: not a folder"),
-    ("empty", "src: cannot tell the format"),
+    ("empty", "src: cannot tell the format: neither leftImg8bit/ with gtFine/ nor split folders of images; "
+              "known formats: cityscapes ("),
+    ("no labels", "src: cannot tell the format: leftImg8bit/ without gtFine/"),
     ("no images", "src: no images found (looked for"),
 ])
 def test_empty_or_wrong_folders(tmp_path, capsys, layout, message):
     src = tmp_path / "src"
     if layout != "missing":
         src.mkdir()
-    if layout == "no images":
+    if layout in ("no images", "no labels"):
         (src / "leftImg8bit/train/bonn").mkdir(parents=True)
+    if layout == "no images":
+        (src / "gtFine").mkdir()
     assert _prepare(src, tmp_path / "out") == 2
     assert message in capsys.readouterr().err
 
@@ -338,6 +458,35 @@ def test_real_size_mismatch_of_kitti(fixtures_dir, tmp_path, capsys):
     assert _prepare(src, tmp_path / "out") == 2
     assert ("kitti_000000_000010_leftImg8bit.png: image is 1224x370 but its label "
             "kitti_000000_000010_gtFine_labelIds.png is 1242x375") in capsys.readouterr().err
+
+
+def test_auto_refuses_the_kitti_tree(fixtures_dir, tmp_path, capsys):
+    """KITTI's image_2/, semantic/, semantic_rgb/ folders are no pairs: refused, not cut in half."""
+    kitti, out = fixtures_dir / "kitti", tmp_path / "out"
+    assert _prepare(kitti, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"cityseg prepare: error: {kitti}: cannot tell the format: ")
+    assert "image_2/000000_10.png is not a photo | colour mask pair" in err and "known formats: cityscapes" in err
+    assert not out.exists()
+
+
+PAIRS_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cityscapes-pairs"
+
+
+def test_real_pairs_are_recognised_and_their_masks_accepted():
+    """The pairs copy of Cityscapes (where present): told as pairs; sampled masks well above the threshold."""
+    if not PAIRS_DATA.is_dir():
+        pytest.skip("../shared/data/cityscapes-pairs is not present")
+    from cityseg.data import formats, prepare
+
+    assert prepare.detect_format(PAIRS_DATA) == "pairs"
+    files = sorted((PAIRS_DATA / "val").glob("*.jpg"))[::10]
+    for path in files:
+        photo, mask = formats.read_pair(path)
+        assert colour.palette_share(mask) > colour.MIN_PALETTE_SHARE + 0.1, path  # worst of all 3,075: 0.647
+        assert colour.palette_share(photo) < colour.MIN_PALETTE_SHARE - 0.1, path  # worst of all 3,075: 0.341
+        formats.load_pair(path)
 
 
 def test_recovery_stats_add_up():

@@ -23,7 +23,7 @@ import cityseg.engine.train as T
 from cityseg.cli import main
 from cityseg.config import Config, config_from_dict, load_config
 from cityseg.engine.checkpoint import load_checkpoint, save_checkpoint
-from cityseg.engine.runlog import Progress, RunLog
+from cityseg.engine.runlog import Progress, RunLog, lock_run_dir, unlock_run_dir
 from cityseg.engine.schedule import build_schedule
 from cityseg.errors import CitysegError
 from cityseg.labels import NUM_CLASSES
@@ -331,6 +331,81 @@ def test_resume_refuses_a_checkpoint_of_another_model(finished_run, synth_root, 
     assert main(tiny_args(synth_root, out, "--resume")) == 2
     err = capsys.readouterr().err
     assert "holds model 'deeplabv3_mobilenet_v3_large', but the config builds 'cityseg_tiny'" in err
+
+
+def test_resume_refuses_a_checkpoint_with_non_finite_weights(finished_run, synth_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    ckpt = load_checkpoint(finished_run[0] / "checkpoints" / "last.pt")
+    name = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    ckpt["model"][name].fill_(float("inf"))
+    save_checkpoint(out / "checkpoints" / "last.pt", {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    assert main(tiny_args(synth_root, out, "--resume")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"cityseg train: error: {out / 'checkpoints' / 'last.pt'}: tensor model.{name} holds NaN or "
+                   "infinite values; a usable checkpoint holds finite weights only")
+
+
+# --- one writer per run folder -----------------------------------------------------------------
+
+
+def test_a_second_train_into_a_running_folder_is_refused(synth_root, tmp_path, capsys):
+    """While a run is between its epochs, ``train``, ``--resume`` and ``--force`` into its folder all
+    exit 2 naming the folder and the running process; the run goes on with its log in order."""
+    out, refusals = tmp_path / "run", []
+
+    def meanwhile(epoch: int, record: dict) -> None:
+        if epoch == 1:
+            for extra in ([], ["--resume"], ["--force"]):
+                refusals.append((main(tiny_args(synth_root, out, *extra)), capsys.readouterr().err.strip()))
+            assert (out / "checkpoints" / "last.pt").is_file()  # --force deleted nothing
+
+    T.train(tiny_cfg(synth_root), out, device="cpu", on_validation=meanwhile)
+    message = (f"cityseg train: error: --out {out}: process {os.getpid()} is writing a run into this folder "
+               f"(it holds {out / '.lock'}); wait for it to end or stop it, or give another --out")
+    assert refusals == [(2, message)] * 3
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 2
+    unlock_run_dir(lock_run_dir(out))  # the lock ended with the run
+
+
+_HOLDER = """
+import multiprocessing, sys, time
+from pathlib import Path
+from cityseg.engine.runlog import lock_run_dir
+lock_run_dir(Path(sys.argv[1]))
+worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(120,))  # like a DataLoader worker
+worker.start()
+print(worker.pid, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_killed_run_leaves_no_stale_lock_even_with_live_workers(finished_run, synth_root, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run[0], out)
+    before = (out / "metrics.jsonl").read_text()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    worker = int(holder.stdout.readline())
+    try:
+        assert main(tiny_args(synth_root, out, "--force")) == 2
+        assert f"--out {out}: process {holder.pid} is writing a run into this folder" in capsys.readouterr().err
+        assert (out / "metrics.jsonl").read_text() == before and (out / "checkpoints" / "last.pt").is_file()
+        holder.kill()  # SIGKILL: no clean-up runs; the forked worker lives on for now
+        holder.wait()
+        os.kill(worker, 0)  # still alive
+        unlock_run_dir(lock_run_dir(out))  # yet the lock died with the run
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdin.close()
+        holder.stdout.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
+    assert (out / ".lock").read_text() == f"{os.getpid()}\n"
 
 
 @pytest.mark.slow

@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8),
                         help="processes (default: number of CPUs, at most 8)")
     parser.add_argument("--skip-bad", action="store_true", help="go on past bad files and list them at the end")
+    parser.add_argument("--force", action="store_true",
+                        help="make every frame again (by default a frame is skipped when its outputs exist and its "
+                             "source files have not changed since)")
     links = parser.add_mutually_exclusive_group()
     links.add_argument("--link", dest="link", action="store_const", const="hard",
                        help="hard-link images instead of copying them (copies across file systems)")
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise CitysegError(f"--workers {args.workers}: must be at least 1")
     summary = prepare(args.src, args.out, fmt=args.format, splits=args.split, city=args.city, workers=args.workers,
-                      skip_bad=args.skip_bad, link=args.link, progress=not args.quiet)
+                      skip_bad=args.skip_bad, link=args.link, progress=not args.quiet, force=args.force)
     for line in summary.lines():
         print(line, file=sys.stderr if line.startswith(("skipped", "  ")) else sys.stdout)
     return 0

@@ -316,6 +316,27 @@ def recover_palette_index(rgb: np.ndarray, source_size: tuple[int, int] = CITYSC
     return idx.reshape(h, w), ColourStats(h * w, n_exact, h * w - n_exact - n_ignored, n_ignored)
 
 
+#: Least share of a colour mask's pixels that must lie near a palette colour (:func:`palette_share`);
+#: below it the image is not a colour mask and its "recovered" labels would be made up. Measured
+#: on all 3,075 files of the pairs copy of Cityscapes (JPEG masks squashed from 2048x1024 to
+#: 256x256, so with wide blended borders): masks 0.647 at worst (train/1309.jpg), median 0.808;
+#: photos (their left halves) 0.341 at most, median 0.076; Cityscapes and KITTI photos 0.27 at most.
+MIN_PALETTE_SHARE = 0.5
+
+
+def palette_share(rgb: np.ndarray) -> float:
+    """Share of the pixels of a (H, W, 3|4) uint8 image whose colour is near a palette colour.
+
+    "Near" is the confidence distance of step 1 of the recovery (:func:`_confident_lut`), so the
+    share is that of pixels the recovery keeps without unmixing. Pixels with alpha 0 are left out;
+    1.0 when no pixel is left.
+    """
+    near = _confident_lut()[_codes(rgb[..., :3])] != _NO_COLOUR
+    if rgb.shape[2] == 4:
+        near = near[rgb[..., 3] != 0]
+    return float(near.mean()) if near.size else 1.0
+
+
 def color_to_train_ids(rgb: np.ndarray, source_size: tuple[int, int] = CITYSCAPES_SIZE) -> tuple[np.ndarray, ColourStats]:
     """(H, W, 3|4) uint8 colour mask -> ((H, W) uint8 trainIds, stats); unrecoverable -> ignore."""
     index, stats = recover_palette_index(rgb, source_size)

@@ -24,14 +24,20 @@ from pathlib import Path
 import numpy as np
 
 from cityseg import labels
-from cityseg.data.colour import ColourStats, color_to_label_ids, color_to_train_ids
+from cityseg.data.colour import (
+    MIN_PALETTE_SHARE,
+    ColourStats,
+    color_to_label_ids,
+    color_to_train_ids,
+    palette_share,
+)
 from cityseg.errors import CitysegError
 from cityseg.utils import read_image
 
 __all__ = [
     "IMAGE_SUFFIX", "LABEL_SUFFIXES", "LabelMaps", "ColourStats", "color_to_train_ids", "color_to_label_ids",
     "label_kind", "frame_stem", "find_label", "read_label_ids", "read_train_ids", "read_colour", "derive_label_ids",
-    "load_label", "read_label", "read_pair", "load_pair",
+    "load_label", "read_label", "read_pair", "load_pair", "check_colour_mask",
 ]
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -192,7 +198,9 @@ def load_label(path: str | os.PathLike) -> LabelMaps:
     if kind == "labelTrainIds":
         train = read_train_ids(path)
         return LabelMaps(train, derive_label_ids(train), ColourStats(train.size, train.size))
-    train, ids, stats = color_to_label_ids(read_colour(path))
+    rgb = read_colour(path)
+    check_colour_mask(rgb, path)
+    train, ids, stats = color_to_label_ids(rgb)
     return LabelMaps(train, ids, stats)
 
 
@@ -218,5 +226,19 @@ def read_pair(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 def load_pair(path: str | os.PathLike) -> tuple[np.ndarray, LabelMaps]:
     """Read a pairs file -> photo (H, W/2, 3) uint8 and the recovered label maps."""
     photo, colour = read_pair(path)
+    check_colour_mask(colour, path, "its right half")
     train, ids, stats = color_to_label_ids(colour)
     return photo, LabelMaps(train, ids, stats)
+
+
+def check_colour_mask(rgb: np.ndarray, path: str | os.PathLike, part: str = "") -> None:
+    """CitysegError naming ``path`` unless most pixels of the (H, W, 3|4) uint8 ``rgb`` are near a
+    label colour (:data:`cityseg.data.colour.MIN_PALETTE_SHARE`): a photo or a map in another
+    palette would otherwise become confident, made-up labels."""
+    share = palette_share(rgb)
+    if share < MIN_PALETTE_SHARE:
+        what = f"{part} is not" if part else "not"
+        raise CitysegError(
+            f"{path}: {what} a Cityscapes colour mask: {1 - share:.1%} of its pixels are far from every "
+            f"label colour; a colour mask has at least {MIN_PALETTE_SHARE:.0%} of its pixels near one"
+        )

@@ -7,8 +7,15 @@ Writes, for each frame::
     OUT/gtFine/<split>/<city>/<stem>_gtFine_labelTrainIds.png
 
 so that OUT serves both training and evaluation. SRC is only read. Every file is written
-atomically and labelTrainIds last, so a frame whose three outputs exist is finished: a
-second run skips it, and a killed run resumes where it stopped.
+atomically, and last a record of what the frame was made from (name, size and mtime of each
+source file) in ``OUT/.cityseg-prepare/<split>/<city>/<stem>.json``. A frame whose outputs
+exist and whose record matches its source files now is finished: a second run skips it, a
+killed run resumes where it stopped, and a frame whose source changed (or that has no record)
+is made again; ``force`` makes every frame again.
+
+The format is told from SRC only when it is recognised: ``cityscapes`` needs ``leftImg8bit/``
+and ``gtFine/``; ``pairs`` needs split folders whose sampled images each hold a photo on the
+left and mostly label colours on the right. Anything else is refused, naming the known formats.
 
 Sources:
   * ``cityscapes``: ``SRC/leftImg8bit/<split>/<city>/*_leftImg8bit.png`` with labels found
@@ -19,13 +26,14 @@ Sources:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cityseg.data import formats
-from cityseg.data.colour import ColourStats
+from cityseg.data.colour import MIN_PALETTE_SHARE, ColourStats, palette_share
 from cityseg.errors import CitysegError
 from cityseg.utils import atomic_path, read_image, save_png
 
@@ -33,6 +41,12 @@ FORMATS = ("auto", "cityscapes", "pairs")
 LINKS = ("hard", "sym")
 PAIR_SUFFIXES = (".jpg", ".jpeg", ".png")
 DEFAULT_PAIRS_CITY = "pairs"
+RECORDS = ".cityseg-prepare"  # OUT/<this>/<split>/<city>/<stem>.json: what each frame was made from
+DETECT_SAMPLES = 3  # files of each split folder looked at to tell a pairs source (first, middle, last)
+KNOWN_FORMATS = (
+    f"cityscapes (leftImg8bit/<split>/<city>/*{formats.IMAGE_SUFFIX} beside gtFine/)",
+    "pairs (<split>/*.jpg|*.png, each a photo on the left and its colour mask on the right)",
+)
 
 
 @dataclass(frozen=True)
@@ -44,19 +58,49 @@ class Job:
     out_image: Path
     out_label_ids: Path
     out_train_ids: Path
+    record: Path  # JSON: name, size and mtime_ns of each source file the outputs were made from
 
-    def done(self) -> bool:
+    def outputs_exist(self) -> bool:
         return self.out_image.is_file() and self.out_label_ids.is_file() and self.out_train_ids.is_file()
+
+    def sources(self) -> list[Path]:
+        """The files the frame is made from: the pairs file, or the image and its label."""
+        return [self.source] if self.kind == "pairs" else [self.source, formats.find_label(self.source)]
+
+    def done(self, stamp: list) -> bool:
+        """True when the outputs exist and were made from source files stamped ``stamp`` (:func:`source_stamp`)."""
+        if not (self.record.is_file() and self.outputs_exist()):
+            return False
+        try:
+            return json.loads(self.record.read_text()).get("sources") == stamp
+        except (OSError, ValueError, AttributeError):  # unreadable or not ours: make the frame again
+            return False
+
+
+def source_stamp(paths: list[Path]) -> list[list]:
+    """``[[name, size, mtime_ns], ...]`` of source files (symlinks followed), as a frame's record keeps them."""
+    out = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise CitysegError(f"{path}: cannot read ({exc.strerror})") from None
+        out.append([path.name, st.st_size, st.st_mtime_ns])
+    return out
 
 
 @dataclass
 class Result:
-    """What happened to one job: "written", "skipped" (already done) or "bad" (+ message)."""
+    """What happened to one job: "written", "skipped" (already done) or "bad" (+ message).
+
+    ``stale``: written over outputs that were not made from the source files as they are now.
+    """
 
     source: Path
     status: str
     stats: ColourStats = field(default_factory=ColourStats)
     message: str = ""
+    stale: bool = False
 
 
 @dataclass
@@ -66,6 +110,7 @@ class Summary:
     out: Path
     format: str
     written: int = 0
+    stale: int = 0  # of the written: replaced outputs made from another version of their source
     skipped: int = 0
     stats: ColourStats = field(default_factory=ColourStats)
     bad: list[Result] = field(default_factory=list)
@@ -73,8 +118,9 @@ class Summary:
     def lines(self) -> list[str]:
         s = self.stats
         total = self.written + self.skipped + len(self.bad)
+        remade = f" ({self.stale} of them made again: source changed or unrecorded)" if self.stale else ""
         out = [
-            f"prepared {total} files ({self.format}) into {self.out}: {self.written} written, "
+            f"prepared {total} files ({self.format}) into {self.out}: {self.written} written{remade}, "
             f"{self.skipped} already done, {len(self.bad)} bad",
         ]
         if self.written:
@@ -88,17 +134,55 @@ class Summary:
         return out
 
 
-def detect_format(src: Path) -> str:
-    """'cityscapes' if SRC holds leftImg8bit/, 'pairs' if SRC/<split>/ holds images."""
+def detect_format(src: Path, splits: list[str] | None = None) -> str:
+    """'cityscapes' or 'pairs' when SRC is recognised as one (see the module docstring); otherwise
+    CitysegError saying why and naming the known formats. ``splits``: look only at these split folders."""
     if (src / "leftImg8bit").is_dir():
-        return "cityscapes"
-    if any(_pair_files(d) for d in _subdirs(src)):
-        return "pairs"
-    _refuse_split_folder(src)
-    raise CitysegError(
-        f"{src}: cannot tell the format; expected leftImg8bit/<split>/<city>/*{formats.IMAGE_SUFFIX} "
-        f"(cityscapes) or <split>/*.jpg|*.png (pairs)"
-    )
+        if (src / "gtFine").is_dir():
+            return "cityscapes"
+        raise _unknown(src, "leftImg8bit/ without gtFine/ (--format cityscapes also reads labels kept beside "
+                            "the images)")
+    folders = [d for d in _subdirs(src) if _pair_files(d)]
+    if not folders:
+        _refuse_split_folder(src)
+        raise _unknown(src, "neither leftImg8bit/ with gtFine/ nor split folders of images")
+    chosen = [d for d in folders if d.name in splits] if splits else []
+    for folder in chosen or folders:  # (a split named but missing is reported by discover)
+        why = _not_pairs(folder)
+        if why is not None:
+            raise _unknown(src, why)
+    return "pairs"
+
+
+def _unknown(src: Path, why: str) -> CitysegError:
+    return CitysegError(f"{src}: cannot tell the format: {why}; known formats: {'; '.join(KNOWN_FORMATS)}")
+
+
+def _not_pairs(folder: Path) -> str | None:
+    """Why the images of ``folder`` are not photo | colour mask pairs; None when the sampled ones are.
+
+    Unreadable files are passed over (converting them reports or skips them); when no sampled
+    file can be read, the error of the last one is raised.
+    """
+    files = _pair_files(folder)
+    last = len(files) - 1
+    picks = sorted({files[round(i * last / max(DETECT_SAMPLES - 1, 1))] for i in range(DETECT_SAMPLES)})
+    judged, error = 0, None
+    for path in picks:
+        try:
+            photo, mask = formats.read_pair(path)
+        except CitysegError as exc:
+            error = exc
+            continue
+        judged += 1
+        left, right = palette_share(photo), palette_share(mask)
+        if right < MIN_PALETTE_SHARE or left >= MIN_PALETTE_SHARE:
+            return (f"{path} is not a photo | colour mask pair: label colours make {right:.0%} of its right "
+                    f"half (a colour mask: at least {MIN_PALETTE_SHARE:.0%}) and {left:.0%} of its left half "
+                    "(a photo: less)")  # fmt: skip
+    if not judged:
+        raise error
+    return None
 
 
 def _refuse_split_folder(src: Path) -> None:
@@ -129,12 +213,13 @@ def _pick_splits(available: list[Path], splits: list[str] | None, root: Path) ->
     return [p for p in available if p.name in splits]
 
 
-def _targets(out: Path, split: str, city: str, stem: str) -> tuple[Path, Path, Path]:
+def _targets(out: Path, split: str, city: str, stem: str) -> tuple[Path, Path, Path, Path]:
     gt = out / "gtFine" / split / city
     return (
         out / "leftImg8bit" / split / city / f"{stem}{formats.IMAGE_SUFFIX}",
         gt / f"{stem}{formats.LABEL_SUFFIXES['labelIds']}",
         gt / f"{stem}{formats.LABEL_SUFFIXES['labelTrainIds']}",
+        out / RECORDS / split / city / f"{stem}.json",
     )
 
 
@@ -208,18 +293,34 @@ def _convert_pair(job: Job) -> ColourStats:
     return maps.stats
 
 
-def run_job(job: Job, link: str | None = None) -> Result:
-    """Convert one frame unless it is done; bad input becomes a "bad" result, never an exception."""
-    if job.done():
+def run_job(job: Job, link: str | None = None, force: bool = False) -> Result:
+    """Convert one frame unless it is done (:meth:`Job.done`; ``force``: even then); bad input becomes a
+    "bad" result, never an exception. Outputs not made from the source as it is now are removed first,
+    so that a frame that turns out bad leaves none behind."""
+    try:
+        stamp = source_stamp(job.sources())  # before reading them: a change meanwhile shows on the next run
+    except CitysegError as exc:
+        _remove_outputs(job)
+        return Result(job.source, "bad", message=str(exc))
+    if not force and job.done(stamp):
         return Result(job.source, "skipped")
+    stale = not force and job.outputs_exist()
+    _remove_outputs(job)
     try:
         stats = _convert_cityscapes(job, link) if job.kind == "cityscapes" else _convert_pair(job)
     except CitysegError as exc:
         return Result(job.source, "bad", message=str(exc))
-    return Result(job.source, "written", stats)
+    with atomic_path(job.record) as tmp:  # last: the frame is done
+        tmp.write_text(json.dumps({"sources": stamp}) + "\n")
+    return Result(job.source, "written", stats, stale=stale)
 
 
-def _run_job_star(args: tuple[Job, str | None]) -> Result:
+def _remove_outputs(job: Job) -> None:
+    for path in (job.record, job.out_train_ids, job.out_label_ids, job.out_image):
+        path.unlink(missing_ok=True)
+
+
+def _run_job_star(args: tuple[Job, str | None, bool]) -> Result:
     return run_job(*args)
 
 
@@ -233,7 +334,7 @@ def _check_paths(src: Path, out: Path) -> None:
 
 def prepare(src: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto", splits: list[str] | None = None,
             city: str | None = None, workers: int = 1, skip_bad: bool = False, link: str | None = None,
-            progress: bool = True) -> Summary:
+            progress: bool = True, force: bool = False) -> Summary:
     """Convert SRC into the official layout under OUT (see the module docstring).
 
     Args:
@@ -244,6 +345,7 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto", s
         skip_bad: go on past bad files and list them in the summary; otherwise the first bad
             file raises CitysegError (files finished so far stay, a rerun resumes).
         link: None copies images, "hard" or "sym" links them (cityscapes sources only).
+        force: make every frame again, even those whose outputs match their sources.
     """
     from tqdm import tqdm
 
@@ -253,12 +355,12 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto", s
         raise CitysegError(f"format {fmt!r}: valid formats are {', '.join(FORMATS)}")
     if link is not None and link not in LINKS:
         raise CitysegError(f"link {link!r}: valid values are {', '.join(LINKS)}")
-    fmt = detect_format(src) if fmt == "auto" else fmt
+    fmt = detect_format(src, splits) if fmt == "auto" else fmt
     if link and fmt == "pairs":
         raise CitysegError(f"{src}: images of pairs files are cut out of them and cannot be linked; drop --link/--symlink")
     jobs = discover(src, out, fmt, splits, city)
     summary = Summary(out, fmt)
-    todo = [(job, link) for job in jobs]
+    todo = [(job, link, force) for job in jobs]
     pool = None
     if workers > 1 and len(jobs) > 1:
         import multiprocessing
@@ -280,6 +382,7 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto", s
                 summary.skipped += 1
             else:
                 summary.written += 1
+                summary.stale += result.stale
                 summary.stats = summary.stats + result.stats
     finally:
         if pool is not None:

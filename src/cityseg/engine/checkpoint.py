@@ -54,7 +54,25 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CitysegError(f"{path}: not a cityseg checkpoint (no format={FORMAT!r} key; written by another tool?)")
     if ckpt.get("version") != VERSION:
         raise CitysegError(f"{path}: checkpoint version {ckpt.get('version')!r}; this cityseg reads version {VERSION}")
+    bad = first_non_finite(ckpt.get("model"), "model")
+    if bad is not None:
+        raise CitysegError(f"{path}: tensor {bad} holds NaN or infinite values; a usable checkpoint holds "
+                           "finite weights only")
     return ckpt
+
+
+def first_non_finite(tree: Any, name: str) -> str | None:
+    """Dotted name of the first floating-point tensor in ``tree`` (nested dicts, lists) with a NaN or an
+    infinity; None when every one is finite."""
+    if isinstance(tree, torch.Tensor):
+        floating = tree.is_floating_point() or tree.is_complex()
+        return name if floating and not bool(torch.isfinite(tree).all()) else None
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    for key, value in items:
+        found = first_non_finite(value, f"{name}.{key}")
+        if found is not None:
+            return found
+    return None
 
 
 def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -2,11 +2,14 @@
 curves, panels, progress bars (plain log lines when stdout is not a terminal).
 
 Only rank 0 creates a :class:`RunLog` with ``enabled=True``; on other ranks every method is a
-no-op, so the loop in ``train.py`` calls them without asking which process it is.
+no-op, so the loop in ``train.py`` calls them without asking which process it is. Rank 0 also holds
+the run folder's lock (:func:`lock_run_dir`) for the run's life: one writer per folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
@@ -25,6 +28,74 @@ from cityseg.utils import atomic_path
 
 #: What a run writes into its folder; ``--force`` removes exactly these, nothing else.
 RUN_ARTEFACTS = ("config.yaml", "metrics.jsonl", "checkpoints", "tb", "curves.png", "panels.png")
+#: The run folder's lock file (see :func:`lock_run_dir`); it is no artefact and never removed.
+LOCK_FILE = ".lock"
+_HELD_LOCKS: set[int] = set()  # file descriptors of the run-folder locks this process holds
+
+
+def _close_locks_in_forked_child() -> None:
+    # A forked child (a DataLoader worker) shares the lock's open file, which would keep the lock
+    # alive after the run itself died; the child closes its copy (never unlocks: that is the run's).
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_locks_in_forked_child)
+
+
+def lock_run_dir(out: Path) -> int:
+    """Take the exclusive lock of the run folder ``out`` (created if needed); return the open lock file.
+
+    The lock is the operating system's (``flock`` on ``OUT/.lock``), held until the returned file
+    descriptor is closed (:func:`unlock_run_dir`) or the process ends, however it ends: a crashed or
+    killed run leaves no stale lock. The file holds the PID of its holder, for the refusal. It is
+    never deleted, because a process that still has the old file open would then lock another file
+    than a newcomer.
+
+    Raises:
+        CitysegError: another process holds the lock (names the folder and that process), or the
+            folder cannot be created or written.
+    """
+    import fcntl
+
+    path = out / LOCK_FILE
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except FileExistsError:
+        raise CitysegError(f"--out {out}: exists and is not a folder; give a folder for the run") from None
+    except OSError as exc:
+        raise CitysegError(f"--out {out}: cannot write there ({exc.strerror}); give a writable folder") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise CitysegError(f"--out {out}: cannot lock {path} ({exc.strerror}); give a folder on a "
+                               "file system with file locks") from None  # fmt: skip
+        # held through another open file: another process, or another train() of this one
+        who = f"process {holder}" if holder.isdigit() else "another process"
+        raise CitysegError(
+            f"--out {out}: {who} is writing a run into this folder (it holds {path}); "
+            "wait for it to end or stop it, or give another --out"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD_LOCKS.add(fd)
+    return fd
+
+
+def unlock_run_dir(fd: int) -> None:
+    """Release a lock of :func:`lock_run_dir`."""
+    import fcntl
+
+    _HELD_LOCKS.discard(fd)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 def prepare_run_dir(out: Path, resume: bool, force: bool, main: bool = True) -> None:
@@ -35,7 +106,7 @@ def prepare_run_dir(out: Path, resume: bool, force: bool, main: bool = True) -> 
     """
     if out.exists() and not out.is_dir():
         raise CitysegError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (resume or force):
+    if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()) and not (resume or force):
         raise CitysegError(
             f"--out {out}: folder already holds files; use --resume to continue that run, "
             "--force to start it afresh, or another --out"

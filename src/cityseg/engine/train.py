@@ -52,7 +52,7 @@ from cityseg.engine.checkpoint import (
     strip_prefixes,
 )
 from cityseg.engine.evaluator import Evaluator
-from cityseg.engine.runlog import Progress, RunLog, prepare_run_dir
+from cityseg.engine.runlog import Progress, RunLog, lock_run_dir, prepare_run_dir, unlock_run_dir
 from cityseg.engine.schedule import Budget, LRSchedule, build_schedule
 from cityseg.errors import CitysegError
 from cityseg.labels import CLASS_NAMES, NUM_CLASSES
@@ -109,16 +109,38 @@ def train(
     Sets torch's process-wide thread count (``train.threads``) and deterministic-algorithms flag.
 
     Raises:
-        CitysegError: bad config, data or checkpoint; a non-finite loss (:class:`NonFiniteLoss`).
+        CitysegError: bad config, data or checkpoint; another process training into ``out_dir``; a
+            non-finite loss (:class:`NonFiniteLoss`).
         KeyboardInterrupt: Ctrl-C or SIGTERM; the checkpoints on disk stay valid for ``resume``.
     """
     dev = resolve_device(device)
     D.init_distributed(dev)
     try:
-        with sigterm_as_interrupt():
+        with hold_run_dir(Path(out_dir)), sigterm_as_interrupt():
             return _train(cfg, Path(out_dir), dev, resume, force, max_steps_per_epoch, on_validation)
     finally:
         D.cleanup()
+
+
+@contextlib.contextmanager
+def hold_run_dir(out: Path) -> Iterator[None]:
+    """Hold the run folder's lock (:func:`lock_run_dir`, rank 0) for the run's life, taken before
+    anything in the folder is touched, so that no other ``train`` (``--resume``, ``--force``) writes or
+    clears it meanwhile. A refusal is raised by every process, so none waits at a barrier."""
+    fd, refusal = None, None
+    if D.is_main_process():
+        try:
+            fd = lock_run_dir(out)
+        except CitysegError as exc:
+            refusal = str(exc)
+    refusal = D.broadcast_object(refusal)
+    if refusal is not None:
+        raise CitysegError(refusal)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            unlock_run_dir(fd)
 
 
 @contextlib.contextmanager
