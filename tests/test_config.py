@@ -9,7 +9,7 @@ from cityseg.cli import main
 from cityseg.config import CONFIG_DIR, Config, config_from_dict, load_config
 from cityseg.errors import CitysegError
 
-RECIPES = ["demo", "seed", "seed_ce", "published_r50", "r101", "convnext"]
+RECIPES = ["demo", "seed", "seed_ce", "published_r50", "r101", "convnext", "pairs"]
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -53,7 +53,7 @@ def test_overrides_are_yaml_typed_and_ordered():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["train.epoch=3"], r"unknown config key train\.epoch; valid keys of train: epochs, batch_size"),
+        (["train.epoch=3"], r"unknown config key train\.epoch; valid keys of train: epochs, max_steps, max_minutes"),
         (["trian.epochs=3"], r"unknown config section 'trian'; valid sections: data, model"),
         (["train.epochs=three"], r"config key train\.epochs: expected an integer, got 'three'"),
         (["train.epochs"], r"--set 'train.epochs': write section\.key=value"),
@@ -108,3 +108,71 @@ def test_resume_reads_the_runs_own_config(tmp_path, capsys):
     assert main(["train", "--resume", "--out", str(tmp_path), "--set", "train.epochs=12", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["name"] == "mine" and printed["train"]["epochs"] == 12
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochs=0", "config key train.epochs: 0 is out of range; valid: an integer >= 1"),
+        ("train.epochs=-1", "config key train.epochs: -1 is out of range; valid: an integer >= 1"),
+        ("train.max_steps=0", "config key train.max_steps: 0 is out of range; valid: an integer >= 1"),
+        ("train.max_minutes=0", "config key train.max_minutes: 0.0 is out of range; valid: a finite number > 0"),
+        ("train.max_minutes=-5", "config key train.max_minutes: -5.0 is out of range; valid: a finite number > 0"),
+        ("train.max_minutes=.nan", "config key train.max_minutes: nan is out of range; valid: a finite number > 0"),
+    ],
+)
+def test_out_of_range_values_name_the_key_and_the_valid_range(override, message):
+    with pytest.raises(CitysegError) as info:
+        load_config(None, [override])
+    assert str(info.value) == message
+
+
+def test_range_edges_and_null_limits_are_valid():
+    cfg = load_config(None, ["train.epochs=1", "train.max_steps=1", "train.max_minutes=0.001"])
+    assert (cfg.train.epochs, cfg.train.max_steps, cfg.train.max_minutes) == (1, 1, 0.001)
+    assert load_config(None, ["train.max_steps=null", "train.max_minutes=null"]).train.max_steps is None
+
+
+def test_cli_zero_epochs_is_one_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--set", "train.epochs=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "cityseg train: error: config key train.epochs: 0 is out of range; valid: an integer >= 1"
+    assert not out.exists()
+
+
+def test_a_recipe_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    from cityseg.config import recipe_names
+
+    monkeypatch.chdir(tmp_path)
+    assert load_config("pairs").model.name == "cityseg_small"
+    assert load_config("seed").name == "seed"
+    assert {"demo", "seed", "seed_ce", "pairs"} <= set(recipe_names())
+    (tmp_path / "pairs").mkdir()  # a folder of that name is not a config file: the recipe still wins
+    assert load_config("pairs").name == "pairs"
+    with pytest.raises(CitysegError, match=r"nope: config file not found; .*recipe name: .*demo.*pairs"):
+        load_config("nope")
+
+
+@pytest.mark.slow
+def test_a_plain_install_finds_its_recipes_from_an_unrelated_folder(tmp_path):
+    """``pip install .`` (not editable) into a separate folder, run from another: the recipes are package data."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    target, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(repo)], check=True, capture_output=True)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(target)}
+    code = ("import cityseg, sys; from cityseg.cli import main; assert cityseg.__file__.startswith(sys.argv[1]), "
+            "cityseg.__file__; sys.exit(main(['train', '--print-config', '--config', 'seed']))")
+    done = subprocess.run([sys.executable, "-c", code, str(target)], cwd=elsewhere, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert "deeplabv3_resnet50" in done.stdout
+    done = subprocess.run([sys.executable, "-c", code.replace("'--config', 'seed'", ""), str(target)], cwd=elsewhere,
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and "cityseg_tiny" in done.stdout, done.stderr

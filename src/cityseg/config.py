@@ -8,6 +8,7 @@ folder and into every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -16,9 +17,34 @@ import yaml
 
 from cityseg.errors import CitysegError
 
-#: Where the recipes live (repo checkout); ``configs/demo.yaml`` is the default.
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+#: Where the recipes live: package data (``cityseg/configs/*.yaml``), so that a plain
+#: ``pip install`` finds them too; the checkout's ``configs/`` is a link to this folder.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
+
+
+def recipe_names() -> list[str]:
+    """Names of the shipped recipes (``demo``, ``seed``, ``pairs``, ...)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(path: str | Path | None) -> Path:
+    """A recipe name (``pairs``) or a YAML path -> the file; the default recipe when None.
+
+    A path that exists wins; otherwise a bare name (no folder, no ``.yaml``) is looked up
+    among the shipped recipes.
+
+    Raises:
+        CitysegError: neither a file nor a recipe name (lists the recipe names).
+    """
+    if path is None:
+        return DEFAULT_CONFIG
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.parent == Path(".") and path.suffix == "" and (CONFIG_DIR / f"{path}.yaml").is_file():
+        return CONFIG_DIR / f"{path}.yaml"
+    raise CitysegError(f"{path}: config file not found; give a YAML file or a recipe name: {', '.join(recipe_names())}")
 
 
 @dataclass
@@ -147,6 +173,40 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric key: ``low`` (inclusive, or exclusive with ``low_open``) and up."""
+
+    low: float
+    low_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        return value > self.low if self.low_open else value >= self.low
+
+    def describe(self, integer: bool) -> str:
+        what = "an integer" if integer else "a finite number"
+        return f"{what} {'>' if self.low_open else '>='} {self.low:g}"
+
+
+#: Valid ranges of numeric keys, checked whenever a config is built (a null, where allowed, means
+#: "no limit" and is not checked). The one place that says which numbers make sense.
+RANGES: dict[str, Range] = {
+    "train.epochs": Range(1),
+    "train.max_steps": Range(1),
+    "train.max_minutes": Range(0, low_open=True),
+}
+
+
+def _check_range(value: Any, key: str) -> None:
+    """CitysegError naming ``key`` and its valid range when an already typed ``value`` lies outside it."""
+    bound = RANGES.get(key)
+    if bound is not None and value is not None and not bound.holds(value):
+        valid = bound.describe(integer=isinstance(value, int))
+        raise CitysegError(f"config key {key}: {value!r} is out of range; valid: {valid}")
+
+
 def _section_fields(cls: type) -> dict[str, Any]:
     return get_type_hints(cls)
 
@@ -216,7 +276,9 @@ def config_from_dict(raw: dict[str, Any], name: str = "demo") -> Config:
                 raise CitysegError(
                     f"unknown config key {sec_name}.{key}; valid keys of {sec_name}: {', '.join(hints)}"
                 )
-            setattr(section, key, _coerce(value, hints[key], f"{sec_name}.{key}"))
+            value = _coerce(value, hints[key], f"{sec_name}.{key}")
+            _check_range(value, f"{sec_name}.{key}")
+            setattr(section, key, value)
     return cfg
 
 
@@ -236,10 +298,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a recipe (``configs/demo.yaml`` when None), apply ``--set`` overrides, validate."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
-    if not path.is_file():
-        raise CitysegError(f"{path}: config file not found (recipes are in {CONFIG_DIR})")
+    """Read a recipe (a name such as ``pairs``, or a YAML path; ``demo`` when None), apply
+    ``--set`` overrides, validate."""
+    path = resolve_config_path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

@@ -14,7 +14,8 @@ def _count(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="base recipe YAML (default: configs/demo.yaml)")
+    parser.add_argument("--config", metavar="NAME|FILE",
+                        help="base recipe name (pairs, seed, ...) or YAML file (default: demo)")
     parser.add_argument(
         "--data", metavar="DIR", help="Cityscapes-layout folder (default: data.root, else the synthetic data)"
     )

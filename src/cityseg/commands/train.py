@@ -8,7 +8,8 @@ HELP = "train a model from a recipe (configs/demo.yaml on the synthetic data by 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="recipe YAML (default: configs/demo.yaml)")
+    parser.add_argument("--config", metavar="NAME|FILE",
+                        help="recipe name (demo, seed, seed_ce, pairs, ...) or YAML file (default: demo)")
     parser.add_argument(
         "--data", metavar="DIR", help="Cityscapes-layout folder (default: data.root, else the synthetic data)"
     )
