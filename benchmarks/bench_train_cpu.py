@@ -67,7 +67,7 @@ def reference_transform(crop: tuple[int, int], scale: list[float]) -> v2.Compose
         v2.RandomResize(int(scale[0] * h), int(scale[1] * h)),
         v2.RandomHorizontalFlip(0.5),
         v2.RandomCrop((h, w), pad_if_needed=True, fill={tv_tensors.Mask: IGNORE_INDEX, "others": 0}),
-        v2.PILToTensor(),
+        v2.ToImage(),
         v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None}, scale=True),
         v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
