@@ -22,3 +22,28 @@ def fixtures_dir() -> Path:
 def _isolated_data_home(tmp_path_factory, monkeypatch):
     """Keep the synthetic default data of tests out of the user's ~/.cache."""
     monkeypatch.setenv("CITYSEG_DATA_HOME", str(tmp_path_factory.getbasetemp() / "data_home"))
+
+
+@pytest.fixture(scope="module")
+def one_thread_torch():
+    """One intra-op thread (stable timings on a shared 2-core machine); undo train()'s global settings
+    (thread count, deterministic algorithms) afterwards. Training test modules use it for all their tests."""
+    import torch
+
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """8 train + 4 val synthetic frames of 64x32 in the official layout (drawn once per session)."""
+    from cityseg.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, train=8, val=4, size=(64, 32), seed=0, workers=1, progress=False)
+    return root

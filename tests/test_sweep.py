@@ -35,24 +35,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread_and_restored_torch_flags():
-    threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-
-
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory) -> Path:
-    from cityseg.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("synth")
-    generate(root, train=8, val=4, size=(64, 32), seed=0, workers=1, progress=False)
-    return root
+pytestmark = pytest.mark.usefixtures("one_thread_torch")
 
 
 def sweep_args(root: Path, out: Path, trials: int, *extra: str) -> list[str]:

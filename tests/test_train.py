@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -48,26 +49,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread_and_restored_torch_flags():
-    """One intra-op thread (stable timings on a shared 2-core machine); undo train()'s global settings."""
-    threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-
-
-@pytest.fixture(scope="session")
-def synth_root(tmp_path_factory) -> Path:
-    """8 train + 4 val synthetic frames of 64x32 in the official layout (drawn once per session)."""
-    from cityseg.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("synth")
-    generate(root, train=8, val=4, size=(64, 32), seed=0, workers=1, progress=False)
-    return root
+pytestmark = pytest.mark.usefixtures("one_thread_torch")
 
 
 def tiny_cfg(root: Path, *extra: str) -> Config:
@@ -616,3 +598,26 @@ def test_cached_run_equals_the_uncached_run(synth_root, tmp_path):
     assert main(tiny_args(synth_root, tmp_path / "b", "--set", "train.epochs=1", "--set", "data.cache=true")) == 0
     a, b = read_metrics(tmp_path / "a")[0], read_metrics(tmp_path / "b")[0]
     assert a["train_loss"] == b["train_loss"] and a["val_loss"] == b["val_loss"]
+
+
+def test_stop_signals_wait_for_a_step_boundary_inside_the_loop():
+    """Inside the loop a first SIGTERM/SIGINT only asks for a stop (raised by ``check``); a second,
+    or one before the loop, stops at once. Handlers are restored afterwards."""
+    from cityseg.engine.train import StopSignals
+
+    before = signal.getsignal(signal.SIGTERM)
+    with StopSignals() as stop:
+        with pytest.raises(KeyboardInterrupt):  # before the loop: at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        stop.defer()
+        stop.check()  # nothing asked yet
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs; nothing is raised here
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            stop.check()
+        with pytest.raises(KeyboardInterrupt):  # a second signal: at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGTERM) is before

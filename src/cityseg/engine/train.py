@@ -116,8 +116,8 @@ def train(
     dev = resolve_device(device)
     D.init_distributed(dev)
     try:
-        with hold_run_dir(Path(out_dir)), sigterm_as_interrupt():
-            return _train(cfg, Path(out_dir), dev, resume, force, max_steps_per_epoch, on_validation)
+        with hold_run_dir(Path(out_dir)), StopSignals() as stop:
+            return _train(cfg, Path(out_dir), dev, resume, force, max_steps_per_epoch, on_validation, stop)
     finally:
         D.cleanup()
 
@@ -143,19 +143,48 @@ def hold_run_dir(out: Path) -> Iterator[None]:
             unlock_run_dir(fd)
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM (``kill``, a job scheduler's stop) like Ctrl-C while training: the loop stops
-    between two Python statements, the last checkpoint stays valid, and the ``--resume`` hint is
-    printed. Signals reach only the main thread, so elsewhere (a sweep's worker thread) it does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+class StopSignals:
+    """Ctrl-C (SIGINT) and ``kill`` (SIGTERM) while training.
+
+    Until :meth:`defer` the first signal raises KeyboardInterrupt at once (nothing is written yet).
+    Inside the training loop it only asks for a stop, which :meth:`check` raises at the next step or
+    validation batch: raised between two arbitrary bytecodes it could land inside tensorboard's
+    writer (``queue.put``) and leave ``close()`` waiting for ever on the writer thread (seen in CI).
+    A second signal stops at once. Signals reach only the main thread, so elsewhere (a sweep's
+    worker thread) nothing is installed and :meth:`check` never raises.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested, self.deferring = False, False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested or not self.deferring:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def defer(self) -> None:
+        """From now on a first signal waits for :meth:`check`."""
+        self.deferring = True
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt when a stop was asked for (by any process, so all stop together)."""
+        requested = self.requested
+        if D.is_dist():
+            requested = global_mean(torch.tensor(float(requested))) > 0
+        if requested:
+            raise KeyboardInterrupt
 
 
 def _train(
@@ -166,7 +195,9 @@ def _train(
     force: bool,
     max_steps: int | None,
     on_validation: Callable[[int, dict], None] | None = None,
+    stop: StopSignals | None = None,
 ) -> dict:
+    stop = stop or StopSignals()
     prepare_run_dir(out, resume=resume, force=force, main=D.is_main_process())
     D.barrier()
     setup_torch(cfg, dev)
@@ -187,19 +218,20 @@ def _train(
     log.info(describe_run(cfg, root, dev, engine, train_loader, val_loader, steps, state, resume))
     panel: tuple[int, list[Frame]] | None = None
     try:
+        stop.defer()
         for epoch in range(state.epoch + 1, cfg.train.epochs + 1):
             started = time.perf_counter()
             if isinstance(train_loader.sampler, DistributedSampler):
                 train_loader.sampler.set_epoch(epoch)
             bar = log.progress(f"epoch {epoch}/{cfg.train.epochs}", steps)
             train_loss = train_one_epoch(
-                model, criterion, optimizer, schedule, train_loader, engine, state, steps, bar, log, budget
+                model, criterion, optimizer, schedule, train_loader, engine, state, steps, bar, log, budget, stop
             )
             record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
             improved, done = False, agreed(budget.fraction(state.step)) >= 1.0
             if epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs or done:
                 bar = log.progress("  val", len(val_loader))
-                scores, frames = evaluate(model, criterion, val_loader, engine, cfg, bar)
+                scores, frames = evaluate(model, criterion, val_loader, engine, cfg, bar, stop)
                 schedule.epoch_end(scores["val_loss"])
                 improved = state.update_best(scores["val_miou"], epoch)
                 panel = (epoch, frames) if improved or panel is None else panel
@@ -242,10 +274,12 @@ def train_one_epoch(
     progress: Progress,
     log: RunLog,
     budget: Budget | None = None,
+    stop: StopSignals | None = None,
 ) -> float:
     """``steps`` optimiser steps of ``engine.accum`` micro-batches each, fewer when ``budget`` runs
-    out first; returns the mean loss."""
+    out first; returns the mean loss. A stop asked for through ``stop`` is raised after a step."""
     budget = budget or Budget(schedule.total_steps)
+    stop = stop or StopSignals()
     model.train()
     set_frozen_bn_eval(model)
     total, count, seen, started = 0.0, 0, 0, time.perf_counter()
@@ -267,6 +301,7 @@ def train_one_epoch(
             lr = schedule.lrs()[0]
             progress.update(loss=total / count, lr=lr, speed=seen / (time.perf_counter() - started))
             log.scalars(state.step, {"train/loss": value, "train/lr": lr})
+            stop.check()
             if fraction >= 1.0:
                 break
     progress.close()
@@ -275,7 +310,13 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, criterion: nn.Module, loader: DataLoader, engine: Engine, cfg: Config, progress: Progress
+    model: nn.Module,
+    criterion: nn.Module,
+    loader: DataLoader,
+    engine: Engine,
+    cfg: Config,
+    progress: Progress,
+    stop: StopSignals | None = None,
 ) -> tuple[dict[str, Any], list[Frame]]:
     """Validation loss and scores on whole images; returns (scores, the first frames for panels).
 
@@ -300,6 +341,8 @@ def evaluate(
         for j in range(min(n, cfg.train.panels - len(frames))):
             frames.append((batch["name"][j], images[j].float().cpu(), targets[j].cpu(), pred[j].cpu()))
         progress.update(loss=(loss_sum[0] / loss_sum[1]).item())
+        if stop is not None:
+            stop.check()
     progress.close()
     D.all_reduce_sum(loss_sum)
     evaluator.reduce()
