@@ -118,11 +118,20 @@ def test_files_written_by_pillow(tmp_path, dtype, level):
     np.testing.assert_array_equal(png.decode_grey(data), pillow(data))
 
 
-def test_split_idat_and_ancillary_chunks():
+def test_split_idat_chunks():
+    samples = label_like(50, 60, np.uint8, np.random.default_rng(1))
+    data = write_png(samples, [4] * 50, idat_parts=5)
+    np.testing.assert_array_equal(png.decode_grey(data), samples)
+
+
+def test_files_with_ancillary_chunks_are_left_to_pillow():
+    """Pillow validates some ancillary chunks and refuses malformed ones; the fast path checks
+    none, so it takes no file that has one (label maps carry none)."""
     samples = label_like(50, 60, np.uint8, np.random.default_rng(1))
     extra = chunk(b"gAMA", struct.pack(">I", 45455)) + chunk(b"tEXt", b"Comment\x00label ids")
     data = write_png(samples, [4] * 50, idat_parts=5, extra=extra)
-    np.testing.assert_array_equal(png.decode_grey(data), samples)
+    assert png.decode_grey(data) is None
+    np.testing.assert_array_equal(pillow(data), samples)
 
 
 def test_real_label_maps_decode_as_pillow_does(fixtures_dir):
@@ -284,15 +293,13 @@ def test_damaged_scanlines_decode_as_pillow_does_or_not_at_all():
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-def test_trns_and_sbit_leave_the_samples_as_pillow_reads_them(dtype):
+def test_trns_and_sbit_files_are_left_to_pillow_which_keeps_the_samples(dtype):
     samples = label_like(16, 20, dtype, np.random.default_rng(4))
     bits = 8 * samples.dtype.itemsize
     extra = chunk(b"sBIT", bytes([bits - 2])) + chunk(b"tRNS", struct.pack(">H", int(samples[0, 0])))
     data = write_png(samples, [4] * 16, extra=extra)
-    got = png.decode_grey(data)
-    assert got.dtype.isnative and got.dtype == dtype
-    np.testing.assert_array_equal(got, pillow(data))
-    np.testing.assert_array_equal(got, samples)
+    assert png.decode_grey(data) is None
+    np.testing.assert_array_equal(pillow(data), samples)
 
 
 def test_files_pillow_would_read_differently_or_refuse_are_left_to_it():
@@ -352,3 +359,71 @@ def test_without_the_extension_evaluate_decodes_the_same(tmp_path, monkeypatch):
         np.testing.assert_array_equal(got, samples)
         np.testing.assert_array_equal(slow, samples)
         assert slow.dtype == got.dtype and slow.flags.c_contiguous
+
+
+# --- differential fuzzing against Pillow ------------------------------------------------------
+
+ANCILLARY = (b"gAMA", b"tRNS", b"iCCP", b"sBIT", b"tEXt", b"zTXt", b"iTXt", b"pHYs", b"cHRM", b"sRGB",
+             b"bKGD", b"tIME", b"eXIf", b"acTL", b"fcTL", b"PLTE", b"vpAg")
+
+
+def mutant(rng: np.random.Generator, good: list[tuple[bytes, bytes]]) -> bytes:
+    """A PNG built from ``good``'s chunks, then damaged: chunks inserted (random payloads with a
+    valid CRC: what per-chunk CRCs cannot catch), dropped, duplicated or reordered, and bytes flipped."""
+    chunks = list(good)
+    for _ in range(int(rng.integers(0, 4))):
+        kind = ANCILLARY[int(rng.integers(len(ANCILLARY)))]
+        payload = rng.integers(0, 256, size=int(rng.integers(0, 40)), dtype=np.uint8).tobytes()
+        chunks.insert(int(rng.integers(1, len(chunks))), (kind, payload))
+    action = int(rng.integers(4))
+    if action == 1 and len(chunks) > 2:
+        del chunks[int(rng.integers(1, len(chunks)))]
+    elif action == 2:
+        i = int(rng.integers(len(chunks)))
+        chunks.insert(i, chunks[i])
+    elif action == 3 and len(chunks) > 3:
+        i, j = rng.integers(1, len(chunks), size=2)
+        chunks[i], chunks[j] = chunks[j], chunks[i]
+    data = bytearray(png.SIGNATURE + b"".join(chunk(k, p) for k, p in chunks))
+    for offset in rng.integers(8, len(data), size=int(rng.integers(0, 3))):
+        data[offset] = int(rng.integers(0, 256))
+    return bytes(data)
+
+
+def pillow_or_none(data: bytes) -> np.ndarray | None:
+    try:
+        return pillow(data)
+    except Exception:  # noqa: BLE001 - any refusal by Pillow counts as a refusal
+        return None
+
+
+def fuzz(seed: int, cases: int) -> None:
+    """Whatever the fast decoder returns, Pillow reads the same file to the same samples."""
+    rng = np.random.default_rng(seed)
+    accepted = 0
+    for case in range(cases):
+        dtype = np.uint8 if case % 2 else np.uint16
+        samples = label_like(int(rng.integers(1, 24)), int(rng.integers(1, 24)), dtype, rng)
+        h, w = samples.shape
+        stream = zlib.compress(filter_rows(samples, list(rng.integers(0, 5, size=h))))
+        cut = int(rng.integers(0, len(stream) + 1))
+        good = [(b"IHDR", struct.pack(">IIBBBBB", w, h, 8 * samples.dtype.itemsize, 0, 0, 0, 0)),
+                (b"IDAT", stream[:cut]), (b"IDAT", stream[cut:]), (b"IEND", b"")]
+        data = mutant(rng, good)
+        got = png.decode_grey(data)
+        if got is not None:
+            accepted += 1
+            reference = pillow_or_none(data)
+            assert reference is not None, f"seed {seed} case {case}: accepted a file Pillow refuses"
+            np.testing.assert_array_equal(got, reference, err_msg=f"seed {seed} case {case}")
+    assert accepted >= cases // 40  # enough files survive the mutations intact to compare (~5%)
+
+
+def test_differential_fuzz_against_pillow():
+    fuzz(seed=2026, cases=400)
+
+
+@pytest.mark.long
+def test_differential_fuzz_against_pillow_at_length():
+    for seed in range(10):
+        fuzz(seed=seed, cases=4000)

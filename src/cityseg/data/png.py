@@ -11,8 +11,8 @@ Only the files label maps are saved as take this path: non-interlaced greyscale 
 the way the official tools, Pillow, OpenCV and torchvision write them. :func:`decode_grey`
 returns None for any other PNG (palette, colour, alpha, 1-4 bits, interlaced, over Pillow's
 pixel limit), for any file Pillow might read differently or refuse (a bad CRC or Adler-32,
-truncated data, a second IHDR, IDAT chunks that are not consecutive), and when the extension
-could not be built; callers then use a general decoder, whose own errors name what is wrong
+truncated data, a second IHDR, IDAT chunks that are not consecutive, any chunk other than IHDR,
+IDAT and IEND), and when the extension could not be built; callers then use a general decoder, whose own errors name what is wrong
 with the file.
 """
 
@@ -60,8 +60,11 @@ def read_grey(path: str | os.PathLike) -> np.ndarray | None:
 def decode_grey(data: bytes) -> np.ndarray | None:
     """(H, W) uint8 or native-order uint16 samples of a greyscale PNG, or None (see module doc).
 
-    The samples are the stored values, as Pillow returns them for modes "L" and "I;16"; sBIT,
-    gAMA, tRNS and other ancillary chunks do not change them.
+    The samples are the stored values, as Pillow returns them for modes "L" and "I;16". A file
+    with any ancillary chunk (gAMA, tRNS, iCCP, tEXt, ...) is left to Pillow, which validates
+    some of them and refuses malformed ones (a differential fuzz found 45 in 35,000 mutated files
+    that this decoder accepted and Pillow refused). Label maps carry none: no grey PNG among the
+    fixtures or the prepared pairs has one, so the fast path still takes every real label file.
     """
     if not available() or data[:8] != SIGNATURE:
         return None
@@ -106,12 +109,12 @@ def _header(data: bytes) -> tuple[int, int, int] | None:
 
 def _idat(data: bytes) -> bytes | None:
     """The concatenated IDAT payloads (a zlib stream), or None for a file Pillow might read
-    differently or refuse: a truncated chunk or a bad CRC before IEND, a second IHDR, IDAT
-    chunks that are not consecutive, no IDAT, or no IEND."""
+    differently or refuse: a truncated chunk or a bad CRC before IEND, any chunk but IDAT
+    (a second IHDR, PLTE, ancillary chunks), IDAT chunks that are not consecutive, no IDAT, or
+    no IEND."""
     view = memoryview(data)
     parts = []
     pos = 33  # after the signature and IHDR
-    idat_done = False
     while pos + 12 <= len(data):
         length, kind = _CHUNK_HEAD.unpack_from(data, pos)
         end = pos + 12 + length
@@ -119,14 +122,9 @@ def _idat(data: bytes) -> bytes | None:
             return None
         if kind == b"IEND":
             return b"".join(parts) if parts else None
-        if kind == b"IHDR" or not _crc_ok(data, pos, length):
+        if kind != b"IDAT" or not _crc_ok(data, pos, length):
             return None
-        if kind == b"IDAT":
-            if idat_done:
-                return None
-            parts.append(view[pos + 8 : end - 4])
-        elif parts:
-            idat_done = True
+        parts.append(view[pos + 8 : end - 4])
         pos = end
     return None
 
