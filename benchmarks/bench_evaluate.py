@@ -207,7 +207,7 @@ def per_frame_cpu(gt_dir: Path, pred_dir: Path, frames: int = 15, rounds: int = 
         np.in1d = np.isin
     from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as ev
 
-    from cityseg.commands.evaluate import keep_freed_memory, score_frame
+    from cityseg.metrics.pred_dir import keep_freed_memory, score_frame
 
     keep_freed_memory()
     gts = sorted(gt_dir.rglob(f"*{GT_SUFFIX}"))[:frames]

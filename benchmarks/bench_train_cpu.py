@@ -35,11 +35,12 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from cityseg.config import load_config
-from cityseg.data.dataset import TRAIN_IDS_SUFFIX, CityscapesDataset, gt_path
+from cityseg.data.dataset import CityscapesDataset
 from cityseg.engine.build import build_criterion, build_engine, build_loaders, build_optimizer, build_train_model
 from cityseg.engine.schedule import build_schedule
 from cityseg.engine.train import compute_loss, optimizer_step
 from cityseg.labels import IGNORE_INDEX
+from cityseg.layout import TRAIN_IDS_SUFFIX, label_path
 from cityseg.models import IMAGENET_MEAN, IMAGENET_STD
 from cityseg.utils import parse_size
 
@@ -49,7 +50,7 @@ class PilPairs(Dataset):
 
     def __init__(self, files: CityscapesDataset, transform: v2.Transform) -> None:
         self.images, self.transform = files.images, transform
-        self.labels = [gt_path(p, TRAIN_IDS_SUFFIX) for p in files.images]
+        self.labels = [label_path(p, TRAIN_IDS_SUFFIX) for p in files.images]
 
     def __len__(self) -> int:
         return len(self.images)

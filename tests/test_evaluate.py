@@ -15,6 +15,7 @@ from PIL import Image
 
 from cityseg import metrics
 from cityseg.cli import main
+from cityseg.metrics.pred_dir import evaluate_pred_dir
 from cityseg.labels import CATEGORIES, CLASS_NAMES, ID_PALETTE, LABEL_BY_NAME, LABELS
 
 GT_SUFFIX = "_gtFine_labelIds.png"
@@ -140,7 +141,7 @@ def test_synthetic_frames_match_the_official_script(synthetic_tree, tmp_path, mo
     assert_same_as_official(ours, official)
     assert ours["iiou"] is not None and ours["category_iiou"] is not None  # instances were scored
     # the whole confusion matrix, not just the scores
-    counts, _, _ = __import__("cityseg.commands.evaluate", fromlist=["x"]).evaluate_pred_dir(pred_dir, gt_dir, None, 1)
+    counts, _, _ = evaluate_pred_dir(pred_dir, gt_dir, None, 1)
     np.testing.assert_array_equal(counts.conf, np.array(official["confMatrix"], dtype=np.int64))
 
 
@@ -180,7 +181,7 @@ def test_real_val_frames_with_perturbed_predictions_match_the_official_script(fi
 def test_pred_dir_path_does_not_import_torch(synthetic_tree):
     gt_dir, pred_dir = synthetic_tree
     code = (
-        "import sys, cityseg.metrics, cityseg.commands.evaluate\n"
+        "import sys, cityseg.metrics.pred_dir, cityseg.commands.evaluate\n"
         "from cityseg.cli import main\n"
         f"argv = ['evaluate', '--pred-dir', {str(pred_dir)!r}, '--gt-dir', {str(gt_dir)!r}, '--workers', '1']\n"
         "assert main(argv) == 0\n"
@@ -207,7 +208,7 @@ def test_table_json_and_plots(synthetic_tree, tmp_path, capsys):
     assert 0 < data["boundary_f1"] < 1
     assert 0 < data["pixel_accuracy"] < 1 and 0 < data["mean_class_accuracy"] < 1
     # the JSON's confusion matrix is the one every score came from
-    counts, _, _ = __import__("cityseg.commands.evaluate", fromlist=["x"]).evaluate_pred_dir(pred_dir, gt_dir, None, 1)
+    counts, _, _ = evaluate_pred_dir(pred_dir, gt_dir, None, 1)
     assert data["confusion_matrix"] == metrics.confusion_json(counts.conf)
     matrix = np.array(data["confusion_matrix"]["counts"])
     assert matrix.shape == (len(CLASS_NAMES), len(CLASS_NAMES) + 1)
@@ -380,24 +381,12 @@ def test_pairs_tree_ambiguous_or_unmatched_names_are_one_line(tmp_path, capsys):
     assert "frame 101 also at" in err and "unique" in err
 
 
-def test_a_prediction_belongs_to_the_longest_frame_name_it_starts_with():
-    from cityseg.commands.evaluate import frame_of
-
-    frames = {"101", "101_2", "aachen_000000_000019"}
-    assert frame_of("101_leftImg8bit.png", frames) == frame_of("101.png", frames) == "101"
-    assert frame_of("101_2_pred.png", frames) == "101_2"
-    assert frame_of("1010_leftImg8bit.png", frames) is None
-    assert frame_of("aachen_000000_000019_leftImg8bit.png", frames) == "aachen_000000_000019"
-    assert frame_of("aachen_000000_000019.png", frames) == "aachen_000000_000019"
-    assert frame_of("aachen_000000.png", frames) is None
-
-
 def test_save_pred_makes_city_folders_for_cityscapes_names_only(tmp_path):
     torch = pytest.importorskip("torch")
-    from cityseg.commands.evaluate import _save_prediction
+    from cityseg.engine.evaluate import save_prediction
 
     for name in ("101", "lindau_000001_000019", "my_photo", "a_b_000001_000019"):
-        _save_prediction(torch.zeros(4, 6, dtype=torch.uint8), tmp_path, name)
+        save_prediction(torch.zeros(4, 6, dtype=torch.uint8), tmp_path, name)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")) == [
         "101_leftImg8bit.png", "a_b/a_b_000001_000019_leftImg8bit.png",
         "lindau/lindau_000001_000019_leftImg8bit.png", "my_photo_leftImg8bit.png"]

@@ -210,29 +210,7 @@ def test_boundary_matches_scipy_filters():
     assert (colour._holds_other_label(ref) == oracle).all()
 
 
-# ---------------------------------------------------------------------------- find_label, pairs
-
-
-def test_find_label_prefers_label_ids_then_train_ids_then_colour(tmp_path):
-    image = _png(tmp_path / "leftImg8bit/val/bonn/bonn_000001_000019_leftImg8bit.png", np.zeros((2, 2, 3), np.uint8))
-    gt = tmp_path / "gtFine/val/bonn"
-    made = {}
-    for kind, suffix in formats.LABEL_SUFFIXES.items():
-        made[kind] = _png(gt / f"bonn_000001_000019{suffix}", np.zeros((2, 2), np.uint8))
-    for kind in formats.LABEL_SUFFIXES:
-        assert formats.find_label(image) == made[kind]
-        made[kind].unlink()
-    with pytest.raises(CitysegError, match=r"bonn_000001_000019_leftImg8bit.png: no label found; looked for "
-                                           r"bonn_000001_000019_gtFine_\{labelIds,labelTrainIds,color\}.png in .*gtFine/val/bonn"):
-        formats.find_label(image)
-
-
-def test_find_label_beside_the_image_and_bad_image_name(tmp_path):
-    image = _png(tmp_path / "a_leftImg8bit.png", np.zeros((2, 2, 3), np.uint8))
-    label = _png(tmp_path / "a_gtFine_color.png", np.zeros((2, 2, 3), np.uint8))
-    assert formats.find_label(image) == label
-    with pytest.raises(CitysegError, match="photo.png: not a Cityscapes image"):
-        formats.find_label(tmp_path / "photo.png")
+# ---------------------------------------------------------------------------- pairs
 
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])

@@ -330,7 +330,7 @@ def test_images_over_pillows_pixel_limit_are_left_to_it():
 
 
 def test_evaluate_reads_with_the_fast_path_and_falls_back_to_pillow(tmp_path):
-    from cityseg.commands.evaluate import read_id_map
+    from cityseg.metrics.pred_dir import read_id_map
 
     samples = label_like(20, 30, np.uint8, np.random.default_rng(5))
     fast = tmp_path / "fast.png"
@@ -343,7 +343,7 @@ def test_evaluate_reads_with_the_fast_path_and_falls_back_to_pillow(tmp_path):
 
 def test_without_the_extension_evaluate_decodes_the_same(tmp_path, monkeypatch):
     """Where setup.py could not compile _unfilter.c, pyspng (then Pillow) reads the same values."""
-    from cityseg.commands.evaluate import read_id_map
+    from cityseg.metrics.pred_dir import read_id_map
 
     rng = np.random.default_rng(9)
     paths = []

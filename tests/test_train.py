@@ -239,6 +239,27 @@ def test_validation_numbers_match_cityseg_evaluate(finished_run, synth_root, tmp
     assert evaluated["mean_dice"] == pytest.approx(trained["val_dice"], abs=1e-9)
 
 
+def test_evaluate_checkpoint_scores_the_default_data_training_used(tmp_path, monkeypatch):
+    """Without --data, training and ``evaluate --checkpoint`` use the same synthetic default data, whatever
+    train.seed: evaluate gives the logged val mIoU and leaves the data folder as it was (it used to redraw
+    the folder with train.seed, replacing the frames training saw)."""
+    from cityseg.data.synthetic import default_data_dir
+
+    monkeypatch.setenv("CITYSEG_DATA_HOME", str(tmp_path / "home"))
+    sets = [*TINY, "train.epochs=1", "train.seed=7", "data.synth_train=4", "data.synth_val=2", "data.synth_size=64x32"]
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--device", "cpu", *[x for s in sets for x in ("--set", s)]]) == 0
+    data = default_data_dir()
+    before = {p: p.stat().st_mtime_ns for p in [data, *data.rglob("*")]}
+    scores = tmp_path / "scores.json"
+    assert main(["evaluate", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--device", "cpu",
+                 "--json", str(scores)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in [data, *data.rglob("*")]} == before
+    logged = read_metrics(out)[-1]
+    assert logged["epoch"] == 1
+    assert json.loads(scores.read_text())["miou"] == pytest.approx(logged["val_miou"], abs=1e-4)
+
+
 def test_existing_run_is_not_overwritten(finished_run, synth_root, capsys):
     out, _ = finished_run
     before = (out / "metrics.jsonl").read_text()

@@ -128,6 +128,16 @@ def test_normalize_confusion_and_plot(tmp_path):
         viz.plot_confusion(conf[:3, :3], tmp_path / "bad.png")
 
 
+def test_plot_confusion_with_a_void_column(tmp_path):
+    """``cityseg evaluate --plots`` draws metrics.train_confusion: a last column of predictions of void labels."""
+    n = labels.NUM_CLASSES
+    conf = np.zeros((n, n + 1), np.int64)
+    conf[0, 0], conf[0, n] = 3, 1  # road: 3 right, 1 predicted as a void label
+    assert viz.normalize_confusion(conf)[0, n] == 0.25
+    assert read_png(viz.plot_confusion(conf, tmp_path / "conf.png")).shape[1] > 500
+    no_temp_files(tmp_path)
+
+
 def test_plot_class_iou(tmp_path):
     ious = np.linspace(0.1, 0.9, labels.NUM_CLASSES)
     ious[16] = np.nan  # train absent

@@ -224,22 +224,25 @@ def plot_confusion(conf: ArrayLike, out_png: str | os.PathLike) -> Path:
     """Row-normalised confusion matrix heatmap with the official class names.
 
     Args:
-        conf: (NUM_CLASSES, NUM_CLASSES) counts, rows ground truth, columns prediction.
+        conf: (NUM_CLASSES, NUM_CLASSES) counts, rows ground truth, columns prediction; or
+            (NUM_CLASSES, NUM_CLASSES + 1) with a last column of pixels predicted as a void label
+            (:func:`cityseg.metrics.train_confusion` of a label-id confusion matrix).
     """
     norm = normalize_confusion(conf)
     n = labels.NUM_CLASSES
-    if norm.shape != (n, n):
-        raise ValueError(f"expected a ({n}, {n}) confusion matrix, got {norm.shape}")
-    fig = Figure(figsize=(9, 8), dpi=110)
+    if norm.shape not in ((n, n), (n, n + 1)):
+        raise ValueError(f"expected a ({n}, {n}) or ({n}, {n + 1}) confusion matrix, got {norm.shape}")
+    columns = list(labels.CLASS_NAMES) + ["(void)"] * (norm.shape[1] - n)
+    fig = Figure(figsize=(9 + 0.4 * (len(columns) - n), 8), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     im = ax.imshow(np.nan_to_num(norm), cmap="Blues", vmin=0, vmax=1)
     for i in range(n):
-        for j in range(n):
+        for j in range(len(columns)):
             if np.isfinite(norm[i, j]) and norm[i, j] >= 0.01:
                 ax.text(j, i, f"{round(100 * norm[i, j])}", ha="center", va="center", fontsize=6,
                         color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xticks(range(n), labels.CLASS_NAMES, rotation=90, fontsize=8)
+    ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=8)
     absent = ~np.isfinite(norm).all(axis=1)
     ax.set_yticks(range(n), [f"{name} (absent)" if a else name for name, a in zip(labels.CLASS_NAMES, absent)], fontsize=8)
     ax.set_xlabel("prediction")

@@ -1,12 +1,6 @@
-"""Cityscapes in its official layout, with whichever label format each frame has.
+"""Cityscapes in its official layout (:mod:`cityseg.layout`), with whichever label format each frame has.
 
-Layout (``root`` is the folder holding ``leftImg8bit`` and ``gtFine``)::
-
-    root/leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png
-    root/gtFine/<split>/<city>/<stem>_gtFine_{labelIds,labelTrainIds,color}.png   (one or more)
-    root/gtFine/<split>/<city>/<stem>_gtFine_instanceIds.png                      (with_instances)
-
-The label of each frame is found by ``formats.find_label`` (labelIds > labelTrainIds > color).
+The label of each frame is found by ``layout.find_label`` (labelIds > labelTrainIds > color).
 labelIds, labelTrainIds and instanceIds PNGs are decoded with ``cityseg.data.png`` (libdeflate
 and a run-aware unfilter: ~0.5 ms for a 2048x1024 labelIds map, ~10x faster than libpng) where
 they are plain greyscale files, else with ``torchvision.io``, and mapped to trainIds with one
@@ -40,45 +34,20 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from cityseg import labels
 from cityseg.data import formats, png
 from cityseg.errors import CitysegError
-
-IMAGE_DIR = "leftImg8bit"
-LABEL_DIR = "gtFine"
-IMAGE_SUFFIX = "_leftImg8bit.png"
-LABEL_IDS_SUFFIX = "_gtFine_labelIds.png"
-TRAIN_IDS_SUFFIX = "_gtFine_labelTrainIds.png"
-INSTANCE_SUFFIX = "_gtFine_instanceIds.png"
+from cityseg.layout import (
+    INSTANCE_SUFFIX,
+    LABEL_IDS_SUFFIX,
+    TRAIN_IDS_SUFFIX,
+    find_images,
+    find_label,
+    frame_of_image,
+    label_path,
+)
 
 # labelIds -> trainIds as a torch table; index_select with int32 indices is the fastest
 # lookup in torch for a uint8 map (1.5 ms per 2048x1024 frame vs 8 ms for lut[map.long()]).
 _ID_TO_TRAIN_ID = torch.from_numpy(labels.ID_TO_TRAIN_ID.copy())
 _TORCH_ERROR_PREFIX = re.compile(r"^\w+, \S+:\d+, ")
-
-
-def find_images(root: str | os.PathLike, split: str) -> list[Path]:
-    """Sorted ``root/leftImg8bit/<split>/<city>/*_leftImg8bit.png``; CitysegError naming what is missing."""
-    root = Path(root)
-    layout = f"{IMAGE_DIR}/<split>/<city>/<name>{IMAGE_SUFFIX} with labels in {LABEL_DIR}/<split>/<city>/"
-    if not root.is_dir():
-        raise CitysegError(f"{root}: data folder not found (expected the Cityscapes layout {layout})")
-    split_dir = root / IMAGE_DIR / split
-    if not split_dir.is_dir():
-        if not (root / IMAGE_DIR).is_dir():
-            raise CitysegError(f"{root}: not a Cityscapes-layout folder, no {IMAGE_DIR}/ (expected {layout})")
-        splits = sorted(p.name for p in (root / IMAGE_DIR).iterdir() if p.is_dir())
-        raise CitysegError(f"{split_dir}: split {split!r} not found; splits here: {', '.join(splits) or 'none'}")
-    images = sorted(split_dir.glob(f"*/*{IMAGE_SUFFIX}"))
-    if not images:
-        raise CitysegError(f"{split_dir}: split {split!r} is empty, no <city>/<name>{IMAGE_SUFFIX} files (expected {layout})")
-    return images
-
-
-def gt_path(image_path: Path, suffix: str) -> Path:
-    """The gtFine file with ``suffix`` that belongs to a leftImg8bit image path."""
-    city_dir = image_path.parent
-    split_dir = city_dir.parent
-    root = split_dir.parent.parent
-    stem = image_path.name[: -len(IMAGE_SUFFIX)]
-    return root / LABEL_DIR / split_dir.name / city_dir.name / f"{stem}{suffix}"
 
 
 def _decode(path: Path, mode: ImageReadMode = ImageReadMode.UNCHANGED) -> torch.Tensor:
@@ -175,11 +144,11 @@ class CityscapesDataset(Dataset):
         self.split = split
         self.transform = transform
         self.images = find_images(self.root, split)
-        self.labels = [formats.find_label(p) for p in self.images]  # CitysegError when one is missing
+        self.labels = [find_label(p) for p in self.images]  # CitysegError when one is missing
         self.instances: list[Path] | None = None
         self.cache: list[dict[str, Any]] | None = None
         if with_instances:
-            self.instances = [gt_path(p, INSTANCE_SUFFIX) for p in self.images]
+            self.instances = [label_path(p, INSTANCE_SUFFIX) for p in self.images]
             missing = [p for p in self.instances if not p.is_file()]
             if missing:
                 raise CitysegError(f"{missing[0]}: instanceIds map not found ({len(missing)} missing in {split!r})")
@@ -189,7 +158,7 @@ class CityscapesDataset(Dataset):
 
     def name(self, index: int) -> str:
         """The frame's stem, e.g. ``aachen_000000_000019``."""
-        return self.images[index].name[: -len(IMAGE_SUFFIX)]
+        return frame_of_image(self.images[index])
 
     def load(self, index: int) -> dict[str, Any]:
         """The untransformed item: uint8 image (3, H, W) and uint8 trainIds mask (H, W)."""

@@ -1,6 +1,6 @@
 """Reading every form in which people hold Cityscapes labels.
 
-In order of preference (what :func:`find_label` picks when several sit beside an image):
+In order of preference (what :func:`cityseg.layout.find_label` picks when several sit beside an image):
 
 1. ``*_gtFine_labelIds.png``: official label ids -> trainIds with a lookup table. This
    reproduces the evaluation ground truth exactly.
@@ -31,22 +31,16 @@ from cityseg.data.colour import (
     color_to_train_ids,
     palette_share,
 )
+from cityseg.data.png import read_map
 from cityseg.errors import CitysegError
+from cityseg.layout import label_kind
 from cityseg.utils import read_image
 
 __all__ = [
-    "IMAGE_SUFFIX", "LABEL_SUFFIXES", "LabelMaps", "ColourStats", "color_to_train_ids", "color_to_label_ids",
-    "label_kind", "frame_stem", "find_label", "read_label_ids", "read_train_ids", "read_colour", "derive_label_ids",
-    "load_label", "read_label", "read_pair", "load_pair", "check_colour_mask",
+    "LabelMaps", "ColourStats", "color_to_train_ids", "color_to_label_ids", "read_label_ids", "read_train_ids",
+    "read_colour", "derive_label_ids", "load_label", "read_label", "read_pair", "load_pair", "check_colour_mask",
 ]
 
-IMAGE_SUFFIX = "_leftImg8bit.png"
-#: Label kinds in order of preference -> file suffix.
-LABEL_SUFFIXES: dict[str, str] = {
-    "labelIds": "_gtFine_labelIds.png",
-    "labelTrainIds": "_gtFine_labelTrainIds.png",
-    "color": "_gtFine_color.png",
-}
 _VALID_ID = np.zeros(256, bool)
 _VALID_ID[list(labels.VALID_LABEL_IDS)] = True
 _VALID_TRAIN_ID = np.zeros(256, bool)
@@ -68,58 +62,9 @@ class LabelMaps:
     stats: ColourStats = field(default_factory=ColourStats)
 
 
-def label_kind(path: str | os.PathLike) -> str:
-    """'labelIds', 'labelTrainIds' or 'color' from the file name; CitysegError otherwise."""
-    name = Path(path).name
-    for kind, suffix in LABEL_SUFFIXES.items():
-        if name.endswith(suffix):
-            return kind
-    raise CitysegError(f"{path}: not a label file; names must end with one of {', '.join(LABEL_SUFFIXES.values())}")
-
-
-def frame_stem(image_path: str | os.PathLike) -> str:
-    """``.../aachen_000000_000019_leftImg8bit.png`` -> ``aachen_000000_000019``."""
-    name = Path(image_path).name
-    if not name.endswith(IMAGE_SUFFIX):
-        raise CitysegError(f"{image_path}: not a Cityscapes image; names must end with {IMAGE_SUFFIX}")
-    return name[: -len(IMAGE_SUFFIX)]
-
-
-def _label_dirs(image_path: Path) -> list[Path]:
-    # The official layout mirrors leftImg8bit/<split>/<city>/ under gtFine/; some copies keep
-    # labels beside the images, so that folder is tried too.
-    parts = image_path.parent.parts
-    dirs = []
-    if "leftImg8bit" in parts:
-        i = len(parts) - 1 - parts[::-1].index("leftImg8bit")
-        dirs.append(Path(*parts[:i], "gtFine", *parts[i + 1:]))
-    dirs.append(image_path.parent)
-    return dirs
-
-
-def find_label(image_path: str | os.PathLike) -> Path:
-    """The label file of a ``*_leftImg8bit.png`` image: labelIds > labelTrainIds > color.
-
-    Looks in the mirrored ``gtFine/<split>/<city>/`` folder, then beside the image.
-    Raises CitysegError naming the image and the files looked for when there is none.
-    """
-    image_path = Path(image_path)
-    stem = frame_stem(image_path)
-    dirs = _label_dirs(image_path)
-    for suffix in LABEL_SUFFIXES.values():
-        for folder in dirs:
-            candidate = folder / f"{stem}{suffix}"
-            if candidate.is_file():
-                return candidate
-    looked = " or ".join(str(d) for d in dirs)
-    raise CitysegError(
-        f"{image_path}: no label found; looked for {stem}_gtFine_{{labelIds,labelTrainIds,color}}.png in {looked}"
-    )
-
-
 def _read_single_channel(path: Path, what: str) -> np.ndarray:
-    """Read an 8/16/32-bit single-channel PNG into an int64 (H, W) array (values unchecked)."""
-    array = read_image(path)
+    """Read a single-channel map (:func:`cityseg.data.png.read_map`) into an int64 (H, W) array (values unchecked)."""
+    array = read_map(path)
     if array.ndim != 2:
         raise CitysegError(f"{path}: has {array.shape[2]} channels; a {what} file holds one channel of integer values")
     return array.astype(np.int64)

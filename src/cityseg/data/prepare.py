@@ -19,7 +19,7 @@ left and mostly label colours on the right. Anything else is refused, naming the
 
 Sources:
   * ``cityscapes``: ``SRC/leftImg8bit/<split>/<city>/*_leftImg8bit.png`` with labels found
-    by :func:`cityseg.data.formats.find_label` (labelIds > labelTrainIds > color).
+    by :func:`cityseg.layout.find_label` (labelIds > labelTrainIds > color).
   * ``pairs``: ``SRC/<split>/*.jpg|*.png``, photo left and colour mask right; written under
     the city folder ``city`` with the file's own stem.
 """
@@ -32,6 +32,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cityseg import layout
 from cityseg.data import formats
 from cityseg.data.colour import MIN_PALETTE_SHARE, ColourStats, palette_share
 from cityseg.errors import CitysegError
@@ -44,7 +45,7 @@ DEFAULT_PAIRS_CITY = "pairs"
 RECORDS = ".cityseg-prepare"  # OUT/<this>/<split>/<city>/<stem>.json: what each frame was made from
 DETECT_SAMPLES = 3  # files of each split folder looked at to tell a pairs source (first, middle, last)
 KNOWN_FORMATS = (
-    f"cityscapes (leftImg8bit/<split>/<city>/*{formats.IMAGE_SUFFIX} beside gtFine/)",
+    f"cityscapes ({layout.IMAGE_DIR}/<split>/<city>/*{layout.IMAGE_SUFFIX} beside {layout.LABEL_DIR}/)",
     "pairs (<split>/*.jpg|*.png, each a photo on the left and its colour mask on the right)",
 )
 
@@ -65,7 +66,7 @@ class Job:
 
     def sources(self) -> list[Path]:
         """The files the frame is made from: the pairs file, or the image and its label."""
-        return [self.source] if self.kind == "pairs" else [self.source, formats.find_label(self.source)]
+        return [self.source] if self.kind == "pairs" else [self.source, layout.find_label(self.source)]
 
     def done(self, stamp: list) -> bool:
         """True when the outputs exist and were made from source files stamped ``stamp`` (:func:`source_stamp`)."""
@@ -137,8 +138,8 @@ class Summary:
 def detect_format(src: Path, splits: list[str] | None = None) -> str:
     """'cityscapes' or 'pairs' when SRC is recognised as one (see the module docstring); otherwise
     CitysegError saying why and naming the known formats. ``splits``: look only at these split folders."""
-    if (src / "leftImg8bit").is_dir():
-        if (src / "gtFine").is_dir():
+    if (src / layout.IMAGE_DIR).is_dir():
+        if (src / layout.LABEL_DIR).is_dir():
             return "cityscapes"
         raise _unknown(src, "leftImg8bit/ without gtFine/ (--format cityscapes also reads labels kept beside "
                             "the images)")
@@ -214,11 +215,11 @@ def _pick_splits(available: list[Path], splits: list[str] | None, root: Path) ->
 
 
 def _targets(out: Path, split: str, city: str, stem: str) -> tuple[Path, Path, Path, Path]:
-    gt = out / "gtFine" / split / city
+    gt = out / layout.LABEL_DIR / split / city
     return (
-        out / "leftImg8bit" / split / city / f"{stem}{formats.IMAGE_SUFFIX}",
-        gt / f"{stem}{formats.LABEL_SUFFIXES['labelIds']}",
-        gt / f"{stem}{formats.LABEL_SUFFIXES['labelTrainIds']}",
+        out / layout.IMAGE_DIR / split / city / f"{stem}{layout.IMAGE_SUFFIX}",
+        gt / f"{stem}{layout.LABEL_IDS_SUFFIX}",
+        gt / f"{stem}{layout.TRAIN_IDS_SUFFIX}",
         out / RECORDS / split / city / f"{stem}.json",
     )
 
@@ -228,15 +229,15 @@ def discover(src: Path, out: Path, fmt: str, splits: list[str] | None = None, ci
     if fmt == "cityscapes":
         if city is not None:
             raise CitysegError("--city names the output city of --format pairs; cityscapes keeps its own cities")
-        root = src / "leftImg8bit"
+        root = src / layout.IMAGE_DIR
         if not root.is_dir():
             raise CitysegError(f"{src}: no leftImg8bit/ folder; not a Cityscapes tree")
         jobs = []
         for split_dir in _pick_splits(_subdirs(root), splits, root):
-            for image in sorted(split_dir.glob(f"*/*{formats.IMAGE_SUFFIX}")):
-                targets = _targets(out, split_dir.name, image.parent.name, formats.frame_stem(image))
+            for image in sorted(split_dir.glob(f"*/*{layout.IMAGE_SUFFIX}")):
+                targets = _targets(out, split_dir.name, image.parent.name, layout.frame_of_image(image))
                 jobs.append(Job("cityscapes", image, *targets))
-        where = f"{root}/<split>/<city>/*{formats.IMAGE_SUFFIX}"
+        where = f"{root}/<split>/<city>/*{layout.IMAGE_SUFFIX}"
     else:
         city = city or DEFAULT_PAIRS_CITY
         if not city or "/" in city or city.startswith("."):
@@ -271,7 +272,7 @@ def _place_image(source: Path, target: Path, link: str | None) -> None:
 
 
 def _convert_cityscapes(job: Job, link: str | None) -> ColourStats:
-    label_path = formats.find_label(job.source)
+    label_path = layout.find_label(job.source)
     maps = formats.load_label(label_path)
     image = read_image(job.source)  # decoding the whole file catches truncated images
     if image.shape[:2] != maps.train_ids.shape:

@@ -30,6 +30,7 @@ from typing import Iterator
 
 import numpy as np
 
+from cityseg import layout
 from cityseg.config import DataConfig
 from cityseg.data.synthetic_scene import ids_to_label_ids, render_scene
 from cityseg.errors import CitysegError
@@ -44,6 +45,9 @@ SPLIT_CITIES: dict[str, tuple[str, ...]] = {"train": ("synthburg", "synthhausen"
 #: The annotated frame number of every sequence (Cityscapes annotates frame 19 of each snippet).
 FRAME_NUMBER = 19
 MIN_SIZE, MAX_SIZE = (32, 16), (8192, 8192)
+#: Seed of the default data. One folder serves every run, whatever its ``train.seed``: training
+#: and ``cityseg evaluate --checkpoint`` must find the very frames training saw.
+DEFAULT_SEED = 0
 
 _DEFAULTS = DataConfig()
 
@@ -67,12 +71,12 @@ def frame_name(split: str, index: int) -> tuple[str, str]:
 def frame_paths(root: Path, split: str, index: int) -> dict[str, Path]:
     """The four files of one frame: keys "image", "labelIds", "color", "instanceIds"."""
     city, stem = frame_name(split, index)
-    gt = Path(root) / "gtFine" / split / city
+    gt = Path(root) / layout.LABEL_DIR / split / city
     return {
-        "image": Path(root) / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
-        "labelIds": gt / f"{stem}_gtFine_labelIds.png",
-        "color": gt / f"{stem}_gtFine_color.png",
-        "instanceIds": gt / f"{stem}_gtFine_instanceIds.png",
+        "image": Path(root) / layout.IMAGE_DIR / split / city / f"{stem}{layout.IMAGE_SUFFIX}",
+        "labelIds": gt / f"{stem}{layout.LABEL_IDS_SUFFIX}",
+        "color": gt / f"{stem}{layout.COLOR_SUFFIX}",
+        "instanceIds": gt / f"{stem}{layout.INSTANCE_SUFFIX}",
     }
 
 
@@ -154,7 +158,7 @@ def folder_stats(root: str | os.PathLike, splits: tuple[str, ...] = ("train", "v
 
     stats = ClassStats()
     for split in splits:
-        for path in sorted((Path(root) / "gtFine" / split).glob("*/*_gtFine_labelIds.png")):
+        for path in sorted((Path(root) / layout.LABEL_DIR / split).glob(f"*/*{layout.LABEL_IDS_SUFFIX}")):
             stats.add_counts(np.bincount(read_image(path).ravel(), minlength=MAX_LABEL_ID + 1)[: MAX_LABEL_ID + 1])
     return stats
 
@@ -311,7 +315,7 @@ def ensure_data(out: str | os.PathLike, train: int, val: int, size: tuple[int, i
 
 
 def ensure_default_data(train: int = _DEFAULTS.synth_train, val: int = _DEFAULTS.synth_val,
-                        size: tuple[int, int] | str = _DEFAULTS.synth_size, seed: int = 0,
+                        size: tuple[int, int] | str = _DEFAULTS.synth_size, seed: int = DEFAULT_SEED,
                         workers: int | None = None, progress: bool = True) -> Path:
     """The demo's synthetic data in :func:`default_data_dir`, generated on first use.
 
@@ -322,3 +326,12 @@ def ensure_default_data(train: int = _DEFAULTS.synth_train, val: int = _DEFAULTS
     if ensure_data(root, train, val, size, seed, workers, progress, replace_foreign=True) is not None and progress:
         print(f"synthetic Cityscapes: {train} train + {val} val frames written to {root}", file=sys.stderr)
     return root
+
+
+def data_root(data: DataConfig) -> Path:
+    """``data.root``, or the default data (:func:`ensure_default_data` of the ``synth_*`` sizes, drawn
+    with :data:`DEFAULT_SEED`): the one place that decides which frames a config trains and scores on."""
+    if data.root is not None:
+        return Path(data.root).expanduser()
+    size = parse_size(data.synth_size, "data.synth_size")
+    return Path(ensure_default_data(train=data.synth_train, val=data.synth_val, size=size, seed=DEFAULT_SEED))

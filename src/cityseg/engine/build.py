@@ -25,7 +25,6 @@ from cityseg.engine import distributed as D
 from cityseg.errors import CitysegError
 from cityseg.losses import build_loss
 from cityseg.models import build_model
-from cityseg.utils import parse_size
 
 #: Values of ``train.amp`` (see :func:`build_engine`).
 AMP_MODES = ("auto", "bf16", "fp16", "none")
@@ -90,11 +89,9 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_data_root(cfg: Config) -> Path:
-    """``data.root``, or the synthetic default data (generated once; safe when ranks race)."""
-    if cfg.data.root is not None:
-        return Path(cfg.data.root).expanduser()
-    size = parse_size(cfg.data.synth_size, "data.synth_size")
-    return Path(synthetic.ensure_default_data(train=cfg.data.synth_train, val=cfg.data.synth_val, size=size, seed=0))
+    """``data.root``, or the synthetic default data (generated once; safe when ranks race): see
+    :func:`cityseg.data.synthetic.data_root`, which ``cityseg evaluate --checkpoint`` uses too."""
+    return synthetic.data_root(cfg.data)
 
 
 def build_loaders(cfg: Config, root: Path, dev: torch.device) -> tuple[DataLoader, DataLoader, torch.Generator]:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from cityseg.errors import CitysegError
 
 if TYPE_CHECKING:
-    from cityseg.config import CRFConfig
+    from cityseg.config import Config, CRFConfig
 
 #: Anything that maps (N, 3, h, w) float images to (N, C, h, w) logits or ``{"out": logits}``.
 LogitsFn = Callable[[torch.Tensor], "torch.Tensor | dict[str, torch.Tensor]"]
@@ -298,6 +298,61 @@ class Predictor:
         """One line: the path and the runner (e.g. ``bf16: torch bf16 channels_last on cpu``)."""
         describe = getattr(self.runner, "describe", None)
         return f"{self.path}: {describe() if describe else type(self.runner).__name__}"
+
+
+def load_predictor(
+    checkpoint: str | Path | None = None,
+    onnx: str | Path | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    runtime: str = "auto",
+    overrides: Sequence[str] = (),
+    *,
+    sliding: bool = False,
+    crop: str | None = None,
+    stride: str | None = None,
+    scales: str | None = None,
+    default_scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    batch_size: int = 1,
+    crf: bool = False,
+) -> tuple[Predictor, Config]:
+    """(Predictor, Config) of a checkpoint, or of an ONNX export with a default config: ``cityseg predict``.
+
+    ``overrides`` (``section.key=value``) change the config; ``crop``, ``stride`` (``"WxH"``) and
+    ``scales`` (``"0.75,1"``) are the command line's texts, None taking the config's ``eval.crop_size``
+    and ``eval.stride`` and ``default_scales``; ``crf`` refines with the config's ``crf`` section.
+
+    Raises:
+        CitysegError: not a cityseg checkpoint or ONNX file, an ONNX model with bf16 or a torch
+            runtime, or an option that does not parse.
+    """
+    from cityseg.config import Config, apply_overrides, config_from_dict
+    from cityseg.utils import parse_scales, parse_size
+
+    if onnx:
+        if precision == "bf16" or runtime not in ("auto", "onnxruntime"):
+            raise CitysegError("--onnx runs with onnxruntime in fp32; drop --precision bf16 / --runtime")
+        model, cfg = None, Config()
+    else:
+        from cityseg.engine.checkpoint import load_model
+
+        model, cfg = load_model(checkpoint, "cpu")
+    if overrides:
+        cfg = config_from_dict(apply_overrides(cfg.to_dict(), list(overrides)), name=cfg.name)
+    chosen_scales = parse_scales(scales) if scales else list(default_scales)
+    options = {
+        "mode": "sliding" if sliding else "whole",
+        "crop": parse_size(crop or cfg.eval.crop_size, "--crop"),
+        "stride": parse_size(stride or cfg.eval.stride, "--stride"),
+        "scales": chosen_scales,
+        "flip": flip,
+        "batch_size": batch_size,
+        "crf": cfg.crf if crf else None,
+    }
+    if onnx:
+        return Predictor.from_onnx(onnx, device="cuda" if device == "cuda" else "cpu", **options), cfg
+    return Predictor.from_model(model, device, precision, runtime, **options), cfg
 
 
 def check_rgb(image: np.ndarray, what: str = "image") -> None:

@@ -1,0 +1,155 @@
+"""Scoring a checkpoint on one split of a Cityscapes-layout folder: ``cityseg evaluate --checkpoint``.
+
+The model runs as ``cfg.eval`` says (whole image or sliding window, multi-scale and flip
+test-time augmentation, :func:`cityseg.inference.predict.predict_logits`) and is scored by the
+:class:`~cityseg.engine.evaluator.Evaluator` training validates with, on the folder
+:func:`cityseg.data.synthetic.data_root` picks for the config, as training does: a checkpoint
+scored on its own run's data gives the val mIoU that training logged, and the data is only read.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from cityseg import layout, metrics
+from cityseg.config import Config, apply_overrides, config_from_dict
+from cityseg.data.dataset import CityscapesDataset
+from cityseg.data.synthetic import data_root
+from cityseg.data.transforms import build_transforms
+from cityseg.engine.checkpoint import load_model
+from cityseg.engine.evaluator import Evaluator
+from cityseg.inference.predict import predict_logits
+from cityseg.inference.runtime import resolve_device
+from cityseg.labels import NUM_CLASSES, train_ids_to_label_ids
+from cityseg.utils import parse_scales, parse_size, save_png
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    device: str = "auto",
+    overrides: Sequence[str] = (),
+    *,
+    data: str | None = None,
+    split: str | None = None,
+    mode: str | None = None,
+    crop: str | None = None,
+    stride: str | None = None,
+    scales: str | None = None,
+    flip: bool = False,
+    workers: int | None = None,
+    boundary_tolerance: int | None = None,
+    save_pred: str | Path | None = None,
+) -> tuple[metrics.Counts, float, int]:
+    """Load a checkpoint and :func:`evaluate` it with its config, changed by the options.
+
+    Args:
+        path: a cityseg checkpoint.
+        device: auto | cpu | cuda.
+        overrides: ``section.key=value`` changes of the checkpoint's config.
+        data, split: the folder and split (default: the config's ``data.root`` or the
+            synthetic default data, and ``data.val_split``).
+        mode, crop, stride, scales, flip: inference options as the command line spells them
+            (``"whole"``, ``"1024x512"``, ``"0.75,1,1.25"``); None keeps the config's ``eval`` values.
+        workers: DataLoader workers (default: ``data.workers``).
+        boundary_tolerance: boundary F1 distance in pixels (default: ``eval.boundary_tolerance``); < 0 skips it.
+        save_pred: also write label-id PNGs there (:func:`cityseg.layout.prediction_path`).
+
+    Returns:
+        (summed :class:`cityseg.metrics.Counts`, seconds, number of frames).
+    """
+    dev = resolve_device(device)
+    model, cfg = load_model(path, dev)
+    if overrides:
+        cfg = config_from_dict(apply_overrides(cfg.to_dict(), list(overrides)), name=cfg.name)
+    if mode:
+        cfg.eval.mode = mode
+    if crop:
+        parse_size(crop, "--crop")
+        cfg.eval.crop_size = crop
+    if stride:
+        parse_size(stride, "--stride")
+        cfg.eval.stride = stride
+    if scales:
+        cfg.eval.scales = parse_scales(scales)
+    if flip:
+        cfg.eval.flip = True
+    if data:
+        cfg.data.root = str(data)
+    if split:
+        cfg.data.val_split = split
+    if workers is not None:
+        cfg.data.workers = workers
+    if boundary_tolerance is not None:
+        cfg.eval.boundary_tolerance = boundary_tolerance
+    return evaluate(model, cfg, dev, Path(save_pred) if save_pred else None)
+
+
+def evaluate(
+    model: nn.Module, cfg: Config, device: torch.device, save_pred: Path | None = None
+) -> tuple[metrics.Counts, float, int]:
+    """Score ``model`` (in eval mode, on ``device``) on the ``data.val_split`` of the config's data.
+
+    iIoU is scored when the split has instanceIds maps (a note on stderr when it has none);
+    boundary F1 unless ``eval.boundary_tolerance`` is negative. Predictions at another size than
+    the label (``data.val_size``) are resized bilinearly to it before the argmax.
+
+    Returns:
+        (summed :class:`cityseg.metrics.Counts`, seconds, number of frames).
+    """
+    dataset, with_instances = _dataset(cfg)
+    loader = DataLoader(dataset, batch_size=1, num_workers=cfg.data.workers)
+    tolerance = cfg.eval.boundary_tolerance
+    evaluator = Evaluator(NUM_CLASSES, device, boundary_tolerance=None if tolerance < 0 else tolerance,
+                          instances=with_instances)
+    infer = {
+        "mode": cfg.eval.mode,
+        "crop": parse_size(cfg.eval.crop_size, "eval.crop_size"),
+        "stride": parse_size(cfg.eval.stride, "eval.stride"),
+        "scales": list(cfg.eval.scales),
+        "flip": bool(cfg.eval.flip),
+    }
+    start = time.perf_counter()
+    # disable=None: no bar when stderr is not a terminal (logs, benchmarks)
+    bar = tqdm(total=len(dataset), unit="frame", desc="evaluate", disable=None, file=sys.stderr)
+    with torch.inference_mode(), bar:
+        for index, item in enumerate(loader):
+            image = item["image"].to(device, non_blocking=True).float()
+            target = item["mask"].to(device)
+            probs = predict_logits(model, image, **infer)
+            if probs.shape[-2:] != target.shape[-2:]:  # data.val_size: scored at the label's size
+                probs = F.interpolate(probs.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
+            pred = probs.argmax(1)
+            instance_ids = item["instance_ids"].to(device) if "instance_ids" in item else None
+            evaluator.update(pred, target, instance_ids)
+            if save_pred is not None:
+                save_prediction(pred[0], save_pred, dataset.name(index))
+            bar.update()
+    evaluator.reduce()
+    return evaluator.counts(), time.perf_counter() - start, len(dataset)
+
+
+def _dataset(cfg: Config) -> tuple[CityscapesDataset, bool]:
+    """(the split as a CityscapesDataset, whether it has instanceIds): iIoU when every frame has one."""
+    root = data_root(cfg.data)
+    # CityscapesDataset names any frame that lacks an instanceIds map when asked for instances
+    with_instances = layout.has_instances(root, cfg.data.val_split)
+    if not with_instances:
+        print(f"note: no *{layout.INSTANCE_SUFFIX} files in {root}: iIoU is not computed", file=sys.stderr)
+    transform = build_transforms(cfg.data, train=False)
+    dataset = CityscapesDataset(root, cfg.data.val_split, transform=transform, with_instances=with_instances)
+    return dataset, with_instances
+
+
+def save_prediction(pred: torch.Tensor, out_dir: Path, name: str) -> None:
+    """Write (H, W) trainIds as official label ids to :func:`cityseg.layout.prediction_path`."""
+    ids = train_ids_to_label_ids(pred.to("cpu").numpy().astype("uint8"))
+    save_png(ids, layout.prediction_path(out_dir, name))
