@@ -119,6 +119,17 @@ def test_resume_reads_the_runs_own_config(tmp_path, capsys):
         ("train.max_minutes=0", "config key train.max_minutes: 0.0 is out of range; valid: a finite number > 0"),
         ("train.max_minutes=-5", "config key train.max_minutes: -5.0 is out of range; valid: a finite number > 0"),
         ("train.max_minutes=.nan", "config key train.max_minutes: nan is out of range; valid: a finite number > 0"),
+        ("train.batch_size=0", "config key train.batch_size: 0 is out of range; valid: an integer >= 1 and <= 65536"),
+        ("optim.lr=-1", "config key optim.lr: -1.0 is out of range; valid: a finite number > 0 and <= 10"),
+        ("optim.lr=.nan", "config key optim.lr: nan is out of range; valid: a finite number > 0 and <= 10"),
+        ("optim.lr=.inf", "config key optim.lr: inf is out of range; valid: a finite number > 0 and <= 10"),
+        ("data.workers=-1", "config key data.workers: -1 is out of range; valid: an integer >= 0 and <= 256"),
+        ("optim.betas=[0.9, 1.0]", "config key optim.betas: 1.0 in [0.9, 1.0] is out of range; valid: a finite number >= 0 and <= 0.9999"),
+        ("loss.class_weights=[1, -2]", "config key loss.class_weights: -2.0 in [1.0, -2.0] is out of range; valid: a finite number >= 0"),
+        ("eval.boundary_tolerance=100000", "config key eval.boundary_tolerance: 100000 is out of range; valid: an integer >= -1 and <= 256"),
+        ("data.crop_size=100000x100000", "config key data.crop_size: '100000x100000' is too large; valid: at most 8192 a side and 67,108,864 pixels"),
+        ("data.crop_size=0x5", "config key data.crop_size: '0x5' is not a size; write WIDTHxHEIGHT, e.g. 1024x512"),
+        ("eval.scales=[1, 100]", "config key eval.scales: 100.0 in [1.0, 100.0] is out of range; valid: a finite number > 0 and <= 8"),
     ],
 )
 def test_out_of_range_values_name_the_key_and_the_valid_range(override, message):
@@ -131,6 +142,44 @@ def test_range_edges_and_null_limits_are_valid():
     cfg = load_config(None, ["train.epochs=1", "train.max_steps=1", "train.max_minutes=0.001"])
     assert (cfg.train.epochs, cfg.train.max_steps, cfg.train.max_minutes) == (1, 1, 0.001)
     assert load_config(None, ["train.max_steps=null", "train.max_minutes=null"]).train.max_steps is None
+
+
+def test_sizes_and_scales_outside_the_limits_are_refused_before_any_allocation():
+    from cityseg.utils import MAX_SIDE, parse_scales, parse_size
+
+    assert parse_size(f"{MAX_SIDE}x{MAX_SIDE}") == (MAX_SIDE, MAX_SIDE)
+    for bad in (f"{MAX_SIDE + 1}x1", "100000x100000", "9000x9000"):
+        with pytest.raises(CitysegError, match="too large; valid: at most 8192 a side"):
+            parse_size(bad, "--size")
+    assert parse_scales("0.5,8") == [0.5, 8.0]
+    for bad in ("0", "-1", "8.5", "nan", "1,x"):
+        with pytest.raises(CitysegError, match=r"--scales .*: write numbers in \(0, 8\]"):
+            parse_scales(bad)
+
+
+def test_a_config_that_is_not_utf8_or_not_yaml_is_one_line(tmp_path):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(CitysegError, match=r"latin.yaml: not UTF-8 text \(byte 9\); save it as UTF-8"):
+        load_config(latin)
+    folder = tmp_path / "folder.yaml"
+    folder.mkdir()
+    with pytest.raises(CitysegError, match="folder.yaml"):
+        load_config(folder)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["benchmark", "--size", "100000x100000"], "--size: '100000x100000' is too large"),
+        (["evaluate", "--pred-dir", "p", "--gt-dir", "g", "--boundary-tolerance", "100000"], "--boundary-tolerance: 100000 is out of range"),
+        (["train", "--set", "data.workers=-1"], "config key data.workers: -1 is out of range"),
+    ],
+)
+def test_cli_absurd_values_are_one_line_before_any_work(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
 
 
 def test_cli_zero_epochs_is_one_line_and_writes_nothing(tmp_path, capsys):

@@ -16,6 +16,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from cityseg.errors import CitysegError
+from cityseg.utils import parse_size
 
 #: Where the recipes live: package data (``cityseg/configs/*.yaml``), so that a plain
 #: ``pip install`` finds them too; the checkout's ``configs/`` is a link to this folder.
@@ -175,36 +176,96 @@ class Config:
 
 @dataclass(frozen=True)
 class Range:
-    """The valid values of a numeric key: ``low`` (inclusive, or exclusive with ``low_open``) and up."""
+    """The valid values of a numeric key: from ``low`` (exclusive with ``low_open``) up to
+    ``high`` (inclusive; None: no upper bound), finite. Lists are checked item by item."""
 
     low: float
+    high: float | None = None
     low_open: bool = False
 
     def holds(self, value: float) -> bool:
         if not math.isfinite(value):
             return False
-        return value > self.low if self.low_open else value >= self.low
+        above = value > self.low if self.low_open else value >= self.low
+        return above and (self.high is None or value <= self.high)
 
     def describe(self, integer: bool) -> str:
         what = "an integer" if integer else "a finite number"
-        return f"{what} {'>' if self.low_open else '>='} {self.low:g}"
+        low = f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"{what} {low}" + (f" and <= {self.high:g}" if self.high is not None else "")
 
 
 #: Valid ranges of numeric keys, checked whenever a config is built (a null, where allowed, means
-#: "no limit" and is not checked). The one place that says which numbers make sense.
+#: "no limit" or "none" and is not checked). The one place that says which numbers make sense;
+#: the upper bounds stop values that would try to allocate tens of GB or run for ever.
 RANGES: dict[str, Range] = {
+    "data.scale_range": Range(0, 8, low_open=True),
+    "data.color_jitter": Range(0, 1),
+    "data.workers": Range(0, 256),
+    "data.synth_train": Range(1, 100_000),
+    "data.synth_val": Range(1, 100_000),
+    "model.output_stride": Range(8, 32),
+    "loss.ce": Range(0),
+    "loss.focal": Range(0),
+    "loss.dice": Range(0),
+    "loss.focal_gamma": Range(0, 10),
+    "loss.focal_alpha": Range(0),
+    "loss.class_weights": Range(0),
+    "loss.aux_weight": Range(0),
+    "optim.lr": Range(0, 10, low_open=True),
+    "optim.weight_decay": Range(0, 10),
+    "optim.momentum": Range(0, 1),
+    "optim.betas": Range(0, 0.9999),  # 1 divides by zero in Adam's bias correction
+    "optim.head_lr_mult": Range(0, 1000, low_open=True),
+    "sched.warmup_iters": Range(0),
+    "sched.warmup_factor": Range(0, 1, low_open=True),
+    "sched.factor": Range(0, 1, low_open=True),
+    "sched.patience": Range(0),
+    "sched.power": Range(0, 10),
+    "sched.min_lr": Range(0),
     "train.epochs": Range(1),
     "train.max_steps": Range(1),
     "train.max_minutes": Range(0, low_open=True),
+    "train.batch_size": Range(1, 65_536),
+    "train.micro_batch_size": Range(1, 65_536),
+    "train.grad_clip": Range(0, low_open=True),
+    "train.threads": Range(1, 1024),
+    "train.early_stop": Range(1),
+    "train.val_every": Range(1),
+    "train.val_batch_size": Range(1, 65_536),
+    "train.panels": Range(0, 100),
+    "train.log_every": Range(1),
+    "eval.scales": Range(0, 8, low_open=True),
+    "eval.boundary_tolerance": Range(-1, 256),
+    "crf.iterations": Range(1, 1000),
+    "crf.gaussian_sxy": Range(0, low_open=True),
+    "crf.gaussian_compat": Range(0),
+    "crf.bilateral_sxy": Range(0, low_open=True),
+    "crf.bilateral_srgb": Range(0, low_open=True),
+    "crf.bilateral_compat": Range(0),
 }
 
+#: Keys whose value is a WIDTHxHEIGHT size (checked by :func:`cityseg.utils.parse_size`).
+SIZE_KEYS = ("data.crop_size", "data.val_size", "data.synth_size", "eval.crop_size", "eval.stride")
 
-def _check_range(value: Any, key: str) -> None:
-    """CitysegError naming ``key`` and its valid range when an already typed ``value`` lies outside it."""
+
+def check_value(value: Any, key: str, name: str | None = None) -> None:
+    """CitysegError naming ``name`` (default: ``config key KEY``) and the valid range when an
+    already typed ``value`` lies outside :data:`RANGES` or is not a valid size (:data:`SIZE_KEYS`)."""
+    name = name or f"config key {key}"
+    if value is None:
+        return
+    if key in SIZE_KEYS:
+        parse_size(value, name)
+        return
     bound = RANGES.get(key)
-    if bound is not None and value is not None and not bound.holds(value):
-        valid = bound.describe(integer=isinstance(value, int))
-        raise CitysegError(f"config key {key}: {value!r} is out of range; valid: {valid}")
+    if bound is None:
+        return
+    for item in value if isinstance(value, list) else [value]:
+        if not bound.holds(item):
+            valid = bound.describe(integer=isinstance(item, int))
+            shown = f"{value!r}" if item is value else f"{item!r} in {value!r}"
+            raise CitysegError(f"{name}: {shown} is out of range; valid: {valid}")
 
 
 def _section_fields(cls: type) -> dict[str, Any]:
@@ -277,7 +338,7 @@ def config_from_dict(raw: dict[str, Any], name: str = "demo") -> Config:
                     f"unknown config key {sec_name}.{key}; valid keys of {sec_name}: {', '.join(hints)}"
                 )
             value = _coerce(value, hints[key], f"{sec_name}.{key}")
-            _check_range(value, f"{sec_name}.{key}")
+            check_value(value, f"{sec_name}.{key}")
             setattr(section, key, value)
     return cfg
 
@@ -290,6 +351,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         dotted, text = item.split("=", 1)
         section, key = dotted.strip().split(".", 1)
         value = yaml.safe_load(text) if text.strip() else None
+        if dotted.strip() in SIZE_KEYS and value is not None:
+            value = text.strip()  # a size is text: YAML 1.1 would read 0x100 as the integer 256
         raw.setdefault(section, {})
         if raw[section] is None:
             raw[section] = {}
@@ -297,14 +360,27 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def read_yaml(path: Path, what: str) -> Any:
+    """The YAML document in ``path`` (``safe_load``: data, never objects).
+
+    Raises:
+        CitysegError: naming ``what`` when the file cannot be read, is not UTF-8 or not valid YAML.
+    """
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CitysegError(f"{what}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise CitysegError(f"{what}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise CitysegError(f"{what}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a recipe (a name such as ``pairs``, or a YAML path; ``demo`` when None), apply
     ``--set`` overrides, validate."""
     path = resolve_config_path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise CitysegError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    raw = read_yaml(path, str(path)) or {}
     if not isinstance(raw, dict):
         raise CitysegError(f"{path}: a config must be a mapping of sections")
     raw = apply_overrides(raw, overrides or [])

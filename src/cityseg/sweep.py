@@ -25,9 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, get_args, get_type_hints
 
-import yaml
-
-from cityseg.config import Config, config_from_dict
+from cityseg.config import Config, config_from_dict, read_yaml
 from cityseg.errors import CitysegError
 from cityseg.utils import atomic_path
 
@@ -148,10 +146,7 @@ def load_space(path: str | Path | None) -> list[Param]:
     path = Path(path)
     if not path.is_file():
         raise CitysegError(f"--space {path}: file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise CitysegError(f"--space {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    raw = read_yaml(path, f"--space {path}")
     return parse_space(raw, f"--space {path}")
 
 

@@ -16,12 +16,27 @@ from cityseg.errors import CitysegError
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 
+#: The largest size a crop, a resize or a benchmark input may have: 8192 pixels a side and 64 M
+#: pixels in all (32x a 2048x1024 Cityscapes frame). Larger ones only try to allocate tens of GB.
+MAX_SIDE, MAX_PIXELS = 8192, 8192 * 8192
+#: The largest test-time or benchmark scale factor.
+MAX_SCALE = 8.0
+
+
 def parse_size(text: str, what: str = "size") -> tuple[int, int]:
-    """Parse ``"WxH"`` (width x height, as everywhere in the CLI) -> ``(width, height)``."""
+    """Parse ``"WxH"`` (width x height, as everywhere in the CLI) -> ``(width, height)``.
+
+    Raises:
+        CitysegError: not ``WxH`` with positive integers, or larger than :data:`MAX_SIDE` a side
+            or :data:`MAX_PIXELS` in all.
+    """
     m = _SIZE_RE.match(str(text))
     if not m or int(m.group(1)) <= 0 or int(m.group(2)) <= 0:
         raise CitysegError(f"{what}: {text!r} is not a size; write WIDTHxHEIGHT, e.g. 1024x512")
-    return int(m.group(1)), int(m.group(2))
+    w, h = int(m.group(1)), int(m.group(2))
+    if max(w, h) > MAX_SIDE or w * h > MAX_PIXELS:
+        raise CitysegError(f"{what}: {text!r} is too large; valid: at most {MAX_SIDE} a side and {MAX_PIXELS:,} pixels")
+    return w, h
 
 
 def parse_scales(text: str) -> list[float]:
@@ -30,8 +45,10 @@ def parse_scales(text: str) -> list[float]:
         scales = [float(s) for s in text.split(",") if s.strip()]
     except ValueError:
         scales = []
-    if not scales or any(s <= 0 for s in scales):
-        raise CitysegError(f"--scales {text!r}: write positive numbers separated by commas, e.g. 0.75,1,1.25")
+    if not scales or any(not 0 < s <= MAX_SCALE for s in scales):
+        raise CitysegError(
+            f"--scales {text!r}: write numbers in (0, {MAX_SCALE:g}] separated by commas, e.g. 0.75,1,1.25"
+        )
     return scales
 
 

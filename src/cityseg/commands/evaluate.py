@@ -56,7 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cityseg.config import check_value
     from cityseg.errors import CitysegError
+
+    check_value(args.boundary_tolerance, "eval.boundary_tolerance", "--boundary-tolerance")
 
     if args.workers is not None and args.workers < 0:
         raise CitysegError(f"--workers {args.workers}: must be >= 0")

@@ -128,7 +128,7 @@ def truncate_metrics(path: Path, last_epoch: int) -> None:
     if not path.is_file():
         return
     kept = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             if json.loads(line)["epoch"] <= last_epoch:
                 kept.append(line)
