@@ -84,21 +84,29 @@ class _Evil:
     "content, message",
     [
         (b"not a zip file at all", "not a readable cityseg checkpoint"),
-        ("pickled_object", "not a readable cityseg checkpoint"),
+        ("pickled_object", "refused: the file holds Python objects .* cityseg never executes checkpoint code"),
         ("plain_state_dict", "not a cityseg checkpoint"),
+        ("no_model", "damaged cityseg checkpoint: no 'model' mapping"),
+        ("no_config", "damaged cityseg checkpoint: no 'config' mapping"),
     ],
 )
-def test_bad_files_give_one_clear_error(tmp_path, content, message):
+def test_bad_files_give_one_clear_error(tmp_path, content, message, capsys):
     path = tmp_path / "x.pt"
     if content == "pickled_object":
         torch.save({"format": "cityseg", "version": 1, "evil": _Evil()}, path)
     elif content == "plain_state_dict":
         torch.save({"weight": torch.zeros(2)}, path)
+    elif content == "no_model":
+        torch.save({"format": "cityseg", "version": 1, "config": {}}, path)
+    elif content == "no_config":
+        torch.save({"format": "cityseg", "version": 1, "model": {"w": torch.zeros(1)}}, path)
     else:
         path.write_bytes(content)
     with pytest.raises(CitysegError, match=message) as info:
         C.load_checkpoint(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert "can still be loaded" not in str(info.value) and "weights_only=False" not in str(info.value)
+    assert "arbitrary code ran" not in capsys.readouterr().out
 
 
 def test_missing_file(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from cityseg import __version__
@@ -44,12 +45,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _CommandFormatter(logging.Formatter):
+    """``cityseg <command>: warning: <message>`` (info lines without the level), as errors read."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__()
+        self.command = command
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        return f"cityseg {self.command}: {level}{record.getMessage()}"
+
+
+def setup_logging(command: str, level: int = logging.WARNING) -> None:
+    """Route the ``cityseg`` loggers to stderr in the command's voice (replacing an earlier call's handler)."""
+    logger = logging.getLogger("cityseg")
+    for handler in [h for h in logger.handlers if getattr(h, "_cityseg", False)]:
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_CommandFormatter(command))
+    handler._cityseg = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    setup_logging(args.command)
     try:
         return int(args._module.run(args) or 0)
     except CitysegError as exc:

@@ -152,6 +152,22 @@ def find_images(root: str | os.PathLike, split: str) -> list[Path]:
     return images
 
 
+def frames_without_photo(root: str | os.PathLike, split: str, photos: list[Path]) -> list[str]:
+    """Frames with a label file in ``root/gtFine/<split>/<city>/`` but no photo among ``photos``:
+    sorted ``<city>/<frame>`` names (such frames cannot be used; callers say how many were skipped)."""
+    label_root = Path(root) / LABEL_DIR / split
+    if not label_root.is_dir():
+        return []
+    have = {(p.parent.name, frame_of_image(p)) for p in photos}
+    orphans = set()
+    for suffix in LABEL_SUFFIXES.values():
+        for path in label_root.glob(f"*/*{suffix}"):
+            key = (path.parent.name, path.name[: -len(suffix)])
+            if key not in have:
+                orphans.add("/".join(key))
+    return sorted(orphans)
+
+
 def has_instances(root: str | os.PathLike, split: str) -> bool:
     """Whether ``root/gtFine/<split>/<city>/`` holds any ``*_gtFine_instanceIds.png`` (iIoU can be scored)."""
     return any((Path(root) / LABEL_DIR / split).glob(f"*/*{INSTANCE_SUFFIX}"))

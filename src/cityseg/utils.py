@@ -52,6 +52,43 @@ def parse_scales(text: str) -> list[float]:
     return scales
 
 
+def writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Create the output folder ``path`` (and its parents) and prove a file can be written in it,
+    before any work starts. Returns it as a Path.
+
+    Raises:
+        CitysegError: naming ``what`` (e.g. ``--out runs/x``): a file stands where the folder (or
+            one of its parents) should be, or the folder is read-only or otherwise unwritable.
+    """
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            raise CitysegError(f"{what}: {part} is a file, not a folder; give a folder to write into")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test."):
+            pass
+    except OSError as exc:
+        raise CitysegError(f"{what}: cannot write into {path} ({exc.strerror or exc})") from None
+    return path
+
+
+def writable_file(path: str | os.PathLike, what: str) -> Path:
+    """Check, before any work starts, that the output file ``path`` can be written (atomically,
+    beside its final name): not a folder, its folder creatable and writable. Returns it as a Path.
+
+    Raises:
+        CitysegError: naming ``what`` and the problem.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CitysegError(f"{what}: {path} is a folder; give a file name (e.g. {path / 'out'}{path.suffix or ''})")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise CitysegError(f"{what}: {path} exists and is read-only")
+    writable_dir(path.parent, what)
+    return path
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from cityseg.errors import CitysegError
     from cityseg.inference.benchmark import benchmark_input, format_results, run_benchmark
     from cityseg.inference.runtime import resolve_device
-    from cityseg.utils import atomic_path, parse_size
+    from cityseg.utils import atomic_path, parse_size, writable_file
 
     if args.repeats < 1:
         raise CitysegError(f"--repeats {args.repeats}: must be >= 1")
@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
             raise CitysegError(f"--threads {args.threads}: must be >= 1")
         torch.set_num_threads(args.threads)
     size = parse_size(args.size, "--size")
+    if args.json:
+        writable_file(args.json, "--json")
     device = resolve_device(args.device)
     model, name = _model(args)
     x = benchmark_input(size, args.image)

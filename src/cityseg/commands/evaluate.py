@@ -59,7 +59,16 @@ def run(args: argparse.Namespace) -> int:
     from cityseg.config import check_value
     from cityseg.errors import CitysegError
 
+    from cityseg.utils import writable_dir, writable_file
+
     check_value(args.boundary_tolerance, "eval.boundary_tolerance", "--boundary-tolerance")
+    # every output is checked before scoring starts, not after the last frame
+    if args.json:
+        writable_file(args.json, "--json")
+    if args.plots:
+        writable_dir(args.plots, "--plots")
+    if getattr(args, "save_pred", None):
+        writable_dir(args.save_pred, "--save-pred")
 
     if args.workers is not None and args.workers < 0:
         raise CitysegError(f"--workers {args.workers}: must be >= 0")

@@ -28,6 +28,9 @@ def run(args: argparse.Namespace) -> int:
     opset = args.opset if args.opset is not None else DEFAULT_OPSET
     if not 13 <= opset <= 23:
         raise CitysegError(f"--opset {opset}: valid 13-23 (18 or newer for the dynamo exporter)")
+    from cityseg.utils import writable_file
+
+    writable_file(args.onnx, "--onnx")
     model, cfg = load_model(args.checkpoint, "cpu")
     print(f"cityseg export: {cfg.model.name} from {args.checkpoint}", file=sys.stderr)
     report = export_onnx(model, Path(args.onnx), opset, args.exporter, [Path(p) for p in args.check_image])

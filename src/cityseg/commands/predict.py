@@ -49,11 +49,12 @@ def run(args: argparse.Namespace) -> int:
     from cityseg.errors import CitysegError
     from cityseg.inference import outputs
     from cityseg.inference.predict import load_predictor
+    from cityseg.utils import writable_dir
 
     if args.batch_size < 1:
         raise CitysegError(f"--batch-size {args.batch_size}: must be >= 1")
     out = Path(args.out)
-    outputs.check_writable(out)
+    writable_dir(out, "--out")
     files, failures = outputs.collect_inputs(args.inputs, exclude=out)
     for message in failures:
         print(f"cityseg predict: {message}", file=sys.stderr)

@@ -35,8 +35,11 @@ def run(args: argparse.Namespace) -> int:
     from cityseg.data.prepare import prepare
     from cityseg.errors import CitysegError
 
+    from cityseg.utils import writable_dir
+
     if args.workers < 1:
         raise CitysegError(f"--workers {args.workers}: must be at least 1")
+    writable_dir(args.out, "OUT")
     summary = prepare(args.src, args.out, fmt=args.format, splits=args.split, city=args.city, workers=args.workers,
                       skip_bad=args.skip_bad, link=args.link, progress=not args.quiet, force=args.force)
     for line in summary.lines():

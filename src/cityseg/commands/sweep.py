@@ -46,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
     from cityseg.sweep import import_optuna, load_space, run_sweep
 
     import_optuna()  # before anything else: the one-line install hint
+    from cityseg.utils import writable_dir
+
     cfg = load_config(args.config, args.set)
+    writable_dir(args.out, "--out")
     if args.data is not None:
         cfg.data.root = str(args.data)
     run_sweep(cfg, args.out, args.trials, storage=args.storage, study_name=args.study, space=load_space(args.space),

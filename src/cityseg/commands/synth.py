@@ -30,8 +30,11 @@ def run(args: argparse.Namespace) -> int:
 
     from cityseg.data.synthetic import check_params, default_data_dir, ensure_data, folder_stats
 
+    from cityseg.utils import writable_dir
+
     out = Path(args.out) if args.out is not None else default_data_dir()
     w, h = check_params(args.train, args.val, args.size, args.seed)
+    writable_dir(out, "OUT" if args.out is not None else "the synthetic data folder")
     stats = ensure_data(out, args.train, args.val, (w, h), args.seed, args.workers,
                         replace_foreign=args.force or args.out is None, force=args.force)
     state = "up to date" if stats is None else "written"

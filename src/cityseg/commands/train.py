@@ -46,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     from cityseg.engine.train import train
+    from cityseg.utils import writable_dir
+
+    writable_dir(out, "--out")
 
     train(cfg, out, device=args.device, resume=args.resume, force=args.force)
     return 0

@@ -20,6 +20,7 @@ returns, the item leaves the dataset with an int64 mask, ready for the losses.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import warnings
@@ -31,7 +32,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image, read_file
 
-from cityseg import labels
+from cityseg import labels, layout
 from cityseg.data import formats, png
 from cityseg.errors import CitysegError
 from cityseg.layout import (
@@ -43,6 +44,8 @@ from cityseg.layout import (
     frame_of_image,
     label_path,
 )
+
+log = logging.getLogger(__name__)
 
 # labelIds -> trainIds as a torch table; index_select with int32 indices is the fastest
 # lookup in torch for a uint8 map (1.5 ms per 2048x1024 frame vs 8 ms for lut[map.long()]).
@@ -145,6 +148,10 @@ class CityscapesDataset(Dataset):
         self.transform = transform
         self.images = find_images(self.root, split)
         self.labels = [find_label(p) for p in self.images]  # CitysegError when one is missing
+        orphans = layout.frames_without_photo(self.root, split, self.images)
+        if orphans:
+            log.warning("%s: skipped %d frame(s) of split %r with labels but no photo in %s/%s/ (e.g. %s)",
+                        self.root, len(orphans), split, layout.IMAGE_DIR, split, orphans[0])
         self.instances: list[Path] | None = None
         self.cache: list[dict[str, Any]] | None = None
         if with_instances:

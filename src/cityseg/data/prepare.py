@@ -27,6 +27,7 @@ Sources:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from cityseg.data import formats
 from cityseg.data.colour import MIN_PALETTE_SHARE, ColourStats, palette_share
 from cityseg.errors import CitysegError
 from cityseg.utils import atomic_path, read_image, save_png
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("auto", "cityscapes", "pairs")
 LINKS = ("hard", "sym")
@@ -234,9 +237,14 @@ def discover(src: Path, out: Path, fmt: str, splits: list[str] | None = None, ci
             raise CitysegError(f"{src}: no leftImg8bit/ folder; not a Cityscapes tree")
         jobs = []
         for split_dir in _pick_splits(_subdirs(root), splits, root):
-            for image in sorted(split_dir.glob(f"*/*{layout.IMAGE_SUFFIX}")):
+            images = sorted(split_dir.glob(f"*/*{layout.IMAGE_SUFFIX}"))
+            for image in images:
                 targets = _targets(out, split_dir.name, image.parent.name, layout.frame_of_image(image))
                 jobs.append(Job("cityscapes", image, *targets))
+            orphans = layout.frames_without_photo(src, split_dir.name, images)
+            if orphans:
+                log.warning("%s: skipped %d frame(s) of split %r with labels but no photo in %s/%s/ (e.g. %s)",
+                            src, len(orphans), split_dir.name, layout.IMAGE_DIR, split_dir.name, orphans[0])
         where = f"{root}/<split>/<city>/*{layout.IMAGE_SUFFIX}"
     else:
         city = city or DEFAULT_PAIRS_CITY

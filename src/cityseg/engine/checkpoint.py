@@ -47,18 +47,33 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CitysegError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CitysegError(f"{path}: not a readable cityseg checkpoint ({first})") from None
+    except pickle.UnpicklingError as exc:
+        # PyTorch's message goes on to say how the file "can still be loaded" (weights_only=False):
+        # cityseg never does that, so the hint is not passed on
+        if "Weights only load failed" in str(exc):
+            raise CitysegError(f"{path}: refused: the file holds Python objects (code) besides tensors, numbers "
+                               "and strings; cityseg never executes checkpoint code") from None
+        raise CitysegError(f"{path}: not a readable cityseg checkpoint ({_first_line(exc)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CitysegError(f"{path}: not a readable cityseg checkpoint ({_first_line(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CitysegError(f"{path}: not a cityseg checkpoint (no format={FORMAT!r} key; written by another tool?)")
     if ckpt.get("version") != VERSION:
         raise CitysegError(f"{path}: checkpoint version {ckpt.get('version')!r}; this cityseg reads version {VERSION}")
+    for key, kind in (("model", dict), ("config", dict)):
+        if not isinstance(ckpt.get(key), kind):
+            raise CitysegError(f"{path}: damaged cityseg checkpoint: no {key!r} mapping (a checkpoint holds "
+                               "'model' weights and the 'config' it was trained with)")
     bad = first_non_finite(ckpt.get("model"), "model")
     if bad is not None:
         raise CitysegError(f"{path}: tensor {bad} holds NaN or infinite values; a usable checkpoint holds "
                            "finite weights only")
     return ckpt
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def first_non_finite(tree: Any, name: str) -> str | None:

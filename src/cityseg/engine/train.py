@@ -487,6 +487,10 @@ def save_state(
     D.barrier()
 
 
+#: What ``--resume`` needs from ``last.pt`` besides the model and its config.
+_RESUME_KEYS = ("optimizer", "scheduler", "rng", "epoch", "step", "best_miou")
+
+
 def restore(
     path: Path,
     cfg: Config,
@@ -498,6 +502,10 @@ def restore(
 ) -> RunState:
     """Load ``last.pt`` into the freshly built objects; return the counters to continue from."""
     ckpt = load_checkpoint(path, map_location="cpu")
+    missing = [key for key in _RESUME_KEYS if key not in ckpt]
+    if missing:
+        raise CitysegError(f"{path}: cannot resume from it: no {', '.join(map(repr, missing))} "
+                           "(a weights-only checkpoint starts a new run with model.pretrained=FILE)")
     load_model_state(core, ckpt, path, cfg.model.name)
     optimizer.load_state_dict(ckpt["optimizer"])
     schedule.load_state_dict(ckpt["scheduler"])

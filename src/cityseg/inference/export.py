@@ -15,6 +15,7 @@ image pooling, whose upsampling must follow the input size) against the fp32 tor
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -137,6 +138,63 @@ def onnx_bytes(model: nn.Module, opset: int = DEFAULT_OPSET, exporter: str = "au
     raise CitysegError(f"ONNX export failed ({reason})")
 
 
+#: Metadata key of the SHA-256 of the exported graph (nodes and weights), written at export and
+#: checked whenever cityseg loads the file: flipped bytes in the weights are found before use.
+CHECKSUM_KEY = "cityseg.graph_sha256"
+
+
+def _graph_digest(model) -> str:
+    return hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
+def stamp_checksum(data: bytes) -> bytes:
+    """The serialised model ``data`` with :data:`CHECKSUM_KEY` in its metadata."""
+    import onnx
+
+    model = onnx.load_from_string(data)
+    props = [p for p in model.metadata_props if p.key != CHECKSUM_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(props)
+    model.metadata_props.add(key=CHECKSUM_KEY, value=_graph_digest(model))
+    return model.SerializeToString()
+
+
+def verify_onnx(path: str | os.PathLike) -> None:
+    """Check an .onnx file before it is used: parsable, valid (``onnx.checker``), and its graph equal
+    to the checksum recorded at export (files not written by ``cityseg export`` carry none: a warning).
+
+    Raises:
+        CitysegError: naming the file and what is wrong with it.
+    """
+    try:
+        import onnx
+    except ImportError:
+        raise CitysegError('the ONNX model checker is not installed; pip install "cityseg[onnx]"') from None
+    path = Path(path)
+    if not path.is_file():
+        raise CitysegError(f"{path}: ONNX file not found")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError, OSError, ...
+        raise CitysegError(f"{path}: not an ONNX model ({_first_line(exc)})") from None
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # onnx.checker.ValidationError and protobuf errors
+        raise CitysegError(f"{path}: damaged or invalid ONNX model ({_first_line(exc)})") from None
+    recorded = {p.key: p.value for p in model.metadata_props}.get(CHECKSUM_KEY)
+    if recorded is None:
+        log.warning("%s: carries no cityseg checksum (not written by cityseg export); its weights cannot be verified",
+                    path)
+    elif _graph_digest(model) != recorded:
+        raise CitysegError(f"{path}: damaged: its graph or weights differ from the checksum recorded at export; "
+                           "export it again from the checkpoint")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def check_dynamic(data: bytes, wrapper: ExportWrapper, sizes: tuple[tuple[int, int], ...] = ((96, 64), (80, 112))) -> None:
     """Run the serialised model at two (W, H) sizes and batch sizes 1 and 2; raise if shapes or labels are off."""
     from cityseg.inference.runtime import ort_session
@@ -184,6 +242,7 @@ def export_onnx(
 
     path = Path(path)
     data, used = onnx_bytes(model, opset, exporter)
+    data = stamp_checksum(data)
     wrapper = wrap_for_export(model)
     session = ort_session(data)
     images = [("random 320x192", _example(192, 320)[0].permute(1, 2, 0).numpy())]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import glob
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -74,16 +73,6 @@ def collect_inputs(inputs: list[str], exclude: str | Path | None = None) -> tupl
         else:
             unique.setdefault(key, path)
     return list(unique.values()), problems
-
-
-def check_writable(out: Path) -> None:
-    """Create ``out``; CitysegError naming the folder if it cannot be written."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test."):
-            pass
-    except OSError as exc:
-        raise CitysegError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
 
 
 def index_ground_truth(root: Path) -> dict[str, Path]:

@@ -254,11 +254,11 @@ class Predictor:
     @classmethod
     def from_onnx(cls, path: str | Path, threads: int | None = None, device: str = "cpu", **options) -> Predictor:
         """Load a model written by ``cityseg export`` and run it with onnxruntime (fp32)."""
+        from cityseg.inference.export import verify_onnx
         from cityseg.inference.runtime import OrtRunner, ort_session
         from cityseg.models import IMAGENET_MEAN, IMAGENET_STD
 
-        if not Path(path).is_file():
-            raise CitysegError(f"{path}: ONNX file not found")
+        verify_onnx(path)
         runner = OrtRunner(ort_session(path, threads, device), IMAGENET_MEAN, IMAGENET_STD)
         return cls(runner, "onnxruntime", **options)
 
