@@ -47,8 +47,8 @@ def _pairs_folder(root: Path, mask: np.ndarray) -> Path:
 def w(tmp_path_factory, synth_root) -> dict[str, str]:
     """Paths of every good and bad file the cases refer to, as ``{name}`` placeholders."""
     from cityseg.config import load_config
-    from cityseg.engine.checkpoint import capture_rng, save_checkpoint
-    from cityseg.labels import TRAIN_ID_TO_COLOR
+    from cityseg.engine.checkpoint import save_checkpoint
+    from cityseg.labels import TRAIN_PALETTE
     from cityseg.models import build_model
 
     t = tmp_path_factory.mktemp("bad")
@@ -92,7 +92,7 @@ def w(tmp_path_factory, synth_root) -> dict[str, str]:
     (t / "corrupt.png").write_bytes((t / "img.png").read_bytes()[:60])
     (t / "notimage.png").write_text("plain text\n")
     # pairs sources: a mask of palette colours (good), one far from every palette colour, a truncated JPEG
-    colours = np.array(TRAIN_ID_TO_COLOR[:19], dtype=np.uint8)
+    colours = np.asarray(TRAIN_PALETTE[:19], dtype=np.uint8)
     mask = colours[rng.integers(0, 19, (32, 32))]
     _pairs_folder(t / "pairs_good", mask)
     _pairs_folder(t / "pairs_nopalette", np.full((32, 32, 3), (250, 5, 250), np.uint8))

@@ -264,7 +264,7 @@ def test_predict_cli_refuses_foreign_checkpoint_and_unwritable_out(tmp_path, che
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(["predict", "--checkpoint", str(checkpoint), str(img), "--out", str(blocker / "out")]) == 2
-    assert "cannot write there" in capsys.readouterr().err
+    assert f"--out: {blocker} is a file, not a folder" in capsys.readouterr().err
 
 
 def test_predict_cli_sliding_tta_matches_api(tmp_path, checkpoint):

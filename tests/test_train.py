@@ -488,8 +488,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(synth_root
     [
         (["--set", "train.batch_size=3"], "train.batch_size=3 is not a multiple of train.micro_batch_size=2"),
         (["--set", "train.amp=fp8"], "unknown train.amp 'fp8'; valid: auto, bf16, fp16, none"),
-        (["--set", "optim.name=lion"], "unknown optim.name 'lion'; valid: adamw, sgd"),
-        (["--set", "model.name=unet"], "unknown model 'unet'; valid models: deeplabv3_resnet50"),
+        (["--set", "optim.name=lion"], "config key optim.name: 'lion' is unknown; valid: adamw, sgd"),
+        (["--set", "model.name=unet"], "config key model.name: 'unet' is not a model; valid: deeplabv3_resnet50"),
         (["--set", "train.batch_size=16"], "training images per process make no full batch"),
     ],
 )

@@ -471,6 +471,12 @@ MODELS: dict[str, Builder] = {
 # --- build_model --------------------------------------------------------------------------------
 
 
+def check_model_name(name: str, what: str = "model") -> None:
+    """CitysegError naming ``what`` (e.g. ``config key model.name``) when ``name`` is not a key of :data:`MODELS`."""
+    if name not in MODELS:
+        raise CitysegError(f"{what}: {name!r} is not a model; valid: {', '.join(MODELS)}")
+
+
 def build_model(
     name: str,
     num_classes: int = labels.NUM_CLASSES,
@@ -499,8 +505,7 @@ def build_model(
     Raises:
         CitysegError: unknown name or stage, bad output stride, weights unavailable or not fitting.
     """
-    if name not in MODELS:
-        raise CitysegError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+    check_model_name(name)
     if pretrained not in ("none", "imagenet") and not Path(pretrained).is_file():
         raise CitysegError(f"model.pretrained={pretrained!r}: no such file; expected imagenet, none or a weights file")
     model, stages = MODELS[name](num_classes, aux_head, output_stride, pretrained == "imagenet")

@@ -53,23 +53,29 @@ def parse_scales(text: str) -> list[float]:
 
 
 def writable_dir(path: str | os.PathLike, what: str) -> Path:
-    """Create the output folder ``path`` (and its parents) and prove a file can be written in it,
-    before any work starts. Returns it as a Path.
+    """Check, before any work starts, that the output folder ``path`` can be made and written
+    into; nothing is created (a refused command leaves no empty folder behind). Returns it as a Path.
+
+    An existing folder is proven by writing and removing a temporary file in it; a missing one by
+    its nearest existing parent being a writable folder.
 
     Raises:
-        CitysegError: naming ``what`` (e.g. ``--out runs/x``): a file stands where the folder (or
-            one of its parents) should be, or the folder is read-only or otherwise unwritable.
+        CitysegError: naming ``what`` (e.g. ``--out``): a file stands where the folder (or one of
+            its parents) should be, or the folder is read-only or otherwise unwritable.
     """
     path = Path(path)
     for part in (path, *path.parents):
         if part.exists() and not part.is_dir():
             raise CitysegError(f"{what}: {part} is a file, not a folder; give a folder to write into")
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test."):
-            pass
+        if existing == path:
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test."):
+                pass
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
     except OSError as exc:
-        raise CitysegError(f"{what}: cannot write into {path} ({exc.strerror or exc})") from None
+        raise CitysegError(f"{what}: cannot write into {existing} ({exc.strerror or exc})") from None
     return path
 
 

@@ -22,9 +22,10 @@ from cityseg.data import synthetic
 from cityseg.data.dataset import CityscapesDataset
 from cityseg.data.transforms import build_transforms
 from cityseg.engine import distributed as D
+from cityseg.engine.schedule import SCHEDULES
 from cityseg.errors import CitysegError
 from cityseg.losses import build_loss
-from cityseg.models import build_model
+from cityseg.models import build_model, check_model_name
 
 #: Values of ``train.amp`` (see :func:`build_engine`).
 AMP_MODES = ("auto", "bf16", "fp16", "none")
@@ -170,6 +171,18 @@ def build_criterion(cfg: Config) -> nn.Module:
     return build_loss(cfg.loss)
 
 
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def check_names(cfg: Config) -> None:
+    """CitysegError naming the key when ``model.name``, ``optim.name`` or ``sched.name`` is not one
+    cityseg knows: checked before any data is drawn or read, so a typo fails in a second."""
+    check_model_name(cfg.model.name, "config key model.name")
+    for key, value, valid in (("optim.name", cfg.optim.name, OPTIMIZERS), ("sched.name", cfg.sched.name, SCHEDULES)):
+        if value not in valid:
+            raise CitysegError(f"config key {key}: {value!r} is unknown; valid: {', '.join(valid)}")
+
+
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     """AdamW or SGD over the trainable parameters; the head's rate is ``head_lr_mult`` x the backbone's."""
     o = cfg.optim
@@ -181,7 +194,7 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    raise CitysegError(f"unknown optim.name {o.name!r}; valid: adamw, sgd")
+    raise CitysegError(f"config key optim.name: {o.name!r} is unknown; valid: {', '.join(OPTIMIZERS)}")
 
 
 def build_engine(cfg: Config, dev: torch.device, micro_batch: int) -> Engine:

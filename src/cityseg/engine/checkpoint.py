@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,20 +51,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except pickle.UnpicklingError as exc:
         # PyTorch's message goes on to say how the file "can still be loaded" (weights_only=False):
         # cityseg never does that, so the hint is not passed on
-        if "Weights only load failed" in str(exc):
-            raise CitysegError(f"{path}: refused: the file holds Python objects (code) besides tensors, numbers "
-                               "and strings; cityseg never executes checkpoint code") from None
-        raise CitysegError(f"{path}: not a readable cityseg checkpoint ({_first_line(exc)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CitysegError(f"{path}: not a readable cityseg checkpoint ({_first_line(exc)})") from None
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found:
+            raise CitysegError(f"{path}: refused: the file holds Python objects ({found.group(1)}) besides tensors, "
+                               "numbers and strings; cityseg never executes checkpoint code") from None
+        raise CitysegError(f"{path}: not a readable cityseg checkpoint (not a PyTorch file, or damaged)") from None
+    except Exception as exc:  # noqa: BLE001 - the weights-only unpickler raises KeyError, IndexError, ... on garbage
+        raise CitysegError(f"{path}: not a readable cityseg checkpoint ({type(exc).__name__}: {_first_line(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CitysegError(f"{path}: not a cityseg checkpoint (no format={FORMAT!r} key; written by another tool?)")
     if ckpt.get("version") != VERSION:
         raise CitysegError(f"{path}: checkpoint version {ckpt.get('version')!r}; this cityseg reads version {VERSION}")
-    for key, kind in (("model", dict), ("config", dict)):
-        if not isinstance(ckpt.get(key), kind):
-            raise CitysegError(f"{path}: damaged cityseg checkpoint: no {key!r} mapping (a checkpoint holds "
-                               "'model' weights and the 'config' it was trained with)")
     bad = first_non_finite(ckpt.get("model"), "model")
     if bad is not None:
         raise CitysegError(f"{path}: tensor {bad} holds NaN or infinite values; a usable checkpoint holds "
@@ -74,6 +72,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def require_model(ckpt: dict[str, Any], path: str | Path) -> None:
+    """CitysegError when a checkpoint lacks the ``model`` weights or the ``config`` they were trained with."""
+    for key in ("model", "config"):
+        if not isinstance(ckpt.get(key), dict):
+            raise CitysegError(f"{path}: damaged cityseg checkpoint: no {key!r} mapping (a checkpoint holds "
+                               "'model' weights and the 'config' it was trained with)")
 
 
 def first_non_finite(tree: Any, name: str) -> str | None:
@@ -137,6 +143,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     from cityseg.models import build_model
 
     ckpt = load_checkpoint(path, map_location="cpu")
+    require_model(ckpt, path)
     raw = dict(ckpt["config"])
     cfg = config_from_dict(raw, name=str(raw.pop("name", "checkpoint")))
     model = build_model(

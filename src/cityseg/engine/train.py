@@ -37,6 +37,7 @@ from cityseg.engine.build import (
     build_loaders,
     build_optimizer,
     build_train_model,
+    check_names,
     resolve_data_root,
     resolve_device,
     seed_everything,
@@ -113,6 +114,7 @@ def train(
             non-finite loss (:class:`NonFiniteLoss`).
         KeyboardInterrupt: Ctrl-C or SIGTERM; the checkpoints on disk stay valid for ``resume``.
     """
+    check_names(cfg)
     dev = resolve_device(device)
     D.init_distributed(dev)
     try:
@@ -488,7 +490,7 @@ def save_state(
 
 
 #: What ``--resume`` needs from ``last.pt`` besides the model and its config.
-_RESUME_KEYS = ("optimizer", "scheduler", "rng", "epoch", "step", "best_miou")
+_RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "step", "best_miou")
 
 
 def restore(
