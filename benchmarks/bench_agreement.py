@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cityseg.engine.checkpoint import load_model
-from cityseg.inference.predict import to_input
-from cityseg.inference.runtime import BASELINE, available_paths, build_runner
+from cityseg.checkpoint import load_model
+from cityseg.inference.predict import stack_rgb
+from cityseg.inference.runtime import BASELINE, available_paths, build_runner, runner_input
 from cityseg.utils import parse_size, read_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -59,10 +59,11 @@ def main() -> None:
         runners = {name: build_runner(name, model, cpu) for name in [BASELINE, *paths]}
         same = {name: [] for name in paths}
         for stem, image in images:
-            x = to_input([image])
-            base = runners[BASELINE](x).argmax(1)
+            batch = stack_rgb([image])
+            base = runners[BASELINE](runner_input(runners[BASELINE], batch)).argmax(1)
             for name in paths:
-                same[name].append(float((runners[name](x).argmax(1) == base).double().mean()))
+                pred = runners[name](runner_input(runners[name], batch)).argmax(1)
+                same[name].append(float((pred == base).double().mean()))
             print(f"  {stem}: " + ", ".join(f"{n} {same[n][-1]:.4%}" for n in paths), file=sys.stderr, flush=True)
         h, w = images[0][1].shape[:2]
         print(f"{cfg.model.name} ({ckpt}), {len(images)} frames at {w}x{h}:")

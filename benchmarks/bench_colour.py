@@ -166,7 +166,7 @@ def main() -> None:
         raise SystemExit(f"no *_gtFine_labelIds.png under {args.fixtures / 'cityscapes'}")
     frames = [(p.name, formats.read_label_ids(p)) for p in paths]
     t0 = time.perf_counter()
-    colour._confident_lut()
+    colour.confident_lut()
     lut_s = time.perf_counter() - t0
 
     recovery = recovery_table(frames)

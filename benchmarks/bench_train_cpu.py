@@ -41,7 +41,7 @@ from cityseg.engine.schedule import build_schedule
 from cityseg.engine.train import compute_loss, optimizer_step
 from cityseg.labels import IGNORE_INDEX
 from cityseg.layout import TRAIN_IDS_SUFFIX, label_path
-from cityseg.models import IMAGENET_MEAN, IMAGENET_STD
+from cityseg.imaging import IMAGENET_MEAN, IMAGENET_STD
 from cityseg.utils import parse_size
 
 

@@ -43,7 +43,7 @@ from cityseg import labels
 from cityseg.config import DataConfig
 from cityseg.data.dataset import CityscapesDataset, read_train_ids
 from cityseg.data.transforms import build_transforms
-from cityseg.models import IMAGENET_MEAN, IMAGENET_STD
+from cityseg.imaging import IMAGENET_MEAN, IMAGENET_STD
 
 FRAME = (1024, 2048)  # (H, W) of a Cityscapes frame
 CROP = (512, 1024)  # (H, W): 512 high, 1024 wide

@@ -47,7 +47,7 @@ def _pairs_folder(root: Path, mask: np.ndarray) -> Path:
 def w(tmp_path_factory, synth_root) -> dict[str, str]:
     """Paths of every good and bad file the cases refer to, as ``{name}`` placeholders."""
     from cityseg.config import load_config
-    from cityseg.engine.checkpoint import save_checkpoint
+    from cityseg.checkpoint import save_checkpoint
     from cityseg.labels import TRAIN_PALETTE
     from cityseg.models import build_model
 
@@ -112,8 +112,8 @@ def w(tmp_path_factory, synth_root) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def flipped_onnx(w) -> tuple[str, str]:
     """(a good export of the tiny checkpoint, a copy with 200 bytes of its weights flipped)."""
-    from cityseg.engine.checkpoint import load_model
-    from cityseg.inference.export import export_onnx
+    from cityseg.checkpoint import load_model
+    from cityseg.inference.onnx import export_onnx
 
     model, _ = load_model(w["good"])
     good = Path(w["t"]) / "good.onnx"
@@ -342,7 +342,7 @@ def test_damaged_onnx_files_are_refused_before_use(flipped_onnx, w, capsys):
 def test_an_onnx_file_without_a_checksum_is_used_with_a_warning(flipped_onnx, w, capsys):
     import onnx
 
-    from cityseg.inference.export import CHECKSUM_KEY
+    from cityseg.inference.onnx import CHECKSUM_KEY
 
     good, _ = flipped_onnx
     model = onnx.load(good)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cityseg.config import Config
-from cityseg.engine import checkpoint as C
+from cityseg import checkpoint as C
 from cityseg.errors import CitysegError
 
 

@@ -402,7 +402,7 @@ def test_checkpoint_scores_equal_pred_dir_scores_of_its_saved_predictions(tmp_pa
         pytest.importorskip(module, reason=f"{module} (another area) not written yet")
     torch = pytest.importorskip("torch")
     from cityseg.config import Config
-    from cityseg.engine.checkpoint import save_checkpoint
+    from cityseg.checkpoint import save_checkpoint
     from cityseg.models import build_model
 
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ from cityseg.errors import CitysegError
 
 ort = pytest.importorskip("onnxruntime")
 
-from cityseg.inference.export import export_onnx, onnx_bytes, wrap_for_export  # noqa: E402
+from cityseg.inference.onnx import export_onnx, onnx_bytes, wrap_for_export  # noqa: E402
 from cityseg.inference.predict import Predictor, to_input  # noqa: E402
 
 
@@ -52,7 +52,7 @@ class PoolingHead(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from cityseg.engine.checkpoint import save_checkpoint
+    from cityseg.checkpoint import save_checkpoint
 
     cfg = Config()
     cfg.model.name, cfg.model.freeze = "cityseg_tiny", []

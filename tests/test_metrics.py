@@ -186,7 +186,7 @@ def test_boundary_void_ground_truth_neither_makes_nor_hides_a_boundary():
 
 def _oracle_boundary(pred: np.ndarray, gt: np.ndarray, tol: int) -> np.ndarray:
     """Dense reference: per class, boundary masks by explicit neighbour tests, matches by distance transform."""
-    valid = metrics._IS_EVAL[gt]
+    valid = metrics.IS_EVAL_ID[gt]
 
     def edges(m):
         e = np.zeros(m.shape, bool)
@@ -197,7 +197,7 @@ def _oracle_boundary(pred: np.ndarray, gt: np.ndarray, tol: int) -> np.ndarray:
             d = (m[tuple(a)] != m[tuple(b)]) & valid[tuple(a)] & valid[tuple(b)]
             e[tuple(a)] |= d
             e[tuple(b)] |= d
-        return e & metrics._IS_EVAL[m]
+        return e & metrics.IS_EVAL_ID[m]
 
     ep, eg = edges(pred), edges(gt)
     out = np.zeros((4, NUM_CLASSES), np.int64)

@@ -11,10 +11,10 @@ import torchvision
 from torch import nn
 
 from cityseg import labels
+from cityseg.checkpoint import build_starting_model
 from cityseg.errors import CitysegError
+from cityseg.imaging import IMAGENET_MEAN, IMAGENET_STD
 from cityseg.models import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     MODELS,
     build_model,
     count_parameters,
@@ -220,7 +220,7 @@ def test_full_state_dict_roundtrip_strips_prefixes(tmp_path):
     src = build_model("cityseg_tiny", aux_head=True)
     state = src.state_dict()
     torch.save({f"module._orig_mod.{k}": v for k, v in state.items()}, tmp_path / "w.pt")
-    loaded = build_model("cityseg_tiny", aux_head=True, pretrained=str(tmp_path / "w.pt"))
+    loaded = build_starting_model("cityseg_tiny", aux_head=True, pretrained=str(tmp_path / "w.pt"))
     _assert_same_weights(loaded, state)
 
 
@@ -228,19 +228,19 @@ def test_cityseg_checkpoint_fine_tune_and_wrong_model(tmp_path, caplog):
     src = build_model("cityseg_tiny", aux_head=True)
     ckpt = {"format": "cityseg", "version": 1, "config": {"model": {"name": "cityseg_tiny"}}, "model": src.state_dict()}
     torch.save(ckpt, tmp_path / "best.pt")
-    with caplog.at_level(logging.WARNING, logger="cityseg.models"):
-        loaded = build_model("cityseg_tiny", pretrained=str(tmp_path / "best.pt"))  # no aux: its keys are extra
+    with caplog.at_level(logging.WARNING, logger="cityseg.checkpoint"):
+        loaded = build_starting_model("cityseg_tiny", pretrained=str(tmp_path / "best.pt"))  # no aux: its keys are extra
     _assert_same_weights(loaded, {k: v for k, v in src.state_dict().items() if not k.startswith("aux")})
     assert "ignored" in caplog.text and "aux_classifier.0.0.weight" in caplog.text
     with pytest.raises(CitysegError, match="holds model 'cityseg_tiny', but model.name is 'lraspp_mobilenet_v3_large'"):
-        build_model("lraspp_mobilenet_v3_large", pretrained=str(tmp_path / "best.pt"))
+        build_starting_model("lraspp_mobilenet_v3_large", pretrained=str(tmp_path / "best.pt"))
 
 
 def test_resnet_backbone_state_dict(tmp_path, caplog):
     resnet = torchvision.models.resnet50()
     torch.save(resnet.state_dict(), tmp_path / "resnet50.pth")
-    with caplog.at_level(logging.WARNING, logger="cityseg.models"):
-        model = build_model("deeplabv3_resnet50", pretrained=str(tmp_path / "resnet50.pth"))
+    with caplog.at_level(logging.WARNING, logger="cityseg.checkpoint"):
+        model = build_starting_model("deeplabv3_resnet50", pretrained=str(tmp_path / "resnet50.pth"))
     _assert_same_weights(model.backbone, {k: v for k, v in resnet.state_dict().items() if not k.startswith("fc.")})
     assert "2 tensors ignored" in caplog.text and "fc.weight" in caplog.text
 
@@ -248,7 +248,7 @@ def test_resnet_backbone_state_dict(tmp_path, caplog):
 def test_mobilenet_backbone_state_dict_keys_are_mapped(tmp_path):
     net = torchvision.models.mobilenet_v3_large()
     torch.save(net.state_dict(), tmp_path / "mnv3.pth")
-    model = build_model("lraspp_mobilenet_v3_large", pretrained=str(tmp_path / "mnv3.pth"))
+    model = build_starting_model("lraspp_mobilenet_v3_large", pretrained=str(tmp_path / "mnv3.pth"))
     features = {k.removeprefix("features."): v for k, v in net.state_dict().items() if k.startswith("features.")}
     _assert_same_weights(model.backbone, features)
 
@@ -259,7 +259,7 @@ def test_convnext_backbone_safetensors(tmp_path):
 
     net = timm.create_model("convnext_tiny")
     save_file(net.state_dict(), str(tmp_path / "model.safetensors"))
-    model = build_model("deeplabv3_convnext_tiny", pretrained=str(tmp_path / "model.safetensors"))
+    model = build_starting_model("deeplabv3_convnext_tiny", pretrained=str(tmp_path / "model.safetensors"))
     ref = net.state_dict()
     assert torch.equal(model.backbone.stem_0.weight, ref["stem.0.weight"])
     assert torch.equal(model.backbone.stages_3.blocks[2].mlp.fc2.weight, ref["stages.3.blocks.2.mlp.fc2.weight"])
@@ -268,18 +268,18 @@ def test_convnext_backbone_safetensors(tmp_path):
 def test_shape_mismatch_names_the_key(tmp_path):
     torch.save(build_model("cityseg_tiny", num_classes=5).state_dict(), tmp_path / "five.pt")
     with pytest.raises(CitysegError, match=r"tensor classifier.weight has shape \(5, 32, 1, 1\).*\(19, 32, 1, 1\)"):
-        build_model("cityseg_tiny", pretrained=str(tmp_path / "five.pt"))
+        build_starting_model("cityseg_tiny", pretrained=str(tmp_path / "five.pt"))
 
 
 def test_unusable_weight_files(tmp_path):
     torch.save({"foo.weight": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(CitysegError, match="none of its 1 tensors fits the backbone"):
-        build_model("cityseg_tiny", pretrained=str(tmp_path / "other.pt"))
+        build_starting_model("cityseg_tiny", pretrained=str(tmp_path / "other.pt"))
     (tmp_path / "broken.pt").write_bytes(b"not a zip")
     with pytest.raises(CitysegError, match="broken.pt: not a readable weights file"):
-        build_model("cityseg_tiny", pretrained=str(tmp_path / "broken.pt"))
+        build_starting_model("cityseg_tiny", pretrained=str(tmp_path / "broken.pt"))
     with pytest.raises(CitysegError, match="missing.pt'?: no such file"):
-        build_model("cityseg_tiny", pretrained=str(tmp_path / "missing.pt"))
+        build_starting_model("cityseg_tiny", pretrained=str(tmp_path / "missing.pt"))
 
 
 # --- pretrained="imagenet" without network --------------------------------------------------------

@@ -188,7 +188,7 @@ def test_predictor_rejects_non_rgb_arrays(bad):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from cityseg.engine.checkpoint import save_checkpoint
+    from cityseg.checkpoint import save_checkpoint
 
     cfg = Config()
     cfg.model.name, cfg.model.freeze = "cityseg_tiny", []

@@ -23,7 +23,7 @@ import cityseg.engine.build as B
 import cityseg.engine.train as T
 from cityseg.cli import main
 from cityseg.config import Config, config_from_dict, load_config
-from cityseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from cityseg.checkpoint import load_checkpoint, save_checkpoint
 from cityseg.engine.runlog import Progress, RunLog, lock_run_dir, unlock_run_dir
 from cityseg.engine.schedule import build_schedule
 from cityseg.errors import CitysegError
@@ -452,7 +452,7 @@ def test_two_process_gloo_ddp_run(synth_root, tmp_path):
     assert [r["epoch"] for r in records] == [1, 2]
     assert records[-1]["step"] == 4  # global batch 4 = 2 processes x 2
     # the confusion matrix summed over both processes equals one process scoring all 4 frames
-    from cityseg.engine.checkpoint import load_model
+    from cityseg.checkpoint import load_model
 
     model, cfg = load_model(out / "checkpoints" / "last.pt")
     cfg.data.root, cfg.train.val_batch_size = str(synth_root), 1

@@ -14,7 +14,7 @@ from cityseg import labels
 from cityseg.config import DataConfig
 from cityseg.data.transforms import FloatColorJitter, RandomScaleCrop, ResizeImage, build_transforms
 from cityseg.errors import CitysegError
-from cityseg.models import IMAGENET_MEAN, IMAGENET_STD
+from cityseg.imaging import IMAGENET_MEAN, IMAGENET_STD
 
 H, W = 96, 160  # source frame (height, width)
 CROP = (48, 64)
@@ -93,7 +93,7 @@ def test_mask_is_the_nearest_pixel_of_each_image_sample(scale):
 
 
 def test_both_mask_paths_agree_off_grid():
-    # uint8 masks use aten's nearest-exact kernel, others a gather; same indices everywhere.
+    # uint8 masks use the nearest-exact kernel (F.interpolate), others a gather; same indices everywhere.
     t = RandomScaleCrop(CROP, scale_range=(0.5, 2.0))
     gen = torch.Generator().manual_seed(0)
     m8 = torch.randint(0, 256, (H, W), dtype=torch.uint8, generator=gen)
@@ -103,6 +103,19 @@ def test_both_mask_paths_agree_off_grid():
         a = t.transform(tv_tensors.Mask(m8), params)
         b = t.transform(tv_tensors.Mask(m8.long()), params)
         assert torch.equal(a.long(), b)
+
+
+def test_both_mask_paths_agree_on_windows_ending_at_the_frame_edge():
+    # There interpolate(scale_factor) makes one sample fewer than the window needs; the uint8 path
+    # extends the mask by its last row/column first, which is what the clamped samples read.
+    t = RandomScaleCrop(CROP, scale_range=(0.5, 2.0))
+    m8 = torch.randint(0, 256, (H, W), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    for k in range(40):
+        scaled = (max(1, int(H * (0.5 + 1.5 * k / 40))), max(1, int(W * (0.5 + 1.5 * k / 40))))
+        params = t.plan((H, W), scaled, scaled[0] - CROP[0], scaled[1] - CROP[1])  # bottom-right window
+        a = t.transform(tv_tensors.Mask(m8), params)
+        b = t.transform(tv_tensors.Mask(m8.long()), params)
+        assert torch.equal(a.long(), b), scaled
 
 
 def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from cityseg import labels, viz
 from cityseg.errors import CitysegError
-from cityseg.models import IMAGENET_MEAN, IMAGENET_STD
+from cityseg.imaging import IMAGENET_MEAN, IMAGENET_STD
 
 IGNORE = labels.IGNORE_INDEX
 
@@ -33,9 +33,27 @@ def test_to_rgb_uint8_undoes_normalisation_and_layout():
     normalised = (chw.float() / 255 - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
     np.testing.assert_array_equal(viz.to_rgb_uint8(chw), rgb)
     np.testing.assert_array_equal(viz.to_rgb_uint8(rgb), rgb)
-    assert np.abs(viz.to_rgb_uint8(normalised).astype(int) - rgb).max() <= 1
+    assert np.abs(viz.to_rgb_uint8(normalised, normalized=True).astype(int) - rgb).max() <= 1
     unit = np.full((2, 2, 3), 0.5, np.float32)  # float in [0, 1] is taken as is
-    np.testing.assert_array_equal(viz.to_rgb_uint8(unit), np.full((2, 2, 3), 128, np.uint8))
+    np.testing.assert_array_equal(viz.to_rgb_uint8(unit, normalized=False), np.full((2, 2, 3), 128, np.uint8))
+
+
+def test_float_images_say_whether_they_are_normalised():
+    """Bug 2: the kind of a float image was guessed from its range, so a light normalised image (every
+    value in [0, 1]) was drawn as if it were RGB in [0, 1]. The caller says which it is."""
+    grey = torch.full((3, 4, 4), 0.6)  # a light grey photo, RGB in [0, 1]
+    normalised = (grey - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    assert 0 <= normalised.min() and normalised.max() <= 1  # the old guess took it for unnormalised
+    np.testing.assert_array_equal(viz.to_rgb_uint8(normalised, normalized=True), np.full((4, 4, 3), 153, np.uint8))
+    mid = np.full((4, 4, 3), 0.45, np.float32)  # a mid-tone unnormalised photo
+    np.testing.assert_array_equal(viz.to_rgb_uint8(mid, normalized=False), np.full((4, 4, 3), 115, np.uint8))
+    ids = np.zeros((4, 4), np.uint8)
+    np.testing.assert_array_equal(viz.overlay(normalised, ids, alpha=0.0, normalized=True), np.full((4, 4, 3), 153))
+    for call in (lambda: viz.to_rgb_uint8(mid), lambda: viz.overlay(mid, ids)):
+        with pytest.raises(ValueError, match="normalized=True"):
+            call()  # a float image without the keyword is refused, not guessed
+    with pytest.raises(ValueError, match="uint8 image cannot be normalised"):
+        viz.to_rgb_uint8(np.zeros((4, 4, 3), np.uint8), normalized=True)
 
 
 def test_error_map_colours():
@@ -64,14 +82,15 @@ def test_save_panel_rows_and_sizes(tmp_path):
     pred = gt.copy()
     pred[:, 10:20, 10:20] = 0
     images = torch.randn(2, 3, 16, 32)  # normalised model input at half the label size
-    one = viz.save_panel(tmp_path / "one.png", images[0], torch.from_numpy(gt[0]), torch.from_numpy(pred[0]))
-    two = viz.save_panel(tmp_path / "two.png", images, gt, pred, names=["a", "b"])
+    one = viz.save_panel(tmp_path / "one.png", images[0], torch.from_numpy(gt[0]), torch.from_numpy(pred[0]),
+                         normalized=True)
+    two = viz.save_panel(tmp_path / "two.png", images, gt, pred, names=["a", "b"], normalized=True)
     h1, w1, _ = read_png(one).shape
     h2, w2, _ = read_png(two).shape
     assert w1 == w2 and h2 > 1.6 * h1 - 100  # a second row roughly doubles the height
     no_temp_files(tmp_path)
     with pytest.raises(ValueError, match="differ in size"):
-        viz.save_panel(tmp_path / "bad.png", images[0], gt[0], pred[0][:16])
+        viz.save_panel(tmp_path / "bad.png", images[0], gt[0], pred[0][:16], normalized=True)
 
 
 def test_save_panel_draws_the_error_column(tmp_path):

@@ -7,3 +7,10 @@ class CitysegError(Exception):
     The message is one line that names the file or key and says what is valid. The CLI
     prints it without a traceback and exits with status 2.
     """
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type name when it has none): library errors quoted
+    inside a one-line CitysegError."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

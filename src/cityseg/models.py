@@ -1,7 +1,8 @@
 """Segmentation models: a plain dict from name to builder, and ``build_model`` around it.
 
-Every model maps ``(N, 3, H, W)`` float32 images, normalised with ``IMAGENET_MEAN`` /
-``IMAGENET_STD``, to ``{"out": (N, C, H, W) float logits at the input size}``, plus
+Architectures only (and their published ImageNet weights); weights files are read by
+:mod:`cityseg.checkpoint`. Every model maps ``(N, 3, H, W)`` float32 images, normalised with
+:func:`cityseg.imaging.normalize`, to ``{"out": (N, C, H, W) float logits at the input size}``, plus
 ``"aux"`` (same shape) when built with ``aux_head=True`` -- torchvision's convention, so
 nothing downstream branches on the model.
 
@@ -37,8 +38,6 @@ Frozen stages get ``requires_grad=False``; call ``set_frozen_bn_eval(model)`` af
 
 from __future__ import annotations
 
-import logging
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -65,13 +64,10 @@ from torchvision.models.segmentation.fcn import FCNHead
 from torchvision.models.segmentation.lraspp import LRASPP
 
 from cityseg import labels
-from cityseg.errors import CitysegError
+from cityseg.errors import CitysegError, first_line
 
-log = logging.getLogger(__name__)
-
-#: RGB mean and std (0-1 scale) of ImageNet; every model expects inputs normalised with them.
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: ``pretrained`` values :func:`build_model` takes; a weights file is :func:`cityseg.checkpoint.build_starting_model`'s.
+PRETRAINED = ("none", "imagenet")
 
 #: The timm weights of ``deeplabv3_convnext_tiny``: plain ImageNet-1k (not the default in12k tag).
 CONVNEXT_TIMM_NAME = "convnext_tiny.fb_in1k"
@@ -99,7 +95,7 @@ def _fetch_torchvision(weights: WeightsEnum, model_name: str) -> dict[str, torch
         file_name = weights.url.rsplit("/", 1)[-1]
         cache = Path(torch.hub.get_dir()) / "checkpoints"
         raise CitysegError(
-            f"cannot get the ImageNet weights of {model_name} ({_first_line(exc)}): download {weights.url} "
+            f"cannot get the ImageNet weights of {model_name} ({first_line(exc)}): download {weights.url} "
             f"and put {file_name} in {cache}, or set model.pretrained to the path of that file"
         ) from None
 
@@ -138,11 +134,6 @@ def _fetch_timm_weights(filename: str = "model.safetensors") -> Path:
             f"(`huggingface-cli download {repo}` where there is network, then copy that cache), "
             f"or set model.pretrained to the path of the downloaded {filename}"
         ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # --- builders -----------------------------------------------------------------------------------
@@ -485,15 +476,14 @@ def build_model(
     freeze: Sequence[str] = ("stem", "layer1"),
     output_stride: int = 8,
 ) -> nn.Module:
-    """Build a segmentation model by name, load its starting weights, freeze early stages.
+    """Build a segmentation model by name, with its ImageNet backbone if asked, and freeze early stages.
 
     Args:
         name: a key of ``MODELS``.
         num_classes: output channels of the classifier (and aux classifier).
-        pretrained: ``"none"`` (random init), ``"imagenet"`` (ImageNet backbone through
-            torchvision's weights API or timm; downloads into their caches when online), or the
-            path of a cityseg checkpoint (to fine-tune from), a full-model state dict, or a
-            backbone state dict (``.pth``/``.pt`` or ``.safetensors``).
+        pretrained: ``"none"`` (random init) or ``"imagenet"`` (ImageNet backbone through
+            torchvision's weights API or timm; downloads into their caches when online). Starting
+            weights from a file: :func:`cityseg.checkpoint.build_starting_model`.
         aux_head: add the auxiliary FCN head; the model then also returns ``"aux"``.
         freeze: backbone stages whose parameters stay fixed (see the module docstring).
         output_stride: 8, 16 or 32 for the ResNet and ConvNeXt models; ignored by the others,
@@ -503,14 +493,14 @@ def build_model(
         The model in train mode, with ``requires_grad=False`` on the frozen stages.
 
     Raises:
-        CitysegError: unknown name or stage, bad output stride, weights unavailable or not fitting.
+        CitysegError: unknown name or stage, bad output stride, pretrained neither none nor
+            imagenet, ImageNet weights unavailable.
     """
     check_model_name(name)
-    if pretrained not in ("none", "imagenet") and not Path(pretrained).is_file():
-        raise CitysegError(f"model.pretrained={pretrained!r}: no such file; expected imagenet, none or a weights file")
+    if pretrained not in PRETRAINED:
+        raise CitysegError(f"pretrained={pretrained!r}: build_model takes none or imagenet "
+                           "(weights files load through cityseg.checkpoint.build_starting_model)")
     model, stages = MODELS[name](num_classes, aux_head, output_stride, pretrained == "imagenet")
-    if pretrained not in ("none", "imagenet"):
-        load_pretrained(model, Path(pretrained), name)
     freeze_stages(model, stages, freeze, name)
     return model
 
@@ -553,108 +543,12 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-# --- pretrained=PATH ----------------------------------------------------------------------------
-
-
-def load_pretrained(model: nn.Module, path: Path, model_name: str) -> None:
-    """Load starting weights from ``path`` into ``model`` (built as ``model_name``).
-
-    Accepted files: a cityseg checkpoint (``{"format": "cityseg", "model": ...}``; must hold the
-    same model), a full-model state dict (keys start with ``backbone.``), or a backbone state dict
-    such as an ImageNet classifier's (its head's keys are reported and ignored). Keys lose their
-    ``module.``/``_orig_mod.`` prefixes. Missing and unexpected keys are logged.
-
-    Raises:
-        CitysegError: unreadable file, another model's checkpoint, no matching key, or a shape mismatch.
-    """
-    from cityseg.engine.checkpoint import checkpoint_model_name, strip_prefixes
-
-    raw = _read_weights(path)
-    if raw.get("format") == "cityseg":
-        found = checkpoint_model_name(raw)
-        if found != model_name:
-            raise CitysegError(f"{path}: checkpoint holds model {found!r}, but model.name is {model_name!r}")
-        raw = raw["model"]
-    elif isinstance(raw.get("state_dict"), dict):  # common wrapper of other training tools
-        raw = raw["state_dict"]
-    state = strip_prefixes({k: v for k, v in raw.items() if isinstance(v, torch.Tensor)})
-    if any(k.startswith("backbone.") for k in state):
-        load_state(model, state, path)
-    else:
-        load_state(model.backbone, _to_backbone_keys(state, model.backbone), path, what="backbone")
-
-
-def _read_weights(path: Path) -> dict:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path), device="cpu")
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip, safetensors and OS errors: all "not a weights file"
-        raise CitysegError(f"{path}: not a readable weights file ({_first_line(exc)})") from None
-    if not isinstance(obj, dict):
-        raise CitysegError(f"{path}: holds a {type(obj).__name__}, not a checkpoint or state dict")
-    return obj
-
-
-def _to_backbone_keys(state: dict[str, torch.Tensor], backbone: nn.Module) -> dict[str, torch.Tensor]:
-    """Rename a classification model's keys to our backbone's where they differ.
-
-    torchvision MobileNetV3 keeps its blocks under ``features.`` (our backbone is ``features``
-    itself); timm's ``features_only`` wrapper flattens ``stem.0``/``stages.0`` to ``stem_0``/``stages_0``.
-    Keys that already match are kept as they are.
-    """
-    own = set(backbone.state_dict())
-    out = {}
-    for key, value in state.items():
-        if key not in own:
-            alt = re.sub(r"^(stem|stages)\.(\d+)\.", r"\1_\2.", re.sub(r"^features\.", "", key))
-            key = alt if alt in own else key
-        out[key] = value
-    return out
-
-
-def load_state(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str = "model") -> None:
-    """Copy the tensors of ``state`` into ``module`` by name, checking shapes; log what did not match.
-
-    Raises:
-        CitysegError: no key matches at all, or a matching key has another shape (names the key).
-    """
-    own = module.state_dict()
-    shared = [k for k in state if k in own]
-    if not shared:
-        raise CitysegError(
-            f"{path}: none of its {len(state)} tensors fits the {what} (its keys look like "
-            f"{_examples(state)}; the {what}'s like {_examples(own)})"
-        )
-    for key in shared:
-        if state[key].shape != own[key].shape:
-            raise CitysegError(
-                f"{path}: tensor {key} has shape {tuple(state[key].shape)}, the {what} needs {tuple(own[key].shape)}"
-            )
-    result = module.load_state_dict({k: state[k] for k in shared}, strict=False)
-    unexpected = [k for k in state if k not in own]
-    log.info("loaded %d tensors from %s into the %s", len(shared), path, what)
-    if result.missing_keys:
-        log.warning("%s: %d %s tensors not in the file, left as initialised: %s",
-                    path, len(result.missing_keys), what, _examples(result.missing_keys, 8))
-    if unexpected:
-        log.warning("%s: %d tensors ignored (not in the %s): %s", path, len(unexpected), what, _examples(unexpected, 8))
-
-
-def _examples(keys, n: int = 3) -> str:
-    keys = list(keys)
-    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
-
-
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "MODELS",
+    "PRETRAINED",
     "build_model",
+    "check_model_name",
     "count_parameters",
     "freeze_stages",
-    "load_pretrained",
     "set_frozen_bn_eval",
 ]

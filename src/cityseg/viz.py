@@ -23,7 +23,7 @@ from matplotlib.patches import Patch
 
 from cityseg import labels
 from cityseg.errors import CitysegError
-from cityseg.models import IMAGENET_MEAN, IMAGENET_STD
+from cityseg.imaging import denormalize
 from cityseg.utils import atomic_path
 
 ERROR_COLOR = (255, 0, 0)  # wrong pixels in the error map
@@ -31,11 +31,16 @@ CORRECT_COLOR = (235, 235, 235)  # right pixels: light grey, so red and black (i
 ArrayLike = np.ndarray | torch.Tensor
 
 
-def to_rgb_uint8(image: ArrayLike) -> np.ndarray:
+def to_rgb_uint8(image: ArrayLike, *, normalized: bool | None = None) -> np.ndarray:
     """Any image the pipeline holds -> (H, W, 3) uint8 RGB for drawing.
 
-    Accepts (H, W, 3) or (3, H, W), numpy or torch; uint8 as is, float either ImageNet-normalised
-    (the model input; undone here) or in [0, 1] when all values lie there.
+    Accepts (H, W, 3) or (3, H, W), numpy or torch. uint8 is taken as it is; a float image must say
+    what it holds: ``normalized=True`` for ImageNet-normalised model input (undone here),
+    ``normalized=False`` for RGB in [0, 1]. (Guessing from the value range misread light
+    normalised images, whose values all lie in [0, 1], as unnormalised.)
+
+    Raises:
+        ValueError: not an RGB image; a float image without ``normalized``; uint8 with ``normalized=True``.
     """
     x = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if x.ndim != 3 or 3 not in (x.shape[0], x.shape[-1]):
@@ -43,10 +48,15 @@ def to_rgb_uint8(image: ArrayLike) -> np.ndarray:
     if x.shape[-1] != 3:
         x = np.moveaxis(x, 0, -1)
     if x.dtype == np.uint8:
+        if normalized:
+            raise ValueError("a uint8 image cannot be normalised; pass normalized=False or leave it out")
         return np.ascontiguousarray(x)
+    if normalized is None:
+        raise ValueError(f"{x.dtype} image: say normalized=True (ImageNet-normalised model input) "
+                         "or normalized=False (RGB in [0, 1])")
     x = x.astype(np.float32)
-    if x.min() < 0 or x.max() > 1:  # normalised model input
-        x = x * np.asarray(IMAGENET_STD, np.float32) + np.asarray(IMAGENET_MEAN, np.float32)
+    if normalized:
+        x = denormalize(torch.from_numpy(x), dim=-1).numpy()
     return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
@@ -57,12 +67,14 @@ def _label_map(ids: ArrayLike) -> np.ndarray:
     return x.astype(np.uint8)  # trainIds and IGNORE_INDEX fit; colorize indexes a 256-entry table
 
 
-def overlay(image: ArrayLike, train_ids: ArrayLike, alpha: float = 0.5) -> np.ndarray:
+def overlay(
+    image: ArrayLike, train_ids: ArrayLike, alpha: float = 0.5, *, normalized: bool | None = None
+) -> np.ndarray:
     """Blend the palette colours of (H, W) trainIds over an image -> (H, W, 3) uint8.
 
-    Ignore pixels keep the image as it is.
+    ``image`` and ``normalized``: as :func:`to_rgb_uint8`. Ignore pixels keep the image as it is.
     """
-    rgb = to_rgb_uint8(image).astype(np.float32)
+    rgb = to_rgb_uint8(image, normalized=normalized).astype(np.float32)
     ids = _label_map(train_ids)
     colour = labels.colorize(ids).astype(np.float32)
     a = np.where(ids == labels.IGNORE_INDEX, 0.0, alpha)[..., None]
@@ -93,17 +105,20 @@ def save_panel(
     gt: ArrayLike | Sequence[ArrayLike],
     pred: ArrayLike | Sequence[ArrayLike],
     names: Sequence[str] | None = None,
+    *,
+    normalized: bool | None = None,
 ) -> Path:
     """Write a PNG of image | ground truth | prediction | errors, one row per frame.
 
     Args:
         path: output PNG (written atomically).
-        image: (3, H, W) or (H, W, 3) image, or a list of them (one row each); uint8 or
-            float (normalised or [0, 1]). Resized to the label size when it differs (validation
-            at ``data.val_size`` scores labels at full size).
+        image: (3, H, W) or (H, W, 3) image, or a list of them (one row each); uint8, or float
+            with ``normalized`` saying which kind (:func:`to_rgb_uint8`). Resized to the label
+            size when it differs (validation at ``data.val_size`` scores labels at full size).
         gt: (H, W) trainIds ground truth (IGNORE_INDEX where not evaluated), or a list.
         pred: (H, W) trainIds prediction, or a list.
         names: optional frame names, shown in the row titles.
+        normalized: required for float images: True for ImageNet-normalised model input.
 
     A legend below lists the classes present in any ground truth or prediction shown; the error
     column's title gives each frame's pixel accuracy over evaluated pixels.
@@ -125,7 +140,7 @@ def save_panel(
         acc = float((g == p)[valid].mean()) if valid.any() else float("nan")
         title = f"{names[r]}: " if names else ""
         tiles = [
-            (_resize_rgb(to_rgb_uint8(img), g.shape), f"{title}image"),
+            (_resize_rgb(to_rgb_uint8(img, normalized=normalized), g.shape), f"{title}image"),
             (labels.colorize(g), "ground truth"),
             (labels.colorize(p), "prediction"),
             (error_map(g, p), f"errors (pixel acc {acc:.1%})"),

@@ -28,9 +28,9 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from cityseg.device import resolve_device
     from cityseg.errors import CitysegError
     from cityseg.inference.benchmark import benchmark_input, format_results, run_benchmark
-    from cityseg.inference.runtime import resolve_device
     from cityseg.utils import atomic_path, parse_size, writable_file
 
     if args.repeats < 1:
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 def _model(args: argparse.Namespace):
     """(model in eval mode on the CPU, its name) from --checkpoint or --model."""
     if args.checkpoint:
-        from cityseg.engine.checkpoint import load_model
+        from cityseg.checkpoint import load_model
 
         model, cfg = load_model(args.checkpoint, "cpu")
         return model, f"{cfg.model.name} ({args.checkpoint})"

@@ -58,7 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from cityseg.config import check_value
     from cityseg.errors import CitysegError
-
     from cityseg.utils import writable_dir, writable_file
 
     check_value(args.boundary_tolerance, "eval.boundary_tolerance", "--boundary-tolerance")
@@ -99,8 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def report(counts: Any, json_path: str | None, plots_dir: str | None) -> dict[str, Any]:
-    """Print the table; write the JSON (the scores and :func:`cityseg.metrics.confusion_json`) and
-    the plots when asked. Returns the scores."""
+    """Print the table, write the JSON (scores, :func:`cityseg.metrics.confusion_json`) and plots if asked."""
     import json
 
     from cityseg import metrics

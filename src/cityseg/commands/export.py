@@ -21,15 +21,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cityseg.engine.checkpoint import load_model
+    from cityseg.checkpoint import load_model
     from cityseg.errors import CitysegError
-    from cityseg.inference.export import DEFAULT_OPSET, export_onnx
+    from cityseg.inference.onnx import DEFAULT_OPSET, export_onnx
+    from cityseg.utils import writable_file
 
     opset = args.opset if args.opset is not None else DEFAULT_OPSET
     if not 13 <= opset <= 23:
         raise CitysegError(f"--opset {opset}: valid 13-23 (18 or newer for the dynamo exporter)")
-    from cityseg.utils import writable_file
-
     writable_file(args.onnx, "--onnx")
     model, cfg = load_model(args.checkpoint, "cpu")
     print(f"cityseg export: {cfg.model.name} from {args.checkpoint}", file=sys.stderr)

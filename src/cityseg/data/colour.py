@@ -123,12 +123,13 @@ def _codes(rgb: np.ndarray) -> np.ndarray:
 
 
 @functools.cache
-def _confident_lut() -> np.ndarray:
+def confident_lut() -> np.ndarray:
     """(2**24,) uint8: palette index of every confident RGB colour, _NO_COLOUR elsewhere.
 
     Built once per process (a fraction of a second) by testing only the RGB box around each palette
     colour that can reach the confidence ellipsoid, so that classifying an image's
-    confident pixels is one table lookup.
+    confident pixels is one table lookup. Called before forking worker processes, it is built once
+    and shared by them (``cityseg prepare``).
     """
     lut = np.full(1 << 24, _NO_COLOUR, np.uint8)
     reach = int(np.ceil(CONFIDENT_LUMA * (1 + 1.8 / CHROMA_WEIGHT)))  # bounds |dR|, |dG|, |dB|
@@ -301,7 +302,7 @@ def recover_palette_index(rgb: np.ndarray, source_size: tuple[int, int] = CITYSC
         raise ValueError(f"expected (H, W, 3|4) uint8 colours, got {rgb.shape} {rgb.dtype}")
     h, w = rgb.shape[:2]
     flat = rgb[..., :3].reshape(-1, 3)
-    idx = _confident_lut()[_codes(flat)]  # (H*W,) palette index of confident pixels, _NO_COLOUR elsewhere
+    idx = confident_lut()[_codes(flat)]  # (H*W,) palette index of confident pixels, _NO_COLOUR elsewhere
     exact = (idx != _NO_COLOUR) & (PALETTE[np.minimum(idx, _N - 1)] == flat).all(1)
     known = rgb[..., 3].reshape(-1) != 0 if rgb.shape[2] == 4 else np.ones(h * w, bool)
     idx[~known] = _NO_COLOUR
@@ -327,11 +328,11 @@ MIN_PALETTE_SHARE = 0.5
 def palette_share(rgb: np.ndarray) -> float:
     """Share of the pixels of a (H, W, 3|4) uint8 image whose colour is near a palette colour.
 
-    "Near" is the confidence distance of step 1 of the recovery (:func:`_confident_lut`), so the
+    "Near" is the confidence distance of step 1 of the recovery (:func:`confident_lut`), so the
     share is that of pixels the recovery keeps without unmixing. Pixels with alpha 0 are left out;
     1.0 when no pixel is left.
     """
-    near = _confident_lut()[_codes(rgb[..., :3])] != _NO_COLOUR
+    near = confident_lut()[_codes(rgb[..., :3])] != _NO_COLOUR
     if rgb.shape[2] == 4:
         near = near[rgb[..., 3] != 0]
     return float(near.mean()) if near.size else 1.0

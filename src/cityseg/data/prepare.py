@@ -35,7 +35,7 @@ from pathlib import Path
 
 from cityseg import layout
 from cityseg.data import formats
-from cityseg.data.colour import MIN_PALETTE_SHARE, ColourStats, palette_share
+from cityseg.data.colour import MIN_PALETTE_SHARE, ColourStats, confident_lut, palette_share
 from cityseg.errors import CitysegError
 from cityseg.utils import atomic_path, read_image, save_png
 
@@ -374,9 +374,7 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto", s
     if workers > 1 and len(jobs) > 1:
         import multiprocessing
 
-        from cityseg.data.colour import _confident_lut
-
-        _confident_lut()  # build the colour table once; forked workers share it
+        confident_lut()  # build the colour table once; forked workers share it
         pool = multiprocessing.Pool(min(workers, len(jobs)))
         results = pool.imap_unordered(_run_job_star, todo, chunksize=1)
     else:

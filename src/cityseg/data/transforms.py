@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as nnf
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
@@ -36,17 +37,57 @@ from torchvision.transforms.v2 import functional as F
 from cityseg.config import DataConfig
 from cityseg.errors import CitysegError
 from cityseg.labels import IGNORE_INDEX
-from cityseg.models import IMAGENET_MEAN, IMAGENET_STD
+from cityseg.imaging import IMAGENET_MEAN, IMAGENET_STD
 from cityseg.utils import parse_size
 
 #: Default padding values: masks get the ignore label, images black (0 before normalisation).
 DEFAULT_FILL: dict[type | str, int] = {tv_tensors.Mask: IGNORE_INDEX, "others": 0}
 
-# The resamplers behind F.resize (bilinear antialias for images, nearest-exact for masks).
-# Called as aten ops because F.interpolate accepts an output size *or* a scale factor, and we
-# need both: the size of the window we keep and the scale of the full-frame resize it stands in for.
-_resample_aa = torch.ops.aten._upsample_bilinear2d_aa
-_resample_nearest = torch.ops.aten._upsample_nearest_exact2d
+
+def resample_aa_on_grid(region: torch.Tensor, size: tuple[int, int], scales: tuple[float, float]) -> torch.Tensor:
+    """Bilinear antialias resampling of ``region`` (N, C, h, w) to ``size`` (H, W) samples placed on the
+    grid of a full-frame resize by ``scales`` (H, W): output ``i`` is centred on source ``(i + 0.5) / scale - 0.5``.
+
+    The kernel of ``F.interpolate(mode="bilinear", antialias=True)`` and ``F.resize``, called
+    directly: the public calls take an output size *or* a scale, and a window needs both (the
+    scale places the samples on the full frame's grid, the size says how many the window keeps).
+    With the scale alone ``interpolate`` makes ``floor(w * scale)`` samples, one fewer than the
+    window needs where it ends on the frame's right or bottom edge (208 of 300 such windows of a
+    2048x1024 frame, scales 0.5-2), and the antialias kernel has no padding that would give that
+    last sample exactly (it renormalises its weights over the pixels inside the image).
+
+    Measured (the pipelines of benchmarks/bench_transforms.py, one thread, 8 real frames, 4 passes,
+    two rounds): a training sample costs 1.05-1.11x the decode floor with this call, the same with
+    ``interpolate(scale_factor=...)`` where it can stand in (it is the same kernel), and 1.38-1.47x
+    with the public resize-the-frame-then-crop (v2 ``ScaleJitter`` + ``RandomCrop``); issue 4's
+    target is <= 1.2x. So the one private call stays, here, for exactness rather than speed.
+    """
+    return torch.ops.aten._upsample_bilinear2d_aa(region, list(size), False, scales[0], scales[1])
+
+
+def resample_nearest_on_grid(mask: torch.Tensor, size: tuple[int, int], scales: tuple[float, float]) -> torch.Tensor:
+    """Nearest-exact (pixel-centre) resampling of ``mask`` (N, 1, h, w) to ``size`` (H, W) samples on the
+    grid of a full-frame resize by ``scales``: ``F.interpolate(mode="nearest-exact")``.
+
+    ``interpolate`` with a scale gives ``floor(h * scale)`` samples; where the window needs more
+    (its end on the frame's edge), the mask is first extended by copies of its last row/column,
+    which is exactly what those samples read (nearest-exact clamps to the last pixel).
+    """
+    need_h = _length_for(mask.shape[-2], scales[0], size[0])
+    need_w = _length_for(mask.shape[-1], scales[1], size[1])
+    if need_h > mask.shape[-2]:
+        mask = torch.cat([mask, mask[..., -1:, :].expand(*mask.shape[:-2], need_h - mask.shape[-2], -1)], dim=-2)
+    if need_w > mask.shape[-1]:
+        mask = torch.cat([mask, mask[..., -1:].expand(*mask.shape[:-1], need_w - mask.shape[-1])], dim=-1)
+    out = nnf.interpolate(mask, scale_factor=scales, mode="nearest-exact", recompute_scale_factor=False)
+    return out[..., : size[0], : size[1]]
+
+
+def _length_for(length: int, scale: float, samples: int) -> int:
+    """The smallest source length >= ``length`` of which ``interpolate`` makes >= ``samples`` samples."""
+    while int(length * scale) < samples:  # interpolate's output size: input size * scale, truncated
+        length += 1
+    return length
 
 
 @dataclass(frozen=True)
@@ -212,7 +253,7 @@ def _resample_image(image: torch.Tensor, rows: _AxisPlan, cols: _AxisPlan) -> to
     if not dtype.is_floating_point and not (dtype == torch.uint8 and region.device.type == "cpu"):
         region = region.float()
     # scales: the full-frame factors, so sample centres land where F.resize would put them
-    out = _resample_aa(region, [rows.resample_len, cols.resample_len], False, rows.scale, cols.scale)
+    out = resample_aa_on_grid(region, (rows.resample_len, cols.resample_len), (rows.scale, cols.scale))
     out = out[..., rows.offset :, cols.offset :].contiguous()
     if out.dtype != dtype:
         out = out.round_().to(dtype)
@@ -222,10 +263,10 @@ def _resample_image(image: torch.Tensor, rows: _AxisPlan, cols: _AxisPlan) -> to
 def _resample_mask(mask: torch.Tensor, rows: _AxisPlan, cols: _AxisPlan) -> torch.Tensor:
     """Nearest-neighbour (pixel-centre) resample of the planned source region of a (..., H, W) mask."""
     if mask.dtype == torch.uint8 and mask.device.type == "cpu":
-        # aten's nearest-exact kernel: 2x faster than the gather below, which it equals (tested)
+        # the nearest-exact kernel: 2x faster than the gather below, which it equals (tested)
         region = mask[..., rows.src_lo : rows.src_hi, cols.src_lo : cols.src_hi]
         batch = region.reshape(-1, 1, *region.shape[-2:])
-        out = _resample_nearest(batch, [rows.resample_len, cols.resample_len], rows.scale, cols.scale)
+        out = resample_nearest_on_grid(batch, (rows.resample_len, cols.resample_len), (rows.scale, cols.scale))
         out = out[..., rows.offset :, cols.offset :]
         return out.reshape(*region.shape[:-2], *out.shape[-2:])
     return mask.index_select(-2, rows.nearest().to(mask.device)).index_select(-1, cols.nearest().to(mask.device))

@@ -1,4 +1,4 @@
-"""Everything ``train()`` builds before its loop: device, threads and seeds, data loaders, model
+"""Everything ``train()`` builds before its loop: threads and seeds, data loaders, model
 (channels_last, SyncBatchNorm, DDP, compile), loss, optimiser, and the :class:`Engine` that says
 how one optimiser step runs (mixed precision, gradient accumulation, clipping).
 """
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from cityseg.checkpoint import build_starting_model
 from cityseg.config import Config
 from cityseg.data import synthetic
 from cityseg.data.dataset import CityscapesDataset
@@ -25,7 +26,7 @@ from cityseg.engine import distributed as D
 from cityseg.engine.schedule import SCHEDULES
 from cityseg.errors import CitysegError
 from cityseg.losses import build_loss
-from cityseg.models import build_model, check_model_name
+from cityseg.models import check_model_name
 
 #: Values of ``train.amp`` (see :func:`build_engine`).
 AMP_MODES = ("auto", "bf16", "fp16", "none")
@@ -54,17 +55,6 @@ class Engine:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         images = images.to(self.device, non_blocking=True, memory_format=fmt)
         return images, targets.to(self.device, non_blocking=True).long()
-
-
-def resolve_device(kind: str) -> torch.device:
-    """``auto`` -> CUDA when available else CPU; ``cuda`` without a GPU is an error."""
-    if kind not in ("auto", "cpu", "cuda"):
-        raise CitysegError(f"--device {kind!r}: valid: auto, cpu, cuda")
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise CitysegError("--device cuda: no CUDA device is available (use --device cpu)")
-    return D.local_device(kind)
 
 
 def setup_torch(cfg: Config, dev: torch.device) -> None:
@@ -148,7 +138,7 @@ def micro_batch_size(cfg: Config) -> int:
 
 def build_train_model(cfg: Config, dev: torch.device) -> tuple[nn.Module, nn.Module]:
     """Return ``(model to call, bare model)``: channels_last, SyncBatchNorm, DDP and compile as configured."""
-    core = build_model(
+    core = build_starting_model(
         cfg.model.name,
         pretrained=cfg.model.pretrained,
         aux_head=cfg.model.aux_head,

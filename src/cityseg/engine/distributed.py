@@ -1,51 +1,24 @@
-"""Distributed state from the torchrun environment (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``).
+"""The DDP process group: join, reduce, gather, leave; rank info from :mod:`cityseg.device`.
 
-``torchrun --nproc_per_node=N -m cityseg train ...`` sets those variables (and the rendezvous
-``MASTER_ADDR``/``MASTER_PORT``); a plain ``cityseg train`` sees none of them and runs as a
+``torchrun --nproc_per_node=N -m cityseg train ...`` sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``
+and the rendezvous ``MASTER_ADDR``/``MASTER_PORT``; a plain ``cityseg train`` sees none of them and runs as a
 single process with every helper here a no-op. NCCL is the backend on GPUs, gloo on the CPU.
 Multi-node runs use torchrun's own rendezvous; nothing here is node-aware beyond ``LOCAL_RANK``.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 
-
-@dataclass(frozen=True)
-class DistInfo:
-    """Where this process sits in the job."""
-
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def env_info() -> DistInfo:
-    """Read the torchrun variables; a plain launch gives rank 0 of 1."""
-    return DistInfo(
-        rank=int(os.environ.get("RANK", 0)),
-        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-        world_size=int(os.environ.get("WORLD_SIZE", 1)),
-    )
+from cityseg.device import DistInfo, env_info
 
 
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group when launched by torchrun (NCCL on CUDA, gloo otherwise).
 
     On CUDA each process takes GPU ``LOCAL_RANK``; the caller should build its device as
-    ``cuda:LOCAL_RANK`` (see :func:`local_device`).
+    ``cuda:LOCAL_RANK`` (:func:`cityseg.device.resolve_device` does).
     """
     info = env_info()
     if info.distributed and not dist.is_initialized():
@@ -54,13 +27,6 @@ def init_distributed(device: torch.device) -> DistInfo:
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
     return info
-
-
-def local_device(kind: str) -> torch.device:
-    """``cuda:LOCAL_RANK`` for ``kind == "cuda"``, else the CPU."""
-    if kind == "cuda":
-        return torch.device("cuda", env_info().local_rank)
-    return torch.device("cpu")
 
 
 def is_dist() -> bool:

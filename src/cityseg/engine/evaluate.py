@@ -21,14 +21,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cityseg import layout, metrics
+from cityseg.checkpoint import load_model
 from cityseg.config import Config, apply_overrides, config_from_dict
 from cityseg.data.dataset import CityscapesDataset
 from cityseg.data.synthetic import data_root
 from cityseg.data.transforms import build_transforms
-from cityseg.engine.checkpoint import load_model
+from cityseg.device import resolve_device
 from cityseg.engine.evaluator import Evaluator
 from cityseg.inference.predict import predict_logits
-from cityseg.inference.runtime import resolve_device
 from cityseg.labels import NUM_CLASSES, train_ids_to_label_ids
 from cityseg.utils import parse_scales, parse_size, save_png
 

@@ -63,11 +63,11 @@ class Evaluator:
         dev = self.device
         # the lookup tables of cityseg.metrics, as tensors on the device
         self._train_to_id = torch.from_numpy(TRAIN_ID_TO_ID[:NUM_CLASSES].astype(np.int64)).to(dev)
-        self._is_eval = torch.from_numpy(metrics._IS_EVAL[:_L].copy()).to(dev)
-        self._train_of_id = torch.from_numpy(metrics._TRAIN_OF_ID[:_L].astype(np.int64)).to(dev)
-        self._avg_size = torch.from_numpy(metrics._AVG_SIZE_OF_ID.copy()).to(dev)
-        self._pred_cat = torch.from_numpy(metrics._PRED_INST_CAT[:_L].astype(np.int64)).to(dev)
-        self._gt_cat = torch.from_numpy(metrics._GT_INST_CAT.astype(np.int64)).to(dev)
+        self._is_eval = torch.from_numpy(metrics.IS_EVAL_ID[:_L].copy()).to(dev)
+        self._train_of_id = torch.from_numpy(metrics.TRAIN_ID_OF_ID[:_L].astype(np.int64)).to(dev)
+        self._avg_size = torch.from_numpy(metrics.AVG_SIZE_OF_ID.copy()).to(dev)
+        self._pred_cat = torch.from_numpy(metrics.PRED_INSTANCE_CATEGORY[:_L].astype(np.int64)).to(dev)
+        self._gt_cat = torch.from_numpy(metrics.GT_INSTANCE_CATEGORY.astype(np.int64)).to(dev)
         self._offsets = metrics.disk_offsets(boundary_tolerance) if boundary_tolerance is not None else []
         # On the CPU the numpy counting of cityseg.metrics (sparse pixel lists) is ~50x faster than
         # these dense tensor operations; both follow one definition and are tested equal.

@@ -277,6 +277,7 @@ class RunLog:
             [t.numpy() for t in targets],
             [p.numpy() for p in preds],
             names=[f"epoch {epoch}, {name}" for name in names],
+            normalized=True,
         )
 
     def finish(self, state: Any) -> dict[str, Any]:

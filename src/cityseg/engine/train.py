@@ -28,7 +28,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from cityseg.checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    load_model_state,
+    restore_rng,
+    save_checkpoint,
+    strip_prefixes,
+)
 from cityseg.config import Config
+from cityseg.device import resolve_device
 from cityseg.engine import distributed as D
 from cityseg.engine.build import (
     Engine,
@@ -39,18 +48,9 @@ from cityseg.engine.build import (
     build_train_model,
     check_names,
     resolve_data_root,
-    resolve_device,
     seed_everything,
     setup_torch,
     steps_per_epoch,
-)
-from cityseg.engine.checkpoint import (
-    capture_rng,
-    load_checkpoint,
-    load_model_state,
-    restore_rng,
-    save_checkpoint,
-    strip_prefixes,
 )
 from cityseg.engine.evaluator import Evaluator
 from cityseg.engine.runlog import Progress, RunLog, lock_run_dir, prepare_run_dir, unlock_run_dir

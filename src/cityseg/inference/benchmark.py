@@ -21,8 +21,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from cityseg.data.synthetic import render_frame
 from cityseg.errors import CitysegError
-from cityseg.inference.runtime import BASELINE, PATHS, available_paths, build_runner, default_path
+from cityseg.inference.runtime import (
+    BASELINE,
+    PATHS,
+    available_paths,
+    build_runner,
+    cpu_flags,
+    default_path,
+    runner_input,
+)
+from cityseg.utils import read_image
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +88,6 @@ def cpu_peak() -> dict[str, Any]:
     """
     import os
 
-    from cityseg.inference.runtime import cpu_flags
-
     flags = cpu_flags()
     info = _cpuinfo_fields()
     amd = "AuthenticAMD" in info.get("vendor_id", "")
@@ -121,29 +129,21 @@ def floor(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> dict
 
 
 def benchmark_input(size: tuple[int, int], image: Path | None = None) -> torch.Tensor:
-    """A (1, 3, H, W) normalised float32 input of ``size`` (W, H): ``image`` resized, else a synthetic frame.
+    """A (1, 3, H, W) uint8 RGB input of ``size`` (W, H): ``image`` resized, else a synthetic frame.
 
     A street scene rather than noise, so that agreement is measured on the kind of input the
     model is for (on noise a trained model's logits are near ties everywhere).
     """
     from PIL import Image
 
-    from cityseg.models import IMAGENET_MEAN, IMAGENET_STD
-    from cityseg.utils import read_image
-
     w, h = size
     if image is not None:
         rgb = read_image(image, "RGB")
     else:
-        from cityseg.data.synthetic import render_frame
-
         rgb = render_frame(seed=0, split="val", index=0, size=(w, h))[0]
     if rgb.shape[:2] != (h, w):
         rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
-    x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float().div_(255)[None]  # np.array: a writable copy
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None]  # np.array: a writable copy
 
 
 def run_benchmark(
@@ -159,7 +159,8 @@ def run_benchmark(
 
     Args:
         model: a cityseg model (eval mode, fp32, on the CPU); each path gets its own copy.
-        x: (1, 3, H, W) float32 normalised input.
+        x: (1, 3, H, W) uint8 RGB input (:func:`benchmark_input`); each path gets it in the space it
+            takes (:func:`cityseg.inference.runtime.runner_input`): torch normalised, onnxruntime as pixels.
         device: ``cpu`` or ``cuda``.
         paths: names from :data:`~cityseg.inference.runtime.PATHS`; the baseline is always timed.
         repeats: timed rounds after ``warmup`` untimed calls per path.
@@ -182,19 +183,20 @@ def run_benchmark(
             raise CitysegError(f"path {name!r} is not available on {device.type} here; available: {', '.join(available)}")
     default = default_path(device)
     names = [BASELINE] + [n for n in dict.fromkeys(wanted + [default]) if n != BASELINE]
-    runners, setup_s, outputs = {}, {}, {}
+    runners, inputs, setup_s, outputs = {}, {}, {}, {}
     for name in names:
         start = time.perf_counter()
         runners[name] = build_runner(name, model, device)
+        inputs[name] = runner_input(runners[name], x)
         for _ in range(max(1, warmup)):  # compiled paths compile here
-            outputs[name] = runners[name](x).cpu()
+            outputs[name] = runners[name](inputs[name]).cpu()
         setup_s[name] = time.perf_counter() - start
         if progress:
             progress(f"{name}: ready in {setup_s[name]:.1f} s")
     times: dict[str, list[float]] = {n: [] for n in names}
     for round_ in range(repeats):
         for name in names:
-            ms, _ = _timed(lambda: runners[name](x), device)
+            ms, _ = _timed(lambda: runners[name](inputs[name]), device)
             times[name].append(ms)
         if progress:
             progress(f"round {round_ + 1}/{repeats}: " + ", ".join(f"{n} {times[n][-1]:.0f} ms" for n in names))

@@ -131,7 +131,7 @@ def write_outputs(
         save_png(pred, out / "trainIds" / f"{stem}.png")
         save_png(labels.train_ids_to_label_ids(pred), out / "labelIds" / f"{stem}.png")
         save_png(labels.colorize(pred), out / "color" / f"{stem}.png")
-        save_png(overlay(image, pred), out / "overlay" / f"{stem}.png")
+        save_png(overlay(image, pred, normalized=False), out / "overlay" / f"{stem}.png")
         if gt_index is not None:
             write_panel(out, stem, image, pred, gt_index)
     except CitysegError as exc:
@@ -160,4 +160,4 @@ def write_panel(out: Path, stem: str, image: np.ndarray, pred: np.ndarray, gt_in
             f"{gt_index[key]}: ground truth is {gt.shape[1]}x{gt.shape[0]}, the image {pred.shape[1]}x{pred.shape[0]} "
             "(WxH); panel not written"
         )
-    save_panel(out / "panel" / f"{stem}.png", image, gt, pred, names=[key])
+    save_panel(out / "panel" / f"{stem}.png", image, gt, pred, names=[key], normalized=False)

@@ -1,10 +1,12 @@
-"""Inference: whole-image and sliding-window prediction with test-time augmentation.
+"""Inference: whole-image and sliding-window prediction with test-time augmentation, and the
+:class:`Predictor` API that ``cityseg predict`` and embedding code use.
 
 :func:`predict_logits` is the one inference routine: ``cityseg evaluate --checkpoint``,
-``cityseg predict`` and :class:`~cityseg.inference.predictor.Predictor` all call it. It takes
-any callable that maps normalised ``(N, 3, h, w)`` float images to logits (a cityseg model, whose
-forward returns ``{"out": ...}``, or one of the runners of :mod:`cityseg.inference.runners`) and
-returns averaged softmax probabilities at the input size.
+``cityseg predict`` and :class:`Predictor` all call it. It takes any callable that maps
+``(N, 3, h, w)`` images to logits (a cityseg model, whose forward returns ``{"out": ...}``, or one
+of the runners of :mod:`cityseg.inference.runtime`) and returns averaged softmax probabilities at
+the input size. The images are in the space the callable takes (:func:`~cityseg.inference.runtime.input_space`):
+ImageNet-normalised floats for torch, the RGB pixels for onnxruntime, whose graph normalises them.
 
 Sliding windows follow mmsegmentation's ``slide_inference``: windows of ``crop`` every
 ``stride``, the last row and column shifted back to end at the image border, so every window has
@@ -17,16 +19,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cityseg.checkpoint import load_model
+from cityseg.config import Config, CRFConfig, apply_overrides, config_from_dict
+from cityseg.device import resolve_device
 from cityseg.errors import CitysegError
-
-if TYPE_CHECKING:
-    from cityseg.config import Config, CRFConfig
+from cityseg.imaging import normalize
+from cityseg.inference.crf import check_available, crf_labels
+from cityseg.inference.onnx import OrtRunner, ort_session, verify_onnx
+from cityseg.inference.runtime import build_runner, runner_input, select_path
+from cityseg.utils import parse_scales, parse_size
 
 #: Anything that maps (N, 3, h, w) float images to (N, C, h, w) logits or ``{"out": logits}``.
 LogitsFn = Callable[[torch.Tensor], "torch.Tensor | dict[str, torch.Tensor]"]
@@ -106,11 +112,12 @@ def _sliding_probs(
 
 
 def _scaled(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """``images`` resized bilinearly by ``scale`` (uint8 pixels become float32 0-255 to be resized)."""
     if scale == 1.0:
         return images
     h, w = images.shape[-2:]
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False)
 
 
 def predict_logits(
@@ -126,8 +133,9 @@ def predict_logits(
     """Class probabilities of ``images``, averaged over scales, flips and sliding windows.
 
     Args:
-        model: a cityseg model in eval mode (or any callable from normalised images to logits).
-        images: (N, 3, H, W) float32, normalised with ImageNet mean/std, on the model's device.
+        model: a cityseg model in eval mode, or any callable from images to logits (a runner).
+        images: (N, 3, H, W) on the model's device, in the space ``model`` takes: float32 normalised
+            with ImageNet mean/std, or RGB pixels (uint8 or float32 0-255) for a PIXELS runner.
         mode: ``"whole"`` (one pass per image) or ``"sliding"`` (windows of ``crop``).
         crop: sliding-window size (width, height); clipped to the (scaled) image.
         stride: sliding-window step (width, height); at most ``crop``.
@@ -212,8 +220,6 @@ class Predictor:
         if batch_size < 1:
             raise CitysegError(f"batch size {batch_size}: must be >= 1")
         if crf is not None:
-            from cityseg.inference.crf import check_available
-
             check_available()
         self.runner = runner
         self.path = path  #: the inference path (see cityseg.inference.runtime.PATHS)
@@ -235,8 +241,6 @@ class Predictor:
         input size compiles (~30 s for DeepLabV3-ResNet50 on 2 cores, cached on disk); pass
         ``runtime="torch"`` to skip compilation for a few images.
         """
-        from cityseg.inference.runtime import build_runner, resolve_device, select_path
-
         dev = resolve_device(device)
         path = select_path(dev, precision, runtime)
         return cls(build_runner(path, model, dev), path, **options)
@@ -246,25 +250,19 @@ class Predictor:
         cls, path: str | Path, device: str = "auto", precision: str = "auto", runtime: str = "auto", **options
     ) -> Predictor:
         """Load a cityseg checkpoint (CitysegError if it is not one) -> Predictor; see :meth:`from_model`."""
-        from cityseg.engine.checkpoint import load_model
-
         model, _ = load_model(path, "cpu")
         return cls.from_model(model, device, precision, runtime, **options)
 
     @classmethod
     def from_onnx(cls, path: str | Path, threads: int | None = None, device: str = "cpu", **options) -> Predictor:
-        """Load a model written by ``cityseg export`` and run it with onnxruntime (fp32)."""
-        from cityseg.inference.export import verify_onnx
-        from cityseg.inference.runtime import OrtRunner, ort_session
-        from cityseg.models import IMAGENET_MEAN, IMAGENET_STD
-
+        """Load a model written by ``cityseg export`` (checked by :func:`~cityseg.inference.onnx.verify_onnx`)
+        and run it with onnxruntime (fp32) on the uint8 pixels."""
         verify_onnx(path)
-        runner = OrtRunner(ort_session(path, threads, device), IMAGENET_MEAN, IMAGENET_STD)
-        return cls(runner, "onnxruntime", **options)
+        return cls(OrtRunner(ort_session(path, threads, device)), "onnxruntime", **options)
 
     def probabilities(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """(N, C, H, W) float32 probabilities of N same-size (H, W, 3) uint8 RGB images (on the CPU)."""
-        x = to_input(images, self.device)
+        x = runner_input(self.runner, stack_rgb(images, self.device))
         return predict_logits(self.runner, x, **self.options).cpu()
 
     def predict(self, image: np.ndarray) -> np.ndarray:
@@ -289,8 +287,6 @@ class Predictor:
 
     def _labels(self, probs: np.ndarray, image: np.ndarray) -> np.ndarray:
         if self.crf is not None:
-            from cityseg.inference.crf import crf_labels
-
             return crf_labels(probs, image, self.crf)
         return probs.argmax(0).astype(np.uint8)
 
@@ -327,16 +323,11 @@ def load_predictor(
         CitysegError: not a cityseg checkpoint or ONNX file, an ONNX model with bf16 or a torch
             runtime, or an option that does not parse.
     """
-    from cityseg.config import Config, apply_overrides, config_from_dict
-    from cityseg.utils import parse_scales, parse_size
-
     if onnx:
         if precision == "bf16" or runtime not in ("auto", "onnxruntime"):
             raise CitysegError("--onnx runs with onnxruntime in fp32; drop --precision bf16 / --runtime")
         model, cfg = None, Config()
     else:
-        from cityseg.engine.checkpoint import load_model
-
         model, cfg = load_model(checkpoint, "cpu")
     if overrides:
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), list(overrides)), name=cfg.name)
@@ -363,12 +354,12 @@ def check_rgb(image: np.ndarray, what: str = "image") -> None:
                            f"{shape} {getattr(image, 'dtype', '')}")
 
 
+def stack_rgb(images: Sequence[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
+    """N same-size (H, W, 3) uint8 RGB arrays -> one (N, 3, H, W) uint8 tensor on ``device`` (a channels-last view)."""
+    batch = torch.from_numpy(np.stack([np.ascontiguousarray(im) for im in images])).to(device)
+    return batch.permute(0, 3, 1, 2)
+
+
 def to_input(images: Sequence[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
     """N same-size (H, W, 3) uint8 RGB arrays -> (N, 3, H, W) float32 normalised with ImageNet mean/std."""
-    from cityseg.models import IMAGENET_MEAN, IMAGENET_STD
-
-    batch = torch.from_numpy(np.stack([np.ascontiguousarray(im) for im in images])).to(device)
-    x = batch.permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous()
+    return normalize(stack_rgb(images, device)).contiguous()

@@ -1,11 +1,14 @@
-"""Execution paths of a model: device and precision choice, torch and onnxruntime runners.
+"""Execution paths of a model: precision choice, torch and onnxruntime runners.
 
-A *runner* is a callable ``(N, 3, h, w) float32 normalised images -> (N, C, h, w) float32
-logits`` that hides how the model runs: eager or ``torch.compile``d torch in fp32 or under bf16
-autocast, NCHW or channels_last, or an onnxruntime session. A *path* (:data:`PATHS`) names one
-such configuration; :func:`default_path` is the one ``cityseg predict`` uses, chosen by the
-measurements in BENCHMARKS.md. :func:`cityseg.inference.predict.predict_logits` takes any
-runner, so sliding windows and test-time augmentation work the same on every path.
+A *runner* is a callable ``(N, 3, h, w) images -> (N, C, h, w) float32 logits`` that hides how
+the model runs: eager or ``torch.compile``d torch in fp32 or under bf16 autocast, NCHW or
+channels_last, or an onnxruntime session. Its ``input_space`` says which images it takes
+(:func:`input_space`): torch runners and bare models take ImageNet-normalised float32, the
+onnxruntime runner the RGB pixels (its graph normalises them), so an image is normalised once.
+A *path* (:data:`PATHS`) names one such configuration; :func:`default_path` is the one
+``cityseg predict`` uses, chosen by the measurements in BENCHMARKS.md.
+:func:`cityseg.inference.predict.predict_logits` takes any runner, so sliding windows and
+test-time augmentation work the same on every path.
 
 Why bf16 only where the CPU has it natively: without ``avx512_bf16`` or AMX, oneDNN emulates
 bf16 with fp32 arithmetic plus conversions, which is slower than fp32 and still loses precision.
@@ -20,14 +23,15 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from cityseg.errors import CitysegError
+from cityseg.imaging import NORMALIZED, PIXELS, normalize
+from cityseg.inference.onnx import OrtRunner, onnx_bytes, ort_session
+from cityseg.labels import NUM_CLASSES
 
 PRECISIONS = ("auto", "fp32", "bf16")
-DEVICES = ("auto", "cpu", "cuda")
 
 #: /proc/cpuinfo flags that mean native bf16 dot products (Zen 4+, Cooper Lake, Sapphire Rapids+).
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -57,17 +61,6 @@ def cpu_has_native_bf16() -> bool:
     if any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS):
         return True
     return "AMX" in torch.backends.cpu.get_cpu_capability()
-
-
-def resolve_device(kind: str = "auto") -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu. Raises CitysegError for cuda without a GPU."""
-    if kind not in DEVICES:
-        raise CitysegError(f"device {kind!r}; valid: {', '.join(DEVICES)}")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise CitysegError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(kind)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -124,8 +117,6 @@ def keep_fp32_ends(model: nn.Module) -> list[str]:
     Returns:
         The qualified names of the wrapped convolutions.
     """
-    from cityseg.labels import NUM_CLASSES
-
     wrapped = []
     for parent_name, parent in list(model.named_modules()):
         if isinstance(parent, Fp32):  # already wrapped: calling twice changes nothing
@@ -158,6 +149,8 @@ class TorchRunner:
             convolutions, weights pre-packed for oneDNN). Compiles on the first call of each input
             shape, which takes minutes on a small CPU.
     """
+
+    input_space = NORMALIZED  # ImageNet-normalised float32 (cityseg.imaging.normalize)
 
     def __init__(
         self,
@@ -205,67 +198,15 @@ class TorchRunner:
         return f"torch{' compiled' if self.compiled else ''} {self.precision} {layout} on {self.device}"
 
 
-def ort_session(model: str | os.PathLike | bytes, threads: int | None = None, device: str = "cpu"):
-    """An onnxruntime InferenceSession with every graph optimisation on.
-
-    Args:
-        model: an .onnx file or its bytes.
-        threads: intra-op threads; None uses torch's thread count (so both paths use the same cores).
-        device: ``"cpu"``, or ``"cuda"`` to prefer the CUDA execution provider where installed.
-
-    Raises:
-        CitysegError: onnxruntime is not installed, or the file is not a loadable ONNX model.
-    """
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise CitysegError("onnxruntime is not installed; pip install 'cityseg[onnx]'") from None
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise here
-    providers = ["CPUExecutionProvider"]
-    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    try:
-        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=providers)
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
-        name = "the exported model" if isinstance(model, bytes) else str(model)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CitysegError(f"{name}: not a loadable ONNX model ({first})") from None
+def input_space(runner) -> str:
+    """The images ``runner`` takes: :data:`~cityseg.imaging.PIXELS` (RGB 0-255, uint8 or float32) or
+    :data:`~cityseg.imaging.NORMALIZED` (float32; any callable without an ``input_space``, e.g. a model)."""
+    return getattr(runner, "input_space", NORMALIZED)
 
 
-class OrtRunner:
-    """Run an ONNX model through onnxruntime as a runner.
-
-    Two input kinds are accepted: the uint8 RGB ``image`` input of ``cityseg export`` (the
-    normalised floats are mapped back to 0-255 and rounded: exact at scale 1, within half a
-    grey level after a TTA resize), or a float input that takes normalised images as they are.
-    The first output (``logits``) is returned.
-    """
-
-    def __init__(self, session, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        self.session = session
-        inp = session.get_inputs()[0]
-        self.input_name = inp.name
-        self.uint8 = "uint8" in inp.type
-        self.output_name = session.get_outputs()[0].name
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std).view(1, 3, 1, 1) * 255
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, h, w) float32 normalised -> (N, C, h, w) float32 logits (on the CPU)."""
-        x = x.detach().cpu().float()
-        if self.uint8:
-            feed = (x * self.std + self.mean).round_().clamp_(0, 255).to(torch.uint8).numpy()
-        else:
-            feed = np.ascontiguousarray(x.numpy())
-        (logits,) = self.session.run([self.output_name], {self.input_name: feed})
-        return torch.from_numpy(logits).float()
-
-    def describe(self) -> str:
-        return f"onnxruntime {'/'.join(self.session.get_providers())}"
+def runner_input(runner, batch: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) uint8 RGB -> the input ``runner`` takes: the same pixels, or normalised float32."""
+    return batch if input_space(runner) == PIXELS else normalize(batch).contiguous()
 
 
 # --- inference paths -----------------------------------------------------------------------------
@@ -332,12 +273,9 @@ def build_runner(name: str, model: nn.Module, device: torch.device):
         raise CitysegError(f"unknown inference path {name!r}; valid: {', '.join(PATHS)}")
     model = copy.deepcopy(model).eval()
     if name == "onnxruntime":
-        from cityseg.inference.export import onnx_bytes
-        from cityseg.models import IMAGENET_MEAN, IMAGENET_STD
-
         # the TorchScript exporter: seconds instead of the dynamo exporter's half minute, an equivalent graph
         data, _ = onnx_bytes(model, exporter="torchscript")
-        return OrtRunner(ort_session(data, device=device.type), IMAGENET_MEAN, IMAGENET_STD)
+        return OrtRunner(ort_session(data, device=device.type))
     precision, channels_last, compiled = _TORCH_PATHS[name]
     return TorchRunner(model, device, precision, channels_last, compiled)
 

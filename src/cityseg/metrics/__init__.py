@@ -74,11 +74,14 @@ DEFAULT_BOUNDARY_TOLERANCE: int = 2
 _ID_BITS = MAX_LABEL_ID.bit_length()  # label ids fit in this many bits: pair keys are gt << bits | pred
 _PRED_MASK = (1 << _ID_BITS) - 1
 
-_IS_EVAL = np.zeros(256, dtype=bool)  # label id -> scored (a train class)
-_IS_EVAL[EVAL_IDS] = True
+#: label id (0-255) -> scored (a train class). This and the tables below are public for the torch
+#: Evaluator (cityseg.engine.evaluator), which counts with them on the device.
+IS_EVAL_ID = np.zeros(256, dtype=bool)
+IS_EVAL_ID[EVAL_IDS] = True
 
-_TRAIN_OF_ID = np.full(256, -1, dtype=np.intp)  # label id -> trainId, -1 for void
-_TRAIN_OF_ID[EVAL_IDS] = np.arange(NUM_CLASSES)
+#: label id (0-255) -> trainId, -1 for void.
+TRAIN_ID_OF_ID = np.full(256, -1, dtype=np.intp)
+TRAIN_ID_OF_ID[EVAL_IDS] = np.arange(NUM_CLASSES)
 
 
 #: Per category (CATEGORIES order): label ids of its scored classes (category IoU merges these).
@@ -102,18 +105,18 @@ INSTANCE_CATEGORY_IDS: tuple[tuple[int, ...] | None, ...] = tuple(_instance_cate
 #: trainIds of the classes that have instances (iIoU is defined for them only).
 INSTANCE_CLASSES: tuple[int, ...] = tuple(lb.train_id for lb in TRAIN_LABELS if lb.has_instances)
 
-# label id -> instance weight numerator (official average size), NaN for labels not scored by iIoU
-_AVG_SIZE_OF_ID = np.full(NUM_IDS, np.nan)
+#: label id -> instance weight numerator (official average size), NaN for labels not scored by iIoU.
+AVG_SIZE_OF_ID = np.full(NUM_IDS, np.nan)
 for _t in INSTANCE_CLASSES:
-    _AVG_SIZE_OF_ID[EVAL_IDS[_t]] = AVG_CLASS_SIZE[CLASS_NAMES[_t]]
-# label id -> index into CATEGORIES of its instance category; predictions use -1, instances -2
-# for "none" so that two "none"s never match.
-_PRED_INST_CAT = np.full(256, -1, dtype=np.intp)
-_GT_INST_CAT = np.full(NUM_IDS, -2, dtype=np.intp)
+    AVG_SIZE_OF_ID[EVAL_IDS[_t]] = AVG_CLASS_SIZE[CLASS_NAMES[_t]]
+#: label id -> index into CATEGORIES of its instance category, for predictions (-1: none) and
+#: ground-truth instances (-2: none, so that two "none"s never match).
+PRED_INSTANCE_CATEGORY = np.full(256, -1, dtype=np.intp)
+GT_INSTANCE_CATEGORY = np.full(NUM_IDS, -2, dtype=np.intp)
 for _k, _ids in enumerate(INSTANCE_CATEGORY_IDS):
     if _ids is not None:
-        _PRED_INST_CAT[list(_ids)] = _k
-        _GT_INST_CAT[[i for i in _ids if _IS_EVAL[i]]] = _k
+        PRED_INSTANCE_CATEGORY[list(_ids)] = _k
+        GT_INSTANCE_CATEGORY[[i for i in _ids if IS_EVAL_ID[i]]] = _k
 assert all(LABEL_BY_NAME[name].has_instances for name in AVG_CLASS_SIZE)
 
 
@@ -244,17 +247,17 @@ def instance_counts(pred_ids: np.ndarray, instance_ids: np.ndarray) -> np.ndarra
     label = ids // INSTANCE_OFFSET
     size = np.bincount(ids, weights=lengths)
     hit = np.bincount(ids, weights=lengths * (pred == label), minlength=size.size)
-    cat_hit = np.bincount(ids, weights=lengths * (_PRED_INST_CAT[pred] == _GT_INST_CAT[label]), minlength=size.size)
+    cat_hit = np.bincount(ids, weights=lengths * (PRED_INSTANCE_CATEGORY[pred] == GT_INSTANCE_CATEGORY[label]), minlength=size.size)
     inst_id = np.flatnonzero(size)
     inst_label = inst_id // INSTANCE_OFFSET
-    weight = _AVG_SIZE_OF_ID[inst_label] / size[inst_id]
+    weight = AVG_SIZE_OF_ID[inst_label] / size[inst_id]
     scored = ~np.isnan(weight)
     inst_id, inst_label, weight = inst_id[scored], inst_label[scored], weight[scored]
     n, tp, cat_tp = size[inst_id], hit[inst_id], cat_hit[inst_id]
-    cls = _TRAIN_OF_ID[inst_label]
+    cls = TRAIN_ID_OF_ID[inst_label]
     out[0, :NUM_CLASSES] = np.bincount(cls, weights=tp * weight, minlength=NUM_CLASSES)
     out[1, :NUM_CLASSES] = np.bincount(cls, weights=(n - tp) * weight, minlength=NUM_CLASSES)
-    cat = _GT_INST_CAT[inst_label]
+    cat = GT_INSTANCE_CATEGORY[inst_label]
     in_cat = cat >= 0
     k = len(CATEGORIES)
     out[0, NUM_CLASSES:] = np.bincount(cat[in_cat], weights=(cat_tp * weight)[in_cat], minlength=k)
@@ -314,7 +317,7 @@ def _boundary_from_key(
     for first, step in ((horizontal, 1), (vertical, w)):
         k1, k2 = key[first], key[first + step]
         g1, g2 = k1 >> _ID_BITS, k2 >> _ID_BITS
-        take = _IS_EVAL[g1] & _IS_EVAL[g2]
+        take = IS_EVAL_ID[g1] & IS_EVAL_ID[g2]
         p1, p2 = k1 & _PRED_MASK, k2 & _PRED_MASK
         pairs.append((np.compress(take, first), step, *(np.compress(take, a) for a in (p1, p2, g1, g2))))
     r = int(tolerance)
@@ -328,7 +331,7 @@ def _boundary_from_key(
             ends += [differ, differ + step]
         pos = _sorted_unique(np.concatenate(ends))
         lab = key[pos] >> _ID_BITS if side else key[pos] & _PRED_MASK
-        scored = _IS_EVAL[lab]
+        scored = IS_EVAL_ID[lab]
         pos, lab = np.compress(scored, pos), np.compress(scored, lab).astype(np.uint8)
         pos += (pos // w) * (2 * r) + r * (padded_w + 1)  # index into the image padded by r on every side
         # 0: no boundary, else label id + 1

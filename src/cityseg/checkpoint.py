@@ -1,6 +1,12 @@
-"""One checkpoint dict, written atomically by rank 0 and read back with ``weights_only=True``.
+"""Every weights file cityseg reads or writes.
 
-Keys: ``format`` ("cityseg"), ``version`` (1), ``config`` (``Config.to_dict()``), ``model``
+* The cityseg checkpoint: one dict, written atomically by rank 0 and read back with
+  ``weights_only=True`` (:func:`save_checkpoint`, :func:`load_checkpoint`, :func:`load_model`).
+* Starting weights for training (``model.pretrained=PATH``): a cityseg checkpoint, a full-model
+  state dict or a backbone state dict, ``.pt``/``.pth`` or ``.safetensors``
+  (:func:`build_starting_model`, :func:`load_pretrained`).
+
+Checkpoint keys: ``format`` ("cityseg"), ``version`` (1), ``config`` (``Config.to_dict()``), ``model``
 (state dict without ``module.``/``_orig_mod.`` prefixes), ``optimizer``, ``scheduler``,
 ``scaler``, ``epoch`` (completed epochs), ``step`` (optimiser steps), ``rng``, ``best_miou``,
 ``metrics`` (the last epoch's record).
@@ -12,9 +18,11 @@ That is why the numpy and Python RNG states are converted to tensors and lists h
 
 from __future__ import annotations
 
+import logging
 import pickle
 import random
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from cityseg.errors import CitysegError
+from cityseg import labels
+from cityseg.config import Config, config_from_dict
+from cityseg.errors import CitysegError, first_line
+from cityseg.models import PRETRAINED, build_model, check_model_name
 from cityseg.utils import atomic_path
+
+log = logging.getLogger(__name__)
 
 FORMAT = "cityseg"
 VERSION = 1
@@ -57,7 +70,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                                "numbers and strings; cityseg never executes checkpoint code") from None
         raise CitysegError(f"{path}: not a readable cityseg checkpoint (not a PyTorch file, or damaged)") from None
     except Exception as exc:  # noqa: BLE001 - the weights-only unpickler raises KeyError, IndexError, ... on garbage
-        raise CitysegError(f"{path}: not a readable cityseg checkpoint ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise CitysegError(f"{path}: not a readable cityseg checkpoint ({type(exc).__name__}: {first_line(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CitysegError(f"{path}: not a cityseg checkpoint (no format={FORMAT!r} key; written by another tool?)")
     if ckpt.get("version") != VERSION:
@@ -67,11 +80,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CitysegError(f"{path}: tensor {bad} holds NaN or infinite values; a usable checkpoint holds "
                            "finite weights only")
     return ckpt
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def require_model(ckpt: dict[str, Any], path: str | Path) -> None:
@@ -130,18 +138,14 @@ def load_model_state(model: nn.Module, ckpt: dict[str, Any], path: str | Path, e
     try:
         target.load_state_dict(strip_prefixes(ckpt["model"]), strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CitysegError(f"{path}: weights do not fit model {expected_name!r} ({first})") from None
+        raise CitysegError(f"{path}: weights do not fit model {expected_name!r} ({first_line(exc)})") from None
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config]:
     """Rebuild the model a checkpoint was trained with, load its weights, return ``(model.eval(), Config)``.
 
     The model is built with ``pretrained="none"``: the checkpoint already holds every weight.
     """
-    from cityseg.config import config_from_dict
-    from cityseg.models import build_model
-
     ckpt = load_checkpoint(path, map_location="cpu")
     require_model(ckpt, path)
     raw = dict(ckpt["config"])
@@ -155,6 +159,125 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     )
     load_model_state(model, ckpt, path, cfg.model.name)
     return model.to(device).eval(), cfg
+
+
+# --- starting weights: model.pretrained=PATH -----------------------------------------------------
+
+
+def build_starting_model(
+    name: str,
+    num_classes: int = labels.NUM_CLASSES,
+    pretrained: str = "none",
+    aux_head: bool = False,
+    freeze: Sequence[str] = ("stem", "layer1"),
+    output_stride: int = 8,
+) -> nn.Module:
+    """The model a training run starts from: :func:`cityseg.models.build_model` (same arguments), where
+    ``pretrained`` may also be the path of a weights file, loaded by :func:`load_pretrained`.
+
+    Raises:
+        CitysegError: as build_model; the file is missing, unreadable or does not fit the model.
+    """
+    if pretrained in PRETRAINED:
+        return build_model(name, num_classes, pretrained, aux_head, freeze, output_stride)
+    check_model_name(name)
+    if not Path(pretrained).is_file():
+        raise CitysegError(f"model.pretrained={pretrained!r}: no such file; expected imagenet, none or a weights file")
+    model = build_model(name, num_classes, "none", aux_head, freeze, output_stride)
+    load_pretrained(model, Path(pretrained), name)  # frozen parameters are loaded too (load_state_dict copies)
+    return model
+
+
+def load_pretrained(model: nn.Module, path: Path, model_name: str) -> None:
+    """Load starting weights from ``path`` into ``model`` (built as ``model_name``).
+
+    Accepted files: a cityseg checkpoint (``{"format": "cityseg", "model": ...}``; must hold the
+    same model), a full-model state dict (keys start with ``backbone.``), or a backbone state dict
+    such as an ImageNet classifier's (its head's keys are reported and ignored). Keys lose their
+    ``module.``/``_orig_mod.`` prefixes. Missing and unexpected keys are logged.
+
+    Raises:
+        CitysegError: unreadable file, another model's checkpoint, no matching key, or a shape mismatch.
+    """
+    raw = _read_weights(path)
+    if raw.get("format") == "cityseg":
+        found = checkpoint_model_name(raw)
+        if found != model_name:
+            raise CitysegError(f"{path}: checkpoint holds model {found!r}, but model.name is {model_name!r}")
+        raw = raw["model"]
+    elif isinstance(raw.get("state_dict"), dict):  # common wrapper of other training tools
+        raw = raw["state_dict"]
+    state = strip_prefixes({k: v for k, v in raw.items() if isinstance(v, torch.Tensor)})
+    if any(k.startswith("backbone.") for k in state):
+        load_state(model, state, path)
+    else:
+        load_state(model.backbone, _to_backbone_keys(state, model.backbone), path, what="backbone")
+
+
+def _read_weights(path: Path) -> dict:
+    """The dict in a ``.safetensors`` file, or in a ``.pt``/``.pth`` file read with ``weights_only=True``."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip, safetensors and OS errors: all "not a weights file"
+        raise CitysegError(f"{path}: not a readable weights file ({first_line(exc)})") from None
+    if not isinstance(obj, dict):
+        raise CitysegError(f"{path}: holds a {type(obj).__name__}, not a checkpoint or state dict")
+    return obj
+
+
+def _to_backbone_keys(state: dict[str, torch.Tensor], backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename a classification model's keys to our backbone's where they differ.
+
+    torchvision MobileNetV3 keeps its blocks under ``features.`` (our backbone is ``features``
+    itself); timm's ``features_only`` wrapper flattens ``stem.0``/``stages.0`` to ``stem_0``/``stages_0``.
+    Keys that already match are kept as they are.
+    """
+    own = set(backbone.state_dict())
+    out = {}
+    for key, value in state.items():
+        if key not in own:
+            alt = re.sub(r"^(stem|stages)\.(\d+)\.", r"\1_\2.", re.sub(r"^features\.", "", key))
+            key = alt if alt in own else key
+        out[key] = value
+    return out
+
+
+def load_state(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str = "model") -> None:
+    """Copy the tensors of ``state`` into ``module`` by name, checking shapes; log what did not match.
+
+    Raises:
+        CitysegError: no key matches at all, or a matching key has another shape (names the key).
+    """
+    own = module.state_dict()
+    shared = [k for k in state if k in own]
+    if not shared:
+        raise CitysegError(
+            f"{path}: none of its {len(state)} tensors fits the {what} (its keys look like "
+            f"{_examples(state)}; the {what}'s like {_examples(own)})"
+        )
+    for key in shared:
+        if state[key].shape != own[key].shape:
+            raise CitysegError(
+                f"{path}: tensor {key} has shape {tuple(state[key].shape)}, the {what} needs {tuple(own[key].shape)}"
+            )
+    result = module.load_state_dict({k: state[k] for k in shared}, strict=False)
+    unexpected = [k for k in state if k not in own]
+    log.info("loaded %d tensors from %s into the %s", len(shared), path, what)
+    if result.missing_keys:
+        log.warning("%s: %d %s tensors not in the file, left as initialised: %s",
+                    path, len(result.missing_keys), what, _examples(result.missing_keys, 8))
+    if unexpected:
+        log.warning("%s: %d tensors ignored (not in the %s): %s", path, len(unexpected), what, _examples(unexpected, 8))
+
+
+def _examples(keys, n: int = 3) -> str:
+    keys = list(keys)
+    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
 
 
 # --- RNG states ------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""ONNX export: uint8 RGB in, logits and trainIds out, normalisation inside the graph.
+"""ONNX: export (uint8 RGB in, logits and trainIds out, normalisation inside the graph), the checksum
+that guards an exported file, and running a file with onnxruntime (:class:`OrtRunner`).
 
 The exported graph (:class:`ExportWrapper`):
 
@@ -27,8 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from cityseg.errors import CitysegError
-from cityseg.utils import atomic_path
+from cityseg.errors import CitysegError, first_line
+from cityseg.imaging import PIXELS, mean_std, normalize
+from cityseg.utils import atomic_path, read_image
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +48,13 @@ class ExportWrapper(nn.Module):
         image: (N, 3, H, W) uint8 RGB. Returns ``(logits (N, C, H, W) float32, labels (N, H, W) uint8)``.
     """
 
-    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
         # scaled to 0-255 so the graph does one subtract and one divide on the uint8 input
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+        mean, std = mean_std(scale=255.0, ndim=4)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = (image.float() - self.mean) / self.std
@@ -73,9 +76,7 @@ class ExportReport:
 
 def wrap_for_export(model: nn.Module) -> ExportWrapper:
     """``model`` (eval mode, CPU, fp32) inside :class:`ExportWrapper` with ImageNet mean/std."""
-    from cityseg.models import IMAGENET_MEAN, IMAGENET_STD
-
-    return ExportWrapper(model.float().cpu().eval(), IMAGENET_MEAN, IMAGENET_STD).eval()
+    return ExportWrapper(model.float().cpu().eval()).eval()
 
 
 def _example(height: int = 64, width: int = 96) -> torch.Tensor:
@@ -133,7 +134,7 @@ def onnx_bytes(model: nn.Module, opset: int = DEFAULT_OPSET, exporter: str = "au
             check_dynamic(data, wrapper)
             return data, name
         except Exception as exc:  # exporter internals raise many types; any failure means "try the next"
-            reason = f"{name} exporter: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            reason = f"{name} exporter: {first_line(exc)}"
             log.warning("ONNX export failed with the %s", reason)
     raise CitysegError(f"ONNX export failed ({reason})")
 
@@ -176,11 +177,11 @@ def verify_onnx(path: str | os.PathLike) -> None:
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf DecodeError, OSError, ...
-        raise CitysegError(f"{path}: not an ONNX model ({_first_line(exc)})") from None
+        raise CitysegError(f"{path}: not an ONNX model ({first_line(exc)})") from None
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx.checker.ValidationError and protobuf errors
-        raise CitysegError(f"{path}: damaged or invalid ONNX model ({_first_line(exc)})") from None
+        raise CitysegError(f"{path}: damaged or invalid ONNX model ({first_line(exc)})") from None
     recorded = {p.key: p.value for p in model.metadata_props}.get(CHECKSUM_KEY)
     if recorded is None:
         log.warning("%s: carries no cityseg checksum (not written by cityseg export); its weights cannot be verified",
@@ -190,15 +191,8 @@ def verify_onnx(path: str | os.PathLike) -> None:
                            "export it again from the checkpoint")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def check_dynamic(data: bytes, wrapper: ExportWrapper, sizes: tuple[tuple[int, int], ...] = ((96, 64), (80, 112))) -> None:
     """Run the serialised model at two (W, H) sizes and batch sizes 1 and 2; raise if shapes or labels are off."""
-    from cityseg.inference.runtime import ort_session
-
     session = ort_session(data, threads=1)
     for batch, (w, h) in enumerate(sizes, start=1):
         image = torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(w))
@@ -237,9 +231,6 @@ def export_onnx(
         CitysegError: export failed, a check image is unreadable, or agreement < ``min_agreement``
             (then no file is written).
     """
-    from cityseg.inference.runtime import ort_session
-    from cityseg.utils import read_image
-
     path = Path(path)
     data, used = onnx_bytes(model, opset, exporter)
     data = stamp_checksum(data)
@@ -260,3 +251,73 @@ def export_onnx(
     except OSError as exc:
         raise CitysegError(f"{path}: cannot write ({exc.strerror or exc})") from None
     return ExportReport(path, used, opset, worst, [name for name, _ in results])
+
+
+# --- running an ONNX file ----------------------------------------------------------------------
+
+
+def ort_session(model: str | os.PathLike | bytes, threads: int | None = None, device: str = "cpu"):
+    """An onnxruntime InferenceSession with every graph optimisation on.
+
+    Args:
+        model: an .onnx file or its bytes.
+        threads: intra-op threads; None uses torch's thread count (so both paths use the same cores).
+        device: ``"cpu"``, or ``"cuda"`` to prefer the CUDA execution provider where installed.
+
+    Raises:
+        CitysegError: onnxruntime is not installed, or the file is not a loadable ONNX model.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise CitysegError("onnxruntime is not installed; pip install 'cityseg[onnx]'") from None
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise here
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
+        name = "the exported model" if isinstance(model, bytes) else str(model)
+        raise CitysegError(f"{name}: not a loadable ONNX model ({first_line(exc)})") from None
+
+
+class OrtRunner:
+    """Run an ONNX model through onnxruntime as a runner that takes RGB pixels (``input_space`` PIXELS).
+
+    It is handed the image as RGB values 0-255: uint8 as read, or float32 after a test-time
+    resize. Two graph inputs are accepted: the uint8 RGB ``image`` input of ``cityseg export``
+    (which normalises inside the graph: uint8 goes in as it is, resized floats are rounded), or a
+    float input that takes ImageNet-normalised images (normalised here). The first output
+    (``logits``) is returned.
+    """
+
+    input_space = PIXELS
+
+    def __init__(self, session) -> None:
+        self.session = session
+        inp = session.get_inputs()[0]
+        self.input_name = inp.name
+        self.uint8 = "uint8" in inp.type
+        self.output_name = session.get_outputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, h, w) RGB 0-255, uint8 or float32 -> (N, C, h, w) float32 logits (on the CPU)."""
+        (logits,) = self.session.run([self.output_name], {self.input_name: self.feed(x)})
+        return torch.from_numpy(logits).float()
+
+    def feed(self, x: torch.Tensor) -> np.ndarray:
+        """The graph's input array for RGB values ``x``: uint8 pixels, or normalised float32."""
+        x = x.detach().cpu()
+        if self.uint8:
+            pixels = x if x.dtype == torch.uint8 else x.float().round_().clamp_(0, 255).to(torch.uint8)
+            return np.ascontiguousarray(pixels.numpy())
+        unit = x if x.dtype == torch.uint8 else x.float() / 255  # normalize() takes uint8 or 0-1 floats
+        return np.ascontiguousarray(normalize(unit).numpy())
+
+    def describe(self) -> str:
+        return f"onnxruntime {'/'.join(self.session.get_providers())}"
