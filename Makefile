@@ -2,6 +2,10 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# A machine without a GPU: make TORCH_INDEX=https://download.pytorch.org/whl/cpu test
+# (pip then takes torch and torchvision's CPU-only builds, not the multi-GB CUDA ones)
+TORCH_INDEX ?=
+PIP_INSTALL := $(BIN)/pip install -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
 .PHONY: demo test test-long install install-test clean
 
@@ -12,11 +16,11 @@ $(BIN)/python:
 SOURCES := pyproject.toml setup.py src/cityseg/data/_unfilter.c
 
 $(VENV)/.installed: $(SOURCES) | $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(PIP_INSTALL) -e .
 	touch $@
 
 $(VENV)/.installed-test: $(SOURCES) | $(BIN)/python
-	$(BIN)/pip install -q -e ".[test]"
+	$(PIP_INSTALL) -e ".[test]"
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed

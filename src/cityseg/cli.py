@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "predict": "cityseg.commands.predict",
     "export": "cityseg.commands.export",
     "benchmark": "cityseg.commands.benchmark",
+    "report": "cityseg.commands.report",
+    "completion": "cityseg.commands.completion",
 }
 
 
