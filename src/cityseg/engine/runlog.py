@@ -27,7 +27,7 @@ from cityseg.errors import CitysegError
 from cityseg.utils import atomic_path
 
 #: What a run writes into its folder; ``--force`` removes exactly these, nothing else.
-RUN_ARTEFACTS = ("config.yaml", "metrics.jsonl", "checkpoints", "tb", "curves.png", "panels.png")
+RUN_ARTEFACTS = ("config.yaml", "metrics.jsonl", "checkpoints", "tb", "curves.png", "panels.png", "report.html")
 #: The run folder's lock file (see :func:`lock_run_dir`); it is no artefact and never removed.
 LOCK_FILE = ".lock"
 _HELD_LOCKS: set[int] = set()  # file descriptors of the run-folder locks this process holds
