@@ -381,3 +381,30 @@ def test_odd_but_valid_inputs_succeed(w, capsys, tmp_path):
         assert "Traceback" not in err
     assert (tmp_path / "pred").is_dir() and len(list((tmp_path / "pred").rglob("*.png"))) >= 3
     assert json.loads((tmp_path / "new folder" / "scores.json").read_text())["miou"] >= 0
+
+
+@pytest.mark.parametrize(
+    "module, argv, message",
+    [
+        ("onnx", "export --checkpoint {good} --onnx {t}/x.onnx",
+         'ONNX export needs onnx, which is not installed; pip install "cityseg[onnx]"'),
+        ("onnxruntime", "export --checkpoint {good} --onnx {t}/x.onnx --exporter torchscript",
+         'ONNX export needs onnxruntime, which is not installed; pip install "cityseg[onnx]"'),
+        ("pydensecrf", "predict --checkpoint {good} {img} --out {t}/oc --crf --runtime torch --precision fp32",
+         '--crf needs pydensecrf2, which is not installed; pip install "cityseg[crf]"'),
+        ("optuna", "sweep --out {t}/swx --trials 1",
+         'a sweep needs optuna, which is not installed; pip install "cityseg[sweep]"'),
+    ],
+)
+def test_a_missing_extra_is_one_line_naming_what_to_install(module, argv, message, w, capsys, monkeypatch):
+    import sys
+
+    for name in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    args = [a.format(**w) for a in argv.split()]
+    rc, _, err = run_cli(args, capsys)
+    assert rc == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"cityseg {args[0]}: error: "), err
+    assert last.endswith(message), last

@@ -66,7 +66,7 @@ def test_crf_without_pairwise_terms_is_the_network_argmax():
 
 def test_crf_missing_package_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)  # makes the import raise ImportError
-    with pytest.raises(CitysegError, match=r"pip install 'cityseg\[crf\]'"):
+    with pytest.raises(CitysegError, match=r'--crf needs pydensecrf2, which is not installed; pip install "cityseg\[crf\]"'):
         crf.check_available()
     image, truth = two_regions()
     with pytest.raises(CitysegError, match="pydensecrf2"):

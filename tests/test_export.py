@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -107,6 +109,40 @@ def test_export_cli_writes_checked_file_and_predict_runs_it(tmp_path, checkpoint
     got = np.asarray(Image.open(out / "trainIds" / "photo.png"))
     expected = tiny_model()(to_input([rgb(64, 96, seed=5)]))["out"].argmax(1)[0].numpy()
     assert (got == expected).mean() >= 0.999
+    # self-describing: classes, palette, input and the checkpoint's config travel in the metadata
+    from cityseg import __version__
+    from cityseg.inference.onnx import read_metadata
+
+    meta = read_metadata(onnx_path)
+    assert meta["cityseg.classes"] == list(labels.CLASS_NAMES) and meta["cityseg.dataset"] == "cityscapes"
+    assert meta["cityseg.palette"][0] == [128, 64, 128] and len(meta["cityseg.palette"]) == labels.NUM_CLASSES
+    assert meta["cityseg.input"]["dtype"] == "uint8" and meta["cityseg.input"]["mean"] == [0.485, 0.456, 0.406]
+    assert meta["cityseg.config"]["model"]["name"] == "cityseg_tiny" and meta["cityseg.version"] == __version__
+
+
+def test_predict_refuses_an_onnx_file_of_other_classes(tmp_path, checkpoint, capsys):
+    import onnx
+
+    from cityseg.inference.onnx import CHECKSUM_KEY, _graph_digest
+
+    path = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint), "--onnx", str(path), "--exporter", "torchscript"]) == 0
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == "cityseg.classes":
+            prop.value = json.dumps([f"class{i}" for i in range(labels.NUM_CLASSES)])
+        if prop.key == CHECKSUM_KEY:
+            prop.value = _graph_digest(model)  # the metadata is not part of the checksum
+    onnx.save(model, str(path))
+    image = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.fromarray(rgb(32, 32)).save(image)
+    capsys.readouterr()
+    assert main(["predict", "--onnx", str(path), str(image), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"cityseg predict: error: {path}: predicts 19 classes (class0, class1, class2, class3, class4, "
+                   "class5, ...), not the 19 Cityscapes train classes that cityseg predict writes")
 
 
 def test_export_refuses_low_agreement_and_writes_nothing(tmp_path):

@@ -159,4 +159,4 @@ def test_the_pruner_stops_a_trial_after_a_validation(synth_root, tmp_path):
 def test_missing_optuna_gives_the_install_hint(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
     assert main(["sweep", "--out", str(tmp_path / "s"), "--trials", "1"]) == 2
-    assert capsys.readouterr().err == 'cityseg sweep: error: optuna is not installed; pip install "cityseg[sweep]"\n'
+    assert capsys.readouterr().err == 'cityseg sweep: error: a sweep needs optuna, which is not installed; pip install "cityseg[sweep]"\n'

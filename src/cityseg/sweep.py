@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterator, get_args, get_type_hints
 
 from cityseg.config import Config, config_from_dict, read_yaml
 from cityseg.errors import CitysegError
-from cityseg.utils import atomic_path
+from cityseg.utils import atomic_path, require
 
 if TYPE_CHECKING:
     import optuna
@@ -64,11 +64,7 @@ class Param:
 
 def import_optuna():
     """The optuna module, or CitysegError saying how to install it."""
-    try:
-        import optuna
-    except ImportError:
-        raise CitysegError('optuna is not installed; pip install "cityseg[sweep]"') from None
-    return optuna
+    return require("optuna", "sweep", "a sweep")
 
 
 # --- the search space -----------------------------------------------------------------------

@@ -7,7 +7,7 @@ import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -50,6 +50,19 @@ def parse_scales(text: str) -> list[float]:
             f"--scales {text!r}: write numbers in (0, {MAX_SCALE:g}] separated by commas, e.g. 0.75,1,1.25"
         )
     return scales
+
+
+def require(module: str, extra: str, purpose: str, package: str | None = None) -> Any:
+    """Import an optional dependency, or CitysegError naming the extra to install, e.g.
+    ``ONNX export needs onnx, which is not installed; pip install "cityseg[onnx]"`` (``package``:
+    the distribution's name where it differs from the module's)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise CitysegError(f'{purpose} needs {package or module.split(".")[0]}, which is not installed; '
+                           f'pip install "cityseg[{extra}]"') from None
 
 
 def writable_dir(path: str | os.PathLike, what: str) -> Path:

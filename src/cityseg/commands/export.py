@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     writable_file(args.onnx, "--onnx")
     model, cfg = load_model(args.checkpoint, "cpu")
     print(f"cityseg export: {cfg.model.name} from {args.checkpoint}", file=sys.stderr)
-    report = export_onnx(model, Path(args.onnx), opset, args.exporter, [Path(p) for p in args.check_image])
+    report = export_onnx(model, Path(args.onnx), opset, args.exporter, [Path(p) for p in args.check_image],
+                         config=cfg.to_dict())
     print(f"wrote {report.path} ({report.path.stat().st_size / 1e6:.1f} MB, {report.exporter} exporter, opset "
           f"{report.opset}); onnxruntime vs fp32 torch argmax agreement {report.agreement:.4%} "
           f"on {', '.join(report.checked)}")

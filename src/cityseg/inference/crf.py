@@ -21,6 +21,7 @@ import numpy as np
 
 from cityseg.config import CRFConfig
 from cityseg.errors import CitysegError
+from cityseg.utils import require
 
 #: Image width at which the ``*_sxy`` parameters are given in pixels (a Cityscapes frame).
 REFERENCE_WIDTH = 2048
@@ -29,11 +30,7 @@ PROB_CLIP = 1e-5
 
 
 def _densecrf() -> Any:
-    try:
-        import pydensecrf.densecrf as dcrf
-    except ImportError:
-        raise CitysegError("--crf needs pydensecrf2, which is not installed: pip install 'cityseg[crf]'") from None
-    return dcrf
+    return require("pydensecrf.densecrf", "crf", "--crf", package="pydensecrf2")
 
 
 def check_available() -> None:

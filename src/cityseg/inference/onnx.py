@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +32,7 @@ from torch import nn
 
 from cityseg.errors import CitysegError, first_line
 from cityseg.imaging import PIXELS, mean_std, normalize
-from cityseg.utils import atomic_path, read_image
+from cityseg.utils import atomic_path, read_image, require
 
 log = logging.getLogger(__name__)
 
@@ -148,14 +150,70 @@ def _graph_digest(model) -> str:
     return hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()
 
 
-def stamp_checksum(data: bytes) -> bytes:
-    """The serialised model ``data`` with :data:`CHECKSUM_KEY` in its metadata."""
-    import onnx
+#: Metadata keys (values are JSON) that make an export self-describing: what the classes are,
+#: how to colour them, what the input is, and where the model came from.
+METADATA_KEYS = ("cityseg.version", "cityseg.dataset", "cityseg.classes", "cityseg.palette", "cityseg.ignore_index",
+                 "cityseg.input", "cityseg.config")
 
+
+def export_metadata(config: dict[str, Any] | None = None) -> dict[str, str]:
+    """The :data:`METADATA_KEYS` of an export (JSON strings): the Cityscapes train classes and their
+    colours, the uint8 RGB NCHW input normalised inside the graph with ImageNet's mean and std, the
+    cityseg version and the checkpoint's config."""
+    from cityseg import __version__, labels
+    from cityseg.imaging import IMAGENET_MEAN, IMAGENET_STD
+
+    values: dict[str, Any] = {
+        "cityseg.version": __version__,
+        "cityseg.dataset": "cityscapes",
+        "cityseg.classes": list(labels.CLASS_NAMES),
+        "cityseg.palette": [[int(c) for c in rgb] for rgb in labels.TRAIN_PALETTE[: labels.NUM_CLASSES]],
+        "cityseg.ignore_index": labels.IGNORE_INDEX,
+        "cityseg.input": {"name": "image", "dtype": "uint8", "layout": "NCHW", "channels": "RGB", "range": [0, 255],
+                          "normalization": "inside the graph: (x / 255 - mean) / std",
+                          "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "cityseg.config": config or {},
+    }
+    return {key: json.dumps(value) for key, value in values.items()}
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The decoded :data:`METADATA_KEYS` an .onnx file carries ({} for a file not written by cityseg)."""
+    onnx = require("onnx", "onnx", "reading an .onnx file")
+    model = onnx.load(str(path), load_external_data=False)
+    out = {}
+    for prop in model.metadata_props:
+        if prop.key in METADATA_KEYS:
+            try:
+                out[prop.key] = json.loads(prop.value)
+            except ValueError:
+                raise CitysegError(f"{path}: metadata {prop.key} is not valid JSON") from None
+    return out
+
+
+def check_classes(path: str | os.PathLike) -> dict[str, Any]:
+    """:func:`read_metadata`, after checking that the file predicts the classes this cityseg writes
+    (the Cityscapes train classes); CitysegError naming the file and its classes otherwise."""
+    from cityseg import labels
+
+    meta = read_metadata(path)
+    classes = meta.get("cityseg.classes")
+    if classes is not None and list(classes) != list(labels.CLASS_NAMES):
+        shown = ", ".join(map(str, classes[:6])) + (", ..." if len(classes) > 6 else "")
+        raise CitysegError(f"{path}: predicts {len(classes)} classes ({shown}), not the {labels.NUM_CLASSES} "
+                           "Cityscapes train classes that cityseg predict writes")
+    return meta
+
+
+def stamp_checksum(data: bytes, metadata: dict[str, str] | None = None) -> bytes:
+    """The serialised model ``data`` with ``metadata`` and :data:`CHECKSUM_KEY` in its metadata."""
+    onnx = require("onnx", "onnx", "ONNX export")
     model = onnx.load_from_string(data)
-    props = [p for p in model.metadata_props if p.key != CHECKSUM_KEY]
+    props = {p.key: p.value for p in model.metadata_props if p.key != CHECKSUM_KEY}
+    props.update(metadata or {})
     del model.metadata_props[:]
-    model.metadata_props.extend(props)
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
     model.metadata_props.add(key=CHECKSUM_KEY, value=_graph_digest(model))
     return model.SerializeToString()
 
@@ -167,10 +225,7 @@ def verify_onnx(path: str | os.PathLike) -> None:
     Raises:
         CitysegError: naming the file and what is wrong with it.
     """
-    try:
-        import onnx
-    except ImportError:
-        raise CitysegError('the ONNX model checker is not installed; pip install "cityseg[onnx]"') from None
+    onnx = require("onnx", "onnx", "checking an .onnx file")
     path = Path(path)
     if not path.is_file():
         raise CitysegError(f"{path}: ONNX file not found")
@@ -221,10 +276,12 @@ def export_onnx(
     exporter: str = "auto",
     check_images: list[Path] | None = None,
     min_agreement: float = EXPORT_AGREEMENT,
+    config: dict[str, Any] | None = None,
 ) -> ExportReport:
     """Export ``model`` to ``path`` (written atomically) and check it with onnxruntime.
 
-    The check runs the file on a random 320x192 image and on every ``check_images`` file (real
+    The file carries :func:`export_metadata` (classes, palette, input, version, ``config``) and the
+    checksum of its graph. The check runs the file on a random 320x192 image and on every ``check_images`` file (real
     frames, read as RGB) and compares its ``labels`` with the argmax of fp32 torch.
 
     Raises:
@@ -232,8 +289,10 @@ def export_onnx(
             (then no file is written).
     """
     path = Path(path)
+    for module in ("onnx", "onnxruntime") + (("onnxscript",) if exporter != "torchscript" else ()):
+        require(module, "onnx", "ONNX export")
     data, used = onnx_bytes(model, opset, exporter)
-    data = stamp_checksum(data)
+    data = stamp_checksum(data, export_metadata(config))
     wrapper = wrap_for_export(model)
     session = ort_session(data)
     images = [("random 320x192", _example(192, 320)[0].permute(1, 2, 0).numpy())]
@@ -267,10 +326,7 @@ def ort_session(model: str | os.PathLike | bytes, threads: int | None = None, de
     Raises:
         CitysegError: onnxruntime is not installed, or the file is not a loadable ONNX model.
     """
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise CitysegError("onnxruntime is not installed; pip install 'cityseg[onnx]'") from None
+    ort = require("onnxruntime", "onnx", "running an .onnx model")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or torch.get_num_threads()

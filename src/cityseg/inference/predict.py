@@ -30,7 +30,7 @@ from cityseg.device import resolve_device
 from cityseg.errors import CitysegError
 from cityseg.imaging import normalize
 from cityseg.inference.crf import check_available, crf_labels
-from cityseg.inference.onnx import OrtRunner, ort_session, verify_onnx
+from cityseg.inference.onnx import OrtRunner, check_classes, ort_session, verify_onnx
 from cityseg.inference.runtime import build_runner, runner_input, select_path
 from cityseg.utils import parse_scales, parse_size
 
@@ -258,6 +258,7 @@ class Predictor:
         """Load a model written by ``cityseg export`` (checked by :func:`~cityseg.inference.onnx.verify_onnx`)
         and run it with onnxruntime (fp32) on the uint8 pixels."""
         verify_onnx(path)
+        check_classes(path)
         return cls(OrtRunner(ort_session(path, threads, device)), "onnxruntime", **options)
 
     def probabilities(self, images: Sequence[np.ndarray]) -> torch.Tensor:
