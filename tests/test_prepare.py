@@ -65,7 +65,7 @@ def _snapshot(root: Path) -> dict[str, tuple[str, int]]:
 
 
 def _prepare(*args: str | Path) -> int:
-    return main(["prepare", *map(str, args), "--quiet"])
+    return main(["prepare", *map(str, args)])
 
 
 def _outputs(out: Path, split: str, city: str, stem: str) -> tuple[Path, Path, Path]:

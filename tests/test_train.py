@@ -642,3 +642,22 @@ def test_stop_signals_wait_for_a_step_boundary_inside_the_loop():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(1)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_quiet_prints_nothing_verbose_adds_debug_and_the_run_keeps_a_train_log(synth_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "-q", *tiny_args(synth_root, run)[1:], "--set", "train.epochs=1"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err == ""  # nothing on success
+    log = (run / "train.log").read_text()
+    assert "epoch 1:" in log and "best val mIoU" in log  # the run's own log keeps every line, time-stamped
+    assert log.splitlines()[0][:4].isdigit()
+    assert main(["train", "-v", *tiny_args(synth_root, run)[1:], "--set", "train.epochs=2", "--resume"]) == 0
+    printed = capsys.readouterr()
+    assert "cityseg " in printed.out and "arguments [" in printed.out  # the debug line
+    assert "epoch 2:" in printed.out
+    log = (run / "train.log").read_text()
+    assert "epoch 1:" in log and "epoch 2:" in log  # resumed: appended, not replaced
+    with pytest.raises(SystemExit):
+        main(["train", "-q", "-v"])  # one or the other
+    assert "not allowed with argument" in capsys.readouterr().err

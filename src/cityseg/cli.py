@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
-from cityseg import __version__
+from cityseg import __version__, logs
 from cityseg.errors import CitysegError
 
 #: subcommand -> module under cityseg.commands
@@ -34,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cityseg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cityseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    volume = common.add_mutually_exclusive_group()
+    volume.add_argument("-q", "--quiet", action="store_true", help="print nothing but warnings and errors")
+    volume.add_argument("-v", "--verbose", action="store_true", help="also print debug lines")
     for name, module_name in COMMANDS.items():
         try:
             module = importlib.import_module(module_name)
@@ -41,34 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != module_name:
                 raise
             continue
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP, parents=[common])
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser
-
-
-class _CommandFormatter(logging.Formatter):
-    """``cityseg <command>: warning: <message>`` (info lines without the level), as errors read."""
-
-    def __init__(self, command: str) -> None:
-        super().__init__()
-        self.command = command
-
-    def format(self, record: logging.LogRecord) -> str:
-        level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
-        return f"cityseg {self.command}: {level}{record.getMessage()}"
-
-
-def setup_logging(command: str, level: int = logging.WARNING) -> None:
-    """Route the ``cityseg`` loggers to stderr in the command's voice (replacing an earlier call's handler)."""
-    logger = logging.getLogger("cityseg")
-    for handler in [h for h in logger.handlers if getattr(h, "_cityseg", False)]:
-        logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_CommandFormatter(command))
-    handler._cityseg = True  # type: ignore[attr-defined]
-    logger.addHandler(handler)
-    logger.setLevel(level)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    setup_logging(args.command)
+    logs.setup(args.command, logs.level_from_flags(args.quiet, args.verbose))
+    logs.log.debug("cityseg %s, Python %s, arguments %s", __version__, sys.version.split()[0], argv or sys.argv[1:])
     try:
         return int(args._module.run(args) or 0)
     except CitysegError as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import logging
 import math
 import os
 import warnings
@@ -28,6 +29,8 @@ from typing import TYPE_CHECKING, Any, Iterator, get_args, get_type_hints
 from cityseg.config import Config, config_from_dict, read_yaml
 from cityseg.errors import CitysegError
 from cityseg.utils import atomic_path, require
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import optuna
@@ -259,8 +262,8 @@ def run_sweep(
         study = open_study(storage, name, seed, pruner)
     before = len(study.trials)
     _note_base_changes(study, cfg)
-    print(f"cityseg sweep: study {name!r} in {storage}: {before} trials so far, running {trials} more; "
-          f"searching {', '.join(p.key for p in space)}", flush=True)  # fmt: skip
+    log.info(f"cityseg sweep: study {name!r} in {storage}: {before} trials so far, running {trials} more; "
+          f"searching {', '.join(p.key for p in space)}")  # fmt: skip
 
     def objective(trial: optuna.Trial) -> float:
         values = {p.key: p.suggest(trial) for p in space}
@@ -268,7 +271,7 @@ def run_sweep(
         run_dir = out / "trials" / str(trial.number)
         trial.set_user_attr("run", str(run_dir))
         trial.set_user_attr("config", trial_cfg.to_dict())
-        print(f"\n--- trial {trial.number}: {_fmt(values)} -> {run_dir}", flush=True)
+        log.info(f"\n--- trial {trial.number}: {_fmt(values)} -> {run_dir}")
 
         def report(epoch: int, record: dict) -> None:
             trial.report(record["val_miou"], epoch)
@@ -294,14 +297,14 @@ def run_sweep(
             what = f"after epoch {last}, val mIoU {frozen.intermediate_values[last]:.4f}" if last is not None else ""
         else:
             what = frozen.user_attrs.get("error", "")
-        print(f"--- trial {frozen.number} {state}" + (f": {what}" if what else ""), flush=True)
+        log.info(f"--- trial {frozen.number} {state}" + (f": {what}" if what else ""))
 
     try:
         with quiet_optuna():
             study.optimize(objective, trials, catch=(NonFiniteLoss,), callbacks=[announce], gc_after_trial=True)
     except KeyboardInterrupt:
-        print(f"\ncityseg sweep: the study keeps its finished trials in {storage}; "
-              "the same command continues it", flush=True)  # fmt: skip
+        log.info(f"\ncityseg sweep: the study keeps its finished trials in {storage}; "
+              "the same command continues it")  # fmt: skip
         raise
     return write_report(study, out, cfg, space, storage)
 
@@ -344,7 +347,7 @@ def write_report(study: optuna.Study, out: Path, base: Config, space: list[Param
         lines.append("no trial has completed yet: no best.yaml")
     lines.append(f"  trials       {summary['csv']}")
     lines += [f"  plot         {p}" for p in summary["plots"]]
-    print("\n".join(lines), flush=True)
+    log.info("\n".join(lines))
     if not complete and trials:
         raise CitysegError(f"no trial of study {study.study_name!r} completed (see {summary['csv']})")
     return summary
@@ -411,7 +414,7 @@ def _pyplot_figure(what: str) -> Iterator:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             yield save
     except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. importances of constant parameters
-        print(f"note: no {what} ({exc})", flush=True)
+        log.warning(f"no {what} ({exc})")
     finally:
         for fig in figures:
             plt.close(fig)
@@ -478,8 +481,8 @@ def _note_base_changes(study: optuna.Study, cfg: Config) -> None:
         if first[sec].get(key) != value
     ]
     if changed:
-        print(f"note: the base config differs from the one study {study.study_name!r} began with: "
-              f"{', '.join(changed)}; trials before and after compare less well", flush=True)  # fmt: skip
+        log.warning(f"the base config differs from the one study {study.study_name!r} began with: "
+              f"{', '.join(changed)}; trials before and after compare less well")  # fmt: skip
 
 
 def config_of(trial: optuna.trial.FrozenTrial, base: Config) -> Config:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 
 HELP = "time inference paths (channels_last, bf16, onnxruntime, compile) against eager fp32 torch"
+log = logging.getLogger("cityseg")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,12 +47,11 @@ def run(args: argparse.Namespace) -> int:
     model, name = _model(args)
     x = benchmark_input(size, args.image)
     paths = [p.strip() for p in args.paths.split(",") if p.strip()] if args.paths else None
-    print(f"benchmark: {name} at {args.size} on {device} ({torch.get_num_threads()} threads), {args.repeats} rounds",
-          file=sys.stderr)
+    log.info(f"benchmark: {name} at {args.size} on {device} ({torch.get_num_threads()} threads), {args.repeats} rounds")
     result = run_benchmark(model, x, device, paths, repeats=args.repeats,
-                           progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
+                           progress=lambda line: log.info(f"  {line}"))
     result["model"] = name
-    print(format_results(result))
+    log.info(format_results(result))
     if args.json:
         try:
             with atomic_path(args.json) as tmp:

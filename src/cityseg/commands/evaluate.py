@@ -12,11 +12,12 @@ Two sources, one scoring code (:mod:`cityseg.metrics`):
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 from pathlib import Path
 from typing import Any
 
 HELP = "score predictions (label-id PNGs or a checkpoint) with the official Cityscapes metrics"
+log = logging.getLogger("cityseg")
 
 # options that only make sense with --checkpoint (argparse attribute names)
 _CHECKPOINT_FLAGS = ("data", "split", "mode", "crop", "stride", "scales", "flip", "save_pred", "set", "device")
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             crop=args.crop, stride=args.stride, scales=args.scales, flip=bool(args.flip), workers=args.workers,
             boundary_tolerance=args.boundary_tolerance, save_pred=args.save_pred)
     report(counts, args.json, args.plots)
-    print(f"scored {n} frames in {elapsed:.1f} s", file=sys.stderr)
+    log.info(f"scored {n} frames in {elapsed:.1f} s")
     return 0
 
 
@@ -106,7 +107,7 @@ def report(counts: Any, json_path: str | None, plots_dir: str | None) -> dict[st
     from cityseg.utils import atomic_path
 
     result = counts.scores()
-    print(metrics.format_table(result, counts.boundary_tolerance))
+    log.info(metrics.format_table(result, counts.boundary_tolerance))
     if json_path:
         data = {**metrics.json_ready(result), "confusion_matrix": metrics.confusion_json(counts.conf)}
         with atomic_path(json_path) as tmp:

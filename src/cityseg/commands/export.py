@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 
 HELP = "export a checkpoint to ONNX (uint8 image in, logits + labels out; dynamic N, H, W) and check it"
+log = logging.getLogger("cityseg")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,10 +32,10 @@ def run(args: argparse.Namespace) -> int:
         raise CitysegError(f"--opset {opset}: valid 13-23 (18 or newer for the dynamo exporter)")
     writable_file(args.onnx, "--onnx")
     model, cfg = load_model(args.checkpoint, "cpu")
-    print(f"cityseg export: {cfg.model.name} from {args.checkpoint}", file=sys.stderr)
+    log.info(f"cityseg export: {cfg.model.name} from {args.checkpoint}")
     report = export_onnx(model, Path(args.onnx), opset, args.exporter, [Path(p) for p in args.check_image],
                          config=cfg.to_dict())
-    print(f"wrote {report.path} ({report.path.stat().st_size / 1e6:.1f} MB, {report.exporter} exporter, opset "
+    log.info(f"wrote {report.path} ({report.path.stat().st_size / 1e6:.1f} MB, {report.exporter} exporter, opset "
           f"{report.opset}); onnxruntime vs fp32 torch argmax agreement {report.agreement:.4%} "
           f"on {', '.join(report.checked)}")
     return 0

@@ -9,9 +9,10 @@ output folder that cannot be written stops everything with status 2.
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 
 HELP = "segment images with a checkpoint (or an ONNX export): trainIds, labelIds, colour and overlay PNGs"
+log = logging.getLogger("cityseg")
 
 TTA_SCALES = (0.75, 1.0, 1.25)  # --tta without --scales: the usual Cityscapes multi-scale set (mmseg, DeepLab)
 
@@ -57,20 +58,20 @@ def run(args: argparse.Namespace) -> int:
     writable_dir(out, "--out")
     files, failures = outputs.collect_inputs(args.inputs, exclude=out)
     for message in failures:
-        print(f"cityseg predict: {message}", file=sys.stderr)
+        log.warning(message)
     if not files:
-        print("cityseg predict: no input image to segment", file=sys.stderr)
+        log.error("no input image to segment")
         return 1
     predictor, _ = load_predictor(
         args.checkpoint, args.onnx, args.device, args.precision, args.runtime, args.set, sliding=args.sliding,
         crop=args.crop, stride=args.stride, scales=args.scales, default_scales=TTA_SCALES if args.tta else (1.0,),
         flip=bool(args.tta), batch_size=args.batch_size, crf=args.crf)
-    print(f"cityseg predict: {len(files)} images, {predictor.describe()}", file=sys.stderr)
+    log.info(f"cityseg predict: {len(files)} images, {predictor.describe()}")
     if predictor.path.startswith("compile"):
-        print("cityseg predict: compiling for the first image of each size (a one-off minute or two on a small CPU, "
-              "cached on disk for later runs; --runtime torch skips it)", file=sys.stderr)
+        log.info("cityseg predict: compiling for the first image of each size (a one-off minute or two on a small CPU, "
+              "cached on disk for later runs; --runtime torch skips it)")
     gt_index = outputs.index_ground_truth(Path(args.gt)) if args.gt else None
     failed = len(failures) + outputs.predict_files(predictor, files, out, gt_index, args.batch_size)
     if failed:
-        print(f"cityseg predict: {failed} input(s) failed; the rest are in {out}", file=sys.stderr)
+        log.error(f"{failed} input(s) failed; the rest are in {out}")
     return 1 if failed else 0

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import sys
 
 HELP = "convert a Cityscapes tree or a 'pairs' copy into the official layout with labelTrainIds and labelIds"
+log = logging.getLogger("cityseg")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,10 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="hard-link images instead of copying them (copies across file systems)")
     links.add_argument("--symlink", dest="link", action="store_const", const="sym",
                        help="symlink images instead of copying them")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    from cityseg import logs
     from cityseg.data.prepare import prepare
     from cityseg.errors import CitysegError
 
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         raise CitysegError(f"--workers {args.workers}: must be at least 1")
     writable_dir(args.out, "OUT")
     summary = prepare(args.src, args.out, fmt=args.format, splits=args.split, city=args.city, workers=args.workers,
-                      skip_bad=args.skip_bad, link=args.link, progress=not args.quiet, force=args.force)
+                      skip_bad=args.skip_bad, link=args.link, progress=not logs.quiet(), force=args.force)
     for line in summary.lines():
-        print(line, file=sys.stderr if line.startswith(("skipped", "  ")) else sys.stdout)
+        (log.warning if line.startswith(("skipped", "  ")) else log.info)(line)
     return 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 HELP = "write RUN_DIR/report.html: one self-contained page (config, curves, per-class scores, panels, timing)"
+log = logging.getLogger("cityseg")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,5 +26,5 @@ def run(args: argparse.Namespace) -> int:
     folder_kind(folder)  # a folder that is neither a run nor a sweep: one line, before anything else
     out = Path(args.out) if args.out else folder / REPORT_NAME
     writable_file(out, "--out" if args.out else "RUN_DIR (or --out FILE)")
-    print(write_report(folder, out))
+    log.info(write_report(folder, out))
     return 0

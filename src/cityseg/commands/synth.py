@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 HELP = "draw synthetic street scenes in the official Cityscapes layout (the demo's default data)"
+log = logging.getLogger("cityseg")
 
 # The demo's defaults (config.DataConfig.synth_*); kept literal here because command modules
 # import only the standard library at top level. tests/test_synthetic.py checks they agree.
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     stats = ensure_data(out, args.train, args.val, (w, h), args.seed, args.workers,
                         replace_foreign=args.force or args.out is None, force=args.force)
     state = "up to date" if stats is None else "written"
-    print(f"synthetic Cityscapes {state}: {args.train} train + {args.val} val frames, {w}x{h}, seed {args.seed}")
-    print(f"  {out.resolve()}")
-    print((stats if stats is not None else folder_stats(out)).table())
+    log.info(f"synthetic Cityscapes {state}: {args.train} train + {args.val} val frames, {w}x{h}, seed {args.seed}")
+    log.info(f"  {out.resolve()}")
+    log.info((stats if stats is not None else folder_stats(out)).table())
     return 0

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image, read_file
 
-from cityseg import labels, layout
+from cityseg import labels, layout, logs
 from cityseg.data import formats, png
 from cityseg.errors import CitysegError
 from cityseg.layout import (
@@ -189,7 +189,8 @@ class CityscapesDataset(Dataset):
         """
         from tqdm import tqdm
 
-        frames = tqdm(range(len(self)), desc=f"decode {self.split}", unit="frame", disable=not progress, leave=False)
+        frames = tqdm(range(len(self)), desc=f"decode {self.split}", unit="frame", disable=logs.bar_disable(progress),
+                      leave=False)
         self.cache = [self.load(i) for i in frames]
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -33,7 +33,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cityseg import layout
+from cityseg import layout, logs
 from cityseg.data import formats
 from cityseg.data.colour import MIN_PALETTE_SHARE, ColourStats, confident_lut, palette_share
 from cityseg.errors import CitysegError
@@ -380,7 +380,7 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto", s
     else:
         results = map(_run_job_star, todo)
     try:
-        for result in tqdm(results, total=len(jobs), desc="prepare", unit="file", disable=not progress):
+        for result in tqdm(results, total=len(jobs), desc="prepare", unit="file", disable=logs.bar_disable(progress)):
             if result.status == "bad":
                 if not skip_bad:
                     raise CitysegError(result.message)

@@ -18,9 +18,9 @@ parameters) exists; it is written last.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import sys
 import uuid
 import zlib
 from contextlib import contextmanager
@@ -30,12 +30,14 @@ from typing import Iterator
 
 import numpy as np
 
-from cityseg import layout
+from cityseg import layout, logs
 from cityseg.config import DataConfig
 from cityseg.data.synthetic_scene import ids_to_label_ids, render_scene
 from cityseg.errors import CitysegError
 from cityseg.labels import CLASS_NAMES, ID_PALETTE, ID_TO_TRAIN_ID, MAX_LABEL_ID, NUM_CLASSES
 from cityseg.utils import atomic_path, parse_size, save_png
+
+log = logging.getLogger(__name__)
 
 #: Bumped whenever drawing changes, so that cached default data is regenerated.
 GENERATOR_VERSION = 3
@@ -224,7 +226,7 @@ def generate(out: str | os.PathLike, train: int, val: int, size: tuple[int, int]
     tasks = [(out, split, i, (w, h), seed) for split, n in (("train", train), ("val", val)) for i in range(n)]
     workers = default_workers(len(tasks)) if workers is None else max(1, workers)
     stats = ClassStats()
-    with tqdm(total=len(tasks), desc="synth", unit="frame", disable=None if progress else True) as bar:
+    with tqdm(total=len(tasks), desc="synth", unit="frame", disable=logs.bar_disable(progress)) as bar:
         if workers == 1:
             for counts in map(_write_task, tasks):
                 stats.add_counts(counts)
@@ -262,7 +264,7 @@ def _locked(lock_path: Path, what: Path) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"waiting for another process writing {what} ...", file=sys.stderr)
+            log.info(f"waiting for another process writing {what} ...")
             fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -324,7 +326,7 @@ def ensure_default_data(train: int = _DEFAULTS.synth_train, val: int = _DEFAULTS
     """
     root = default_data_dir()
     if ensure_data(root, train, val, size, seed, workers, progress, replace_foreign=True) is not None and progress:
-        print(f"synthetic Cityscapes: {train} train + {val} val frames written to {root}", file=sys.stderr)
+        log.info(f"synthetic Cityscapes: {train} train + {val} val frames written to {root}")
     return root
 
 

@@ -9,6 +9,7 @@ scored on its own run's data gives the val mIoU that training logged, and the da
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from cityseg import layout, metrics
+from cityseg import layout, logs, metrics
 from cityseg.checkpoint import load_model
 from cityseg.config import Config, apply_overrides, config_from_dict
 from cityseg.data.dataset import CityscapesDataset
@@ -31,6 +32,8 @@ from cityseg.engine.evaluator import Evaluator
 from cityseg.inference.predict import predict_logits
 from cityseg.labels import NUM_CLASSES, train_ids_to_label_ids
 from cityseg.utils import parse_scales, parse_size, save_png
+
+log = logging.getLogger(__name__)
 
 
 def evaluate_checkpoint(
@@ -119,7 +122,7 @@ def evaluate(
     }
     start = time.perf_counter()
     # disable=None: no bar when stderr is not a terminal (logs, benchmarks)
-    bar = tqdm(total=len(dataset), unit="frame", desc="evaluate", disable=None, file=sys.stderr)
+    bar = tqdm(total=len(dataset), unit="frame", desc="evaluate", disable=logs.bar_disable(), file=sys.stderr)
     with torch.inference_mode(), bar:
         for index, item in enumerate(loader):
             image = item["image"].to(device, non_blocking=True).float()
@@ -143,7 +146,7 @@ def _dataset(cfg: Config) -> tuple[CityscapesDataset, bool]:
     # CityscapesDataset names any frame that lacks an instanceIds map when asked for instances
     with_instances = layout.has_instances(root, cfg.data.val_split)
     if not with_instances:
-        print(f"note: no *{layout.INSTANCE_SUFFIX} files in {root}: iIoU is not computed", file=sys.stderr)
+        log.warning(f"no *{layout.INSTANCE_SUFFIX} files in {root}: iIoU is not computed")
     transform = build_transforms(cfg.data, train=False)
     dataset = CityscapesDataset(root, cfg.data.val_split, transform=transform, with_instances=with_instances)
     return dataset, with_instances

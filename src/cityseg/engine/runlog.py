@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import math
 import os
 import shutil
@@ -23,11 +24,14 @@ import numpy as np
 import torch
 
 from cityseg.config import Config
+from cityseg import logs
 from cityseg.errors import CitysegError
 from cityseg.utils import atomic_path
 
+log = logging.getLogger(__name__)
+
 #: What a run writes into its folder; ``--force`` removes exactly these, nothing else.
-RUN_ARTEFACTS = ("config.yaml", "metrics.jsonl", "checkpoints", "tb", "curves.png", "panels.png", "report.html")
+RUN_ARTEFACTS = ("config.yaml", "metrics.jsonl", "checkpoints", "tb", "curves.png", "panels.png", "report.html", "train.log")
 #: The run folder's lock file (see :func:`lock_run_dir`); it is no artefact and never removed.
 LOCK_FILE = ".lock"
 _HELD_LOCKS: set[int] = set()  # file descriptors of the run-folder locks this process holds
@@ -158,7 +162,7 @@ class Progress:
         self.desc, self.total, self.enabled, self.log_every = desc, total, enabled, max(log_every, 1)
         self.n, self.started = 0, time.perf_counter()
         self.bar = None
-        if enabled and sys.stdout.isatty():
+        if enabled and sys.stdout.isatty() and not logs.quiet():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=desc, file=sys.stdout, dynamic_ncols=True, leave=False)
@@ -174,7 +178,7 @@ class Progress:
         elif self.n % self.log_every == 0 or self.n == self.total:
             elapsed = time.perf_counter() - self.started
             eta = elapsed / self.n * (self.total - self.n)
-            print(f"{self.desc} {self.n}/{self.total} {text} eta {_hms(eta)}", flush=True)
+            log.info(f"{self.desc} {self.n}/{self.total} {text} eta {_hms(eta)}")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -212,9 +216,11 @@ class RunLog:
         self.out, self.cfg, self.enabled = out, cfg, enabled
         self.metrics_path = out / "metrics.jsonl"
         self.tb = None
+        self.logfile: logs.RunFile | None = None
         self.started = time.perf_counter()
         if not enabled:
             return
+        self.logfile = logs.RunFile(out / "train.log").__enter__()  # closed by close()
         with atomic_path(out / "config.yaml") as tmp:
             tmp.write_text(cfg.to_yaml())
         if resume_epoch is not None:
@@ -230,7 +236,7 @@ class RunLog:
     def info(self, message: str) -> None:
         """Print a line (rank 0 only)."""
         if self.enabled:
-            print(message, flush=True)
+            log.info(message)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         """TensorBoard scalars every ``train.log_every`` optimiser steps."""
@@ -299,7 +305,14 @@ class RunLog:
         )
         return summary
 
+    def close_logfile(self) -> None:
+        """Stop copying log lines into ``train.log`` (after the run's last line)."""
+        if self.logfile is not None:
+            self.logfile.__exit__(None, None, None)
+            self.logfile = None
+
     def close(self) -> None:
+        """Close TensorBoard's writer (``train.log`` stays open for the summary: :meth:`close_logfile`)."""
         if self.tb is not None:
             self.tb.close()
             self.tb = None

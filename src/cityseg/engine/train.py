@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import math
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from cityseg import logs
 from cityseg.checkpoint import (
     capture_rng,
     load_checkpoint,
@@ -58,6 +61,8 @@ from cityseg.engine.schedule import Budget, LRSchedule, build_schedule
 from cityseg.errors import CitysegError
 from cityseg.labels import CLASS_NAMES, NUM_CLASSES
 from cityseg.models import set_frozen_bn_eval
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -114,6 +119,7 @@ def train(
             non-finite loss (:class:`NonFiniteLoss`).
         KeyboardInterrupt: Ctrl-C or SIGTERM; the checkpoints on disk stay valid for ``resume``.
     """
+    logs.ensure_console()
     check_names(cfg)
     dev = resolve_device(device)
     D.init_distributed(dev)
@@ -259,9 +265,14 @@ def _train(
         raise NonFiniteLoss(f"{exc}; {kept}") from None
     finally:
         log.close()
-    if panel is not None:
-        log.panels(panel[1], epoch=panel[0])
-    return log.finish(state)
+        if sys.exc_info()[0] is not None:  # leaving with an exception: the summary below is not written
+            log.close_logfile()
+    try:
+        if panel is not None:
+            log.panels(panel[1], epoch=panel[0])
+        return log.finish(state)
+    finally:
+        log.close_logfile()
 
 
 def train_one_epoch(
@@ -517,8 +528,8 @@ def restore(
     if len(rngs) == D.get_world_size():
         restore_rng(rngs[D.get_rank()], generator)
     elif D.is_main_process():
-        print(f"note: {path} was written by {len(rngs)} processes, this run has {D.get_world_size()}; "
-              "the data order after resuming differs from an uninterrupted run")  # fmt: skip
+        logger.warning(f"{path} was written by {len(rngs)} processes, this run has {D.get_world_size()}; "
+                    "the data order after resuming differs from an uninterrupted run")  # fmt: skip
     return RunState(
         epoch=int(ckpt["epoch"]),
         step=int(ckpt["step"]),

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cityseg import labels, layout
+from cityseg import labels, layout, logs
 from cityseg.data.formats import read_label
 from cityseg.errors import CitysegError
 from cityseg.inference.predict import Predictor
@@ -97,7 +97,8 @@ def predict_files(
 ) -> int:
     """Predict and write every file, ``batch_size`` at a time; returns the number that failed."""
     failed = 0
-    with tqdm(total=len(files), unit="img", desc="predict", file=sys.stderr, dynamic_ncols=True) as bar:
+    with tqdm(total=len(files), unit="img", desc="predict", file=sys.stderr, dynamic_ncols=True,
+              disable=logs.bar_disable()) as bar:
         for first in range(0, len(files), batch_size):
             batch = files[first : first + batch_size]
             images, paths = [], []

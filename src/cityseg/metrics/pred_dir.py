@@ -13,6 +13,7 @@ path never imports torch.
 from __future__ import annotations
 
 import ctypes
+import logging
 import multiprocessing
 import os
 import sys
@@ -22,11 +23,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cityseg import metrics
+from cityseg import logs, metrics
 from cityseg.data.png import read_map
 from cityseg.errors import CitysegError
 from cityseg.labels import MAX_LABEL_ID
 from cityseg.layout import IMAGE_SUFFIX, INSTANCE_SUFFIX, LABEL_IDS_SUFFIX, frame_of_prediction, walk
+
+log = logging.getLogger(__name__)
 
 #: One scoring job: (prediction, labelIds, instanceIds or None, boundary tolerance or None).
 Job = tuple[Path, Path, Path | None, int | None]
@@ -54,7 +57,7 @@ def evaluate_pred_dir(
     keep_freed_memory()
     total = metrics.Counts()
     # disable=None: no bar when stderr is not a terminal (logs, benchmarks)
-    with tqdm(total=len(jobs), unit="frame", desc="evaluate", disable=None, file=sys.stderr) as bar:
+    with tqdm(total=len(jobs), unit="frame", desc="evaluate", disable=logs.bar_disable(), file=sys.stderr) as bar:
         if workers <= 1:
             for job in jobs:
                 total.add(score_frame(job))
@@ -143,8 +146,7 @@ def _with_instances(frames: list[tuple[Path, Path]], gt_dir: Path) -> list[tuple
     instances = [gt.with_name(gt.name[: -len(LABEL_IDS_SUFFIX)] + INSTANCE_SUFFIX) for _, gt in frames]
     present = [path.is_file() for path in instances]
     if not any(present):
-        print(f"note: no *{INSTANCE_SUFFIX} files beside the ground truth in {gt_dir}: iIoU is not computed",
-              file=sys.stderr)
+        log.warning(f"no *{INSTANCE_SUFFIX} files beside the ground truth in {gt_dir}: iIoU is not computed")
         return [(pred, gt, None) for pred, gt in frames]
     if not all(present):
         absent = instances[present.index(False)]
