@@ -28,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: bf16 where the hardware has it natively (>= 99.5%% argmax agreement with fp32 "
                         "measured on trained checkpoints), else fp32")
     parser.add_argument("--runtime", choices=["auto", "torch", "compile", "onnxruntime"], default="auto",
-                        help="execution engine for --checkpoint (default auto: the fastest measured, see BENCHMARKS.md)")
+                        help="execution engine for --checkpoint (default auto: eager torch for a few frames, "
+                        "torch.compile when enough forward passes share one input shape for compiling to pay, "
+                        "see BENCHMARKS.md)")
     parser.add_argument("--tta", action="store_true", help=f"flip + multi-scale test-time augmentation "
                         f"(scales {','.join(map(str, TTA_SCALES))} unless --scales)")
     parser.add_argument("--scales", metavar="S,S,...", help="multi-scale inference, e.g. 0.75,1,1.25")
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     predictor, _ = load_predictor(
         args.checkpoint, args.onnx, args.device, args.precision, args.runtime, args.set, sliding=args.sliding,
         crop=args.crop, stride=args.stride, scales=args.scales, default_scales=TTA_SCALES if args.tta else (1.0,),
-        flip=bool(args.tta), batch_size=args.batch_size, crf=args.crf)
+        flip=bool(args.tta), batch_size=args.batch_size, crf=args.crf, sizes=outputs.image_sizes(files))
     print(f"cityseg predict: {len(files)} images, {predictor.describe()}", file=sys.stderr)
     if predictor.path.startswith("compile"):
         print("cityseg predict: compiling for the first image of each size (a one-off minute or two on a small CPU, "
