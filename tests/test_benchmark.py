@@ -24,7 +24,7 @@ def _one_thread():
 def test_benchmark_cli_json_schema(tmp_path, monkeypatch):
     # the real default compiles (a minute on a small CPU); any path stands in for it here
     assert default_path(torch.device("cpu")) in PATHS
-    monkeypatch.setattr(benchmark, "default_path", lambda device: "onnxruntime")
+    monkeypatch.setattr(benchmark, "default_path", lambda device, work=None: "onnxruntime")
     out = tmp_path / "bench.json"
     assert main(["benchmark", "--model", "cityseg_tiny", "--size", "64x48", "--paths", "channels_last",
                  "--repeats", "2", "--threads", "1", "--json", str(out)]) == 0

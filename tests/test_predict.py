@@ -13,7 +13,7 @@ from cityseg.cli import main
 from cityseg.config import Config
 from cityseg.errors import CitysegError
 from cityseg.inference import runtime
-from cityseg.inference.predict import Predictor, predict_logits, to_input, window_starts
+from cityseg.inference.predict import Predictor, passes_per_shape, predict_logits, to_input, window_starts
 
 C = labels.NUM_CLASSES
 
@@ -136,6 +136,46 @@ def test_native_bf16_read_from_cpu_flags(monkeypatch):
     assert runtime.select_path(cpu, "bf16", "compile") == "compile_bf16"
     with pytest.raises(CitysegError, match="fp32 only"):
         runtime.select_path(cpu, "bf16", "onnxruntime")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_default_path_is_eager_for_little_work_and_compiled_for_much(monkeypatch, native):
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(runtime, "_has_compiler", lambda: True)
+    cpu, pays = torch.device("cpu"), runtime.COMPILE_PAYS_FROM
+    eager, compiled = ("bf16", "compile_bf16") if native else ("channels_last", "compile")
+    for work in (None, 1, 12, pays - 1):  # unknown or a handful of passes per shape: never compile
+        assert runtime.default_path(cpu, "auto", work) == eager
+        assert runtime.select_path(cpu, "auto", "auto", work) == eager
+    for work in (pays, 10 * pays):
+        assert runtime.default_path(cpu, "auto", work) == compiled
+    assert runtime.default_path(cpu, "fp32", 10 * pays) == "compile"  # --precision alone keeps the choice by work
+    assert runtime.default_path(cpu, "fp32", 2) == "channels_last"
+    monkeypatch.setattr(runtime, "_has_compiler", lambda: False)  # no C++ compiler: eager (or onnxruntime) anyway
+    assert runtime.default_path(cpu, "auto", 10 * pays) in (eager, "onnxruntime")
+    assert "not available" in runtime.path_reason(runtime.default_path(cpu, "auto", 10 * pays), 10 * pays)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_forced_runtime_ignores_the_work(monkeypatch, native):
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(runtime, "_has_compiler", lambda: True)
+    cpu, pays = torch.device("cpu"), runtime.COMPILE_PAYS_FROM
+    for work in (None, 1, 10 * pays):
+        assert runtime.select_path(cpu, "auto", "compile", work) == ("compile_bf16" if native else "compile")
+        assert runtime.select_path(cpu, "auto", "torch", work) == ("bf16" if native else "channels_last")
+        assert runtime.select_path(cpu, "fp32", "compile", work) == "compile"
+        assert runtime.select_path(cpu, "fp32", "torch", work) == "channels_last"
+    assert runtime.path_reason("compile", 1, "compile") == "--runtime compile"
+
+
+def test_passes_per_shape_counts_scales_flips_and_windows():
+    assert passes_per_shape([(64, 32), (64, 32), (40, 48)]) == {(32, 64): 2, (48, 40): 1}
+    tta = passes_per_shape([(100, 40)] * 2, scales=(0.5, 1.0), flip=True)
+    assert tta == {(20, 50): 4, (40, 100): 4}
+    # 3 x 2 windows of 48x32 on an 80x48 image, each pass a 32x48 (h, w) input
+    assert passes_per_shape([(80, 48)], mode="sliding", crop=(48, 32), stride=(16, 16)) == {(32, 48): 3 * 2}
+    assert passes_per_shape([(20, 10)], mode="sliding", crop=(48, 32), stride=(16, 16)) == {(10, 20): 1}
 
 
 def test_low_precision_keeps_image_and_logit_convolutions_fp32():
@@ -276,3 +316,27 @@ def test_predict_cli_sliding_tta_matches_api(tmp_path, checkpoint):
     probs = predict_logits(tiny_model(), to_input([rgb(48, 80)]), mode="sliding", crop=(48, 32), stride=(32, 16),
                            scales=[0.5, 1.0], flip=True)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "trainIds" / "a.png")), probs.argmax(1)[0].numpy())
+
+
+def test_predict_cli_two_images_run_eager_by_default(tmp_path, checkpoint, capsys, monkeypatch):
+    monkeypatch.setattr(runtime, "_has_compiler", lambda: True)  # compile would be available: still not chosen
+    for i in range(2):
+        _write(tmp_path / "in" / f"f{i}.png", rgb(32, 48, seed=i))
+    chosen = []
+    build_runner = runtime.build_runner
+    monkeypatch.setattr("cityseg.inference.predict.build_runner",
+                        lambda name, *a: chosen.append(name) or build_runner(name, *a))
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                 "--tta"]) == 0
+    assert chosen in (["bf16"], ["channels_last"])  # eager, by the CPU's bf16 support
+    line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("cityseg predict: 2 images"))
+    assert "eager" in line and "at most 4 forward passes per input shape (3 input shapes)" in line
+    assert f"compiling pays from ~{runtime.COMPILE_PAYS_FROM}" in line
+    assert "compiling for the first image" not in line
+
+
+def test_predictor_without_a_workload_is_eager(monkeypatch):
+    monkeypatch.setattr(runtime, "_has_compiler", lambda: True)
+    predictor = Predictor.from_model(PixelModel(), device="cpu")
+    assert predictor.path in ("bf16", "channels_last")
+    assert "workload not known" in predictor.describe()

@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: bf16 where the hardware has it natively (>= 99.5%% argmax agreement with fp32 "
                         "measured on trained checkpoints), else fp32")
     parser.add_argument("--runtime", choices=["auto", "torch", "compile", "onnxruntime"], default="auto",
-                        help="execution engine for --checkpoint (default auto: the fastest measured, see BENCHMARKS.md)")
+                        help="execution engine for --checkpoint (default auto: eager torch for a few frames, "
+                        "torch.compile when enough forward passes share one input shape for compiling to pay, "
+                        "see BENCHMARKS.md)")
     parser.add_argument("--tta", action="store_true", help=f"flip + multi-scale test-time augmentation "
                         f"(scales {','.join(map(str, TTA_SCALES))} unless --scales)")
     parser.add_argument("--scales", metavar="S,S,...", help="multi-scale inference, e.g. 0.75,1,1.25")
@@ -65,11 +67,11 @@ def run(args: argparse.Namespace) -> int:
     predictor, _ = load_predictor(
         args.checkpoint, args.onnx, args.device, args.precision, args.runtime, args.set, sliding=args.sliding,
         crop=args.crop, stride=args.stride, scales=args.scales, default_scales=TTA_SCALES if args.tta else (1.0,),
-        flip=bool(args.tta), batch_size=args.batch_size, crf=args.crf)
+        flip=bool(args.tta), batch_size=args.batch_size, crf=args.crf, sizes=outputs.image_sizes(files))
     log.info(f"cityseg predict: {len(files)} images, {predictor.describe()}")
     if predictor.path.startswith("compile"):
         log.info("cityseg predict: compiling for the first image of each size (a one-off minute or two on a small CPU, "
-              "cached on disk for later runs; --runtime torch skips it)")
+                 "cached on disk for later runs; --runtime torch skips it)")
     gt_index = outputs.index_ground_truth(Path(args.gt)) if args.gt else None
     failed = len(failures) + outputs.predict_files(predictor, files, out, gt_index, args.batch_size)
     if failed:

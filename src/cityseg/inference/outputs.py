@@ -75,6 +75,22 @@ def collect_inputs(inputs: list[str], exclude: str | Path | None = None) -> tupl
     return list(unique.values()), problems
 
 
+def image_sizes(paths: list[Path]) -> list[tuple[int, int]]:
+    """(width, height) of each image that PIL can open, read from the file headers only (a file it
+    cannot open is left out here and reported when it is segmented). For choosing the inference
+    path by the work per input shape (:func:`cityseg.inference.predict.passes_per_shape`)."""
+    from PIL import Image
+
+    sizes = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                sizes.append(img.size)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+    return sizes
+
+
 def index_ground_truth(root: Path) -> dict[str, Path]:
     """Frame name -> its best ground-truth file under ``root``, searched recursively (labelIds >
     labelTrainIds > color, :data:`cityseg.layout.LABEL_SUFFIXES`)."""

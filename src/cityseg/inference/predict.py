@@ -31,7 +31,7 @@ from cityseg.errors import CitysegError
 from cityseg.imaging import normalize
 from cityseg.inference.crf import check_available, crf_labels
 from cityseg.inference.onnx import OrtRunner, check_classes, ort_session, verify_onnx
-from cityseg.inference.runtime import build_runner, runner_input, select_path
+from cityseg.inference.runtime import build_runner, path_reason, runner_input, select_path
 from cityseg.utils import parse_scales, parse_size
 
 #: Anything that maps (N, 3, h, w) float images to (N, C, h, w) logits or ``{"out": logits}``.
@@ -181,6 +181,36 @@ def predict_logits(
     return total / passes
 
 
+def passes_per_shape(
+    sizes: Sequence[tuple[int, int]],
+    mode: str = "whole",
+    crop: tuple[int, int] = (1024, 512),
+    stride: tuple[int, int] = (683, 341),
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> dict[tuple[int, int], int]:
+    """Forward passes (per image) that :func:`predict_logits` makes for each input shape ``(h, w)``.
+
+    ``sizes`` are the images' (width, height), as PIL's ``Image.size`` gives them (which reads only
+    a file's header); the other options are those of :func:`predict_logits`. Each scale is its own
+    shape, a flip doubles the passes of its shape, and sliding windows count once per window (all
+    windows of an image have one shape). The largest count is the ``work`` of
+    :func:`cityseg.inference.runtime.default_path`.
+    """
+    counts: dict[tuple[int, int], int] = {}
+    (cw, ch), (sw, sh) = crop, stride
+    for width, height in sizes:
+        for scale in scales:
+            h, w = max(1, round(height * scale)), max(1, round(width * scale))
+            if mode == "sliding":
+                shape = (min(ch, h), min(cw, w))
+                passes = len(window_starts(h, shape[0], sh)) * len(window_starts(w, shape[1], sw))
+            else:
+                shape, passes = (h, w), 1
+            counts[shape] = counts.get(shape, 0) + passes * (2 if flip else 1)
+    return counts
+
+
 # --- the embedding API ---------------------------------------------------------------------------
 
 
@@ -199,6 +229,12 @@ class Predictor:
     keyword options (``mode``, ``crop``, ``stride``, ``scales``, ``flip``, ``batch_size``,
     ``crf``) are those of :func:`predict_logits`, plus a :class:`~cityseg.config.CRFConfig`
     to refine every prediction with a dense CRF.
+
+    Used from Python the workload is not known in advance, so the default path is eager torch
+    (bf16 autocast where the hardware has native bf16, else fp32 channels_last), which has no
+    per-shape compilation to pay; for a long stream of same-size frames pass ``runtime="compile"``
+    (or ``work=``, see :meth:`from_model`). ``cityseg predict`` counts its frames per size and
+    chooses for itself.
     """
 
     def __init__(
@@ -223,6 +259,7 @@ class Predictor:
             check_available()
         self.runner = runner
         self.path = path  #: the inference path (see cityseg.inference.runtime.PATHS)
+        self.reason: str | None = None  #: why the path was chosen (set by from_model), for describe()
         self.options = {"mode": mode, "crop": tuple(crop), "stride": tuple(stride), "scales": tuple(scales),
                         "flip": flip, "batch_size": batch_size}
         self.crf = crf
@@ -231,27 +268,48 @@ class Predictor:
 
     @classmethod
     def from_model(
-        cls, model: torch.nn.Module, device: str = "auto", precision: str = "auto", runtime: str = "auto", **options
+        cls,
+        model: torch.nn.Module,
+        device: str = "auto",
+        precision: str = "auto",
+        runtime: str = "auto",
+        *,
+        work: int | None = None,
+        shapes: int | None = None,
+        **options,
     ) -> Predictor:
         """Wrap a cityseg model (its forward returns ``{"out": logits}``) on the chosen path.
 
         ``device``: auto | cpu | cuda; ``precision``: auto | fp32 | bf16; ``runtime``: auto | torch |
-        compile | onnxruntime (see :func:`cityseg.inference.runtime.select_path`). The default
-        (auto, auto) is torch.compile in bf16 on CPUs with native bf16: its first call for each
-        input size compiles (~30 s for DeepLabV3-ResNet50 on 2 cores, cached on disk); pass
-        ``runtime="torch"`` to skip compilation for a few images.
+        compile | onnxruntime (see :func:`cityseg.inference.runtime.select_path`). ``runtime="auto"``
+        chooses by ``work``, the largest number of forward passes that will share one input shape
+        (:func:`passes_per_shape`; ``shapes``: how many shapes, for :meth:`describe` only): eager
+        (bf16 autocast on hardware with native bf16, else fp32 channels_last) unless ``work``
+        reaches :data:`~cityseg.inference.runtime.COMPILE_PAYS_FROM`, then ``torch.compile``, whose
+        first call for each input size compiles (~30 s for DeepLabV3-ResNet50 on 2 cores, cached on
+        disk). Without ``work`` (a workload not known in advance) the default is eager; pass
+        ``runtime="compile"`` to compile for a long stream of same-size frames.
         """
         dev = resolve_device(device)
-        path = select_path(dev, precision, runtime)
-        return cls(build_runner(path, model, dev), path, **options)
+        path = select_path(dev, precision, runtime, work)
+        predictor = cls(build_runner(path, model, dev), path, **options)
+        predictor.reason = path_reason(path, work, runtime, shapes)
+        return predictor
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str = "auto", precision: str = "auto", runtime: str = "auto", **options
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        precision: str = "auto",
+        runtime: str = "auto",
+        *,
+        work: int | None = None,
+        **options,
     ) -> Predictor:
         """Load a cityseg checkpoint (CitysegError if it is not one) -> Predictor; see :meth:`from_model`."""
         model, _ = load_model(path, "cpu")
-        return cls.from_model(model, device, precision, runtime, **options)
+        return cls.from_model(model, device, precision, runtime, work=work, **options)
 
     @classmethod
     def from_onnx(cls, path: str | Path, threads: int | None = None, device: str = "cpu", **options) -> Predictor:
@@ -292,9 +350,11 @@ class Predictor:
         return probs.argmax(0).astype(np.uint8)
 
     def describe(self) -> str:
-        """One line: the path and the runner (e.g. ``bf16: torch bf16 channels_last on cpu``)."""
+        """One line: why the path, the path and the runner (e.g. ``eager bf16: at most 2 passes of one
+        shape, compiling pays from ~40 (bf16: torch bf16 channels_last on cpu)``)."""
         describe = getattr(self.runner, "describe", None)
-        return f"{self.path}: {describe() if describe else type(self.runner).__name__}"
+        path = f"{self.path}: {describe() if describe else type(self.runner).__name__}"
+        return f"{self.reason} ({path})" if self.reason else path
 
 
 def load_predictor(
@@ -313,12 +373,15 @@ def load_predictor(
     flip: bool = False,
     batch_size: int = 1,
     crf: bool = False,
+    sizes: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[Predictor, Config]:
     """(Predictor, Config) of a checkpoint, or of an ONNX export with a default config: ``cityseg predict``.
 
     ``overrides`` (``section.key=value``) change the config; ``crop``, ``stride`` (``"WxH"``) and
     ``scales`` (``"0.75,1"``) are the command line's texts, None taking the config's ``eval.crop_size``
     and ``eval.stride`` and ``default_scales``; ``crf`` refines with the config's ``crf`` section.
+    ``sizes``: the (width, height) of every image to come, which with ``runtime="auto"`` chooses
+    eager or compiled by the passes per input shape (:func:`passes_per_shape`); None: eager.
 
     Raises:
         CitysegError: not a cityseg checkpoint or ONNX file, an ONNX model with bf16 or a torch
@@ -344,7 +407,12 @@ def load_predictor(
     }
     if onnx:
         return Predictor.from_onnx(onnx, device="cuda" if device == "cuda" else "cpu", **options), cfg
-    return Predictor.from_model(model, device, precision, runtime, **options), cfg
+    work = shapes = None
+    if sizes is not None:
+        keys = ("mode", "crop", "stride", "scales", "flip")
+        counts = passes_per_shape(list(sizes), **{k: options[k] for k in keys})
+        work, shapes = max(counts.values(), default=0), len(counts)
+    return Predictor.from_model(model, device, precision, runtime, work=work, shapes=shapes, **options), cfg
 
 
 def check_rgb(image: np.ndarray, what: str = "image") -> None:

@@ -6,7 +6,8 @@ channels_last, or an onnxruntime session. Its ``input_space`` says which images 
 (:func:`input_space`): torch runners and bare models take ImageNet-normalised float32, the
 onnxruntime runner the RGB pixels (its graph normalises them), so an image is normalised once.
 A *path* (:data:`PATHS`) names one such configuration; :func:`default_path` is the one
-``cityseg predict`` uses, chosen by the measurements in BENCHMARKS.md.
+``cityseg predict`` uses, chosen by the work in front of it (eager for a few frames, compiled from
+:data:`COMPILE_PAYS_FROM` forward passes of one input shape) and the measurements in BENCHMARKS.md.
 :func:`cityseg.inference.predict.predict_logits` takes any runner, so sliding windows and
 test-time augmentation work the same on every path.
 
@@ -282,12 +283,24 @@ def build_runner(name: str, model: nn.Module, device: torch.device):
 
 RUNTIMES = ("auto", "torch", "compile", "onnxruntime")
 
+#: Forward passes of one input shape from which ``torch.compile`` is chosen by default.
+#: Compiling costs one slow first call per input shape and then saves a fraction of every pass:
+#: it pays when (first call - eager first call) < (passes - 1) x (eager pass - compiled pass).
+#: Measured by ``benchmarks/bench_default_path.py`` (BENCHMARKS.md, "Default inference path by
+#: workload"), DeepLabV3-ResNet50 at 1024x512, empty inductor cache, 2-core Zen 4 (AVX512-BF16):
+#: compile_bf16 first call 28.8 s, then 1.51 s a pass; eager bf16 2.0 s a pass, so compiling pays
+#: from 56 frames of one shape; rounded up to 60. Measured at 1024x512 only: compile time hardly
+#: depends on the size while the pass time grows with the pixels, so at 2048x1024 the crossover
+#: is smaller (~11 frames from the "CPU inference" figures) and 60 errs towards eager there, which
+#: costs at most the 1.3x eager/compiled pass ratio; on much smaller images it is larger.
+COMPILE_PAYS_FROM = 60
 
-def select_path(device: torch.device, precision: str = "auto", runtime: str = "auto") -> str:
+
+def select_path(device: torch.device, precision: str = "auto", runtime: str = "auto", work: int | None = None) -> str:
     """The inference path (a :data:`PATHS` key) for a ``--precision`` and ``--runtime`` choice.
 
-    ``runtime="auto"`` with ``precision="auto"`` is :func:`default_path`. ``torch`` and ``compile``
-    follow the resolved precision; ``onnxruntime`` runs fp32 only.
+    ``runtime="auto"`` is :func:`default_path` for the resolved precision and ``work``. ``torch``
+    and ``compile`` follow the resolved precision; ``onnxruntime`` runs fp32 only.
 
     Raises:
         CitysegError: unknown runtime or precision, bf16 where it is not native, bf16 with
@@ -297,7 +310,7 @@ def select_path(device: torch.device, precision: str = "auto", runtime: str = "a
         raise CitysegError(f"runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
     resolved = resolve_precision(precision, device)
     if runtime == "auto":
-        return default_path(device, precision)
+        return default_path(device, precision, work)
     if runtime == "onnxruntime":
         if precision == "bf16":
             raise CitysegError("--runtime onnxruntime runs fp32 only; drop --precision bf16 or use --runtime torch")
@@ -311,18 +324,60 @@ def select_path(device: torch.device, precision: str = "auto", runtime: str = "a
     return name
 
 
-def default_path(device: torch.device, precision: str = "auto") -> str:
+def compile_pays(work: int | None) -> bool:
+    """Whether ``work`` forward passes of one input shape are enough for ``torch.compile`` to pay
+    (:data:`COMPILE_PAYS_FROM`); an unknown workload (None) is not."""
+    return work is not None and work >= COMPILE_PAYS_FROM
+
+
+def default_path(device: torch.device, precision: str = "auto", work: int | None = None) -> str:
     """The path ``cityseg predict`` and :class:`~cityseg.inference.predict.Predictor` use by default.
 
-    ``torch.compile`` (inductor, frozen weights) in bf16 where the hardware has it natively, else
-    in fp32: on the 2-core Zen 4 CPU here it was the fastest path at each precision, 3x eager fp32
-    in bf16 with >= 99.5% argmax agreement on trained checkpoints (BENCHMARKS.md, "CPU inference").
-    Without a C++ compiler (inductor needs one on the CPU): eager bf16 autocast, or onnxruntime in
-    fp32 when installed, else eager channels_last.
+    Args:
+        device: where the model runs.
+        precision: ``auto|fp32|bf16`` (:func:`resolve_precision`).
+        work: the largest number of forward passes that share one input shape (frames of one size
+            times the passes per frame: scales x flips, or sliding windows); None when unknown.
+
+    Chosen by the work in front of it (:data:`COMPILE_PAYS_FROM`, BENCHMARKS.md): compilation is
+    paid once per input shape and pays back only over many passes of that shape, so a handful of
+    frames (or an unknown workload) runs eager: bf16 autocast where the hardware has bf16
+    natively, else fp32 channels_last. From :data:`COMPILE_PAYS_FROM` passes of one shape:
+    ``torch.compile`` (inductor, frozen weights) in bf16 where native, else fp32, the fastest
+    steady paths measured (3x eager fp32 in bf16 on the 2-core Zen 4, with >= 99.5% argmax
+    agreement on trained checkpoints; BENCHMARKS.md, "CPU inference"). Without a C++ compiler
+    (inductor needs one on the CPU) the large-work choice is eager bf16, or onnxruntime in fp32
+    when installed, else eager channels_last.
     """
     bf16 = resolve_precision(precision, device) == "bf16"
     available = available_paths(device)
-    for name in (["compile_bf16", "bf16"] if bf16 else ["compile", "onnxruntime", "channels_last"]):
+    if compile_pays(work):
+        order = ["compile_bf16", "bf16"] if bf16 else ["compile", "onnxruntime", "channels_last"]
+    else:
+        order = ["bf16"] if bf16 else ["channels_last"]
+    for name in order:
         if name in available:
             return name
     return BASELINE
+
+
+def path_reason(name: str, work: int | None, runtime: str = "auto", shapes: int | None = None) -> str:
+    """Why ``name`` was chosen, in a few words, for the ``cityseg predict`` status line.
+
+    ``work``: as for :func:`default_path`; ``shapes``: how many input shapes the work has (None: unknown).
+    E.g. ``"eager bf16: at most 2 forward passes per input shape, compiling pays from ~40"``.
+    """
+    if runtime != "auto":
+        return f"--runtime {runtime}"
+    kind = {"compile_bf16": "compiled bf16", "compile": "compiled fp32", "bf16": "eager bf16",
+            "channels_last": "eager fp32", "onnxruntime": "onnxruntime fp32"}.get(name, name)
+    pays = f"compiling pays from ~{COMPILE_PAYS_FROM}"
+    if work is None:
+        return f"{kind}: workload not known in advance, {pays} forward passes per input shape"
+    of_shapes = "" if shapes is None else f" ({shapes} input shape{'' if shapes == 1 else 's'})"
+    passes = f"{work} forward pass{'' if work == 1 else 'es'} per input shape"
+    if name.startswith("compile"):
+        return f"{kind}: up to {passes}{of_shapes}, {pays}"
+    if compile_pays(work):
+        return f"{kind}: up to {passes}{of_shapes}, {pays} but torch.compile is not available here"
+    return f"{kind}: at most {passes}{of_shapes}, {pays}"
