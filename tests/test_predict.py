@@ -329,7 +329,7 @@ def test_predict_cli_two_images_run_eager_by_default(tmp_path, checkpoint, capsy
     assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "in"), "--out", str(tmp_path / "out"),
                  "--tta"]) == 0
     assert chosen in (["bf16"], ["channels_last"])  # eager, by the CPU's bf16 support
-    line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("cityseg predict: 2 images"))
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("cityseg predict: 2 images"))
     assert "eager" in line and "at most 4 forward passes per input shape (3 input shapes)" in line
     assert f"compiling pays from ~{runtime.COMPILE_PAYS_FROM}" in line
     assert "compiling for the first image" not in line
