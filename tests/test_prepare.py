@@ -492,3 +492,26 @@ def test_real_pairs_are_recognised_and_their_masks_accepted():
 def test_recovery_stats_add_up():
     a = colour.ColourStats(10, 7, 2, 1)
     assert (a + a).astuple() == (20, 14, 4, 2)
+
+
+def test_instance_maps_are_carried_over_so_a_prepared_folder_gives_iiou(synth_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _prepare(synth_root, out, "--format", "cityscapes", "--workers", "1") == 0
+    sources = sorted((synth_root / "gtFine").rglob("*_gtFine_instanceIds.png"))
+    assert sources
+    for src in sources:
+        copied = out / src.relative_to(synth_root)
+        assert copied.read_bytes() == src.read_bytes()
+    from cityseg.layout import has_instances
+
+    assert has_instances(out, "val")
+    # an instance map of the wrong size is bad input, and a changed one makes its frame again
+    bad_src = tmp_path / "src"
+    import shutil
+
+    shutil.copytree(synth_root, bad_src)
+    victim = sorted((bad_src / "gtFine" / "val").rglob("*_gtFine_instanceIds.png"))[0]
+    _png(victim, np.zeros((5, 7), np.uint16))
+    capsys.readouterr()
+    assert _prepare(bad_src, tmp_path / "out2", "--format", "cityscapes", "--workers", "1") == 2
+    assert f"{victim}: instanceIds map is 7x5 but the label is" in capsys.readouterr().err

@@ -67,9 +67,25 @@ class Job:
     def outputs_exist(self) -> bool:
         return self.out_image.is_file() and self.out_label_ids.is_file() and self.out_train_ids.is_file()
 
+    @property
+    def out_instances(self) -> Path:
+        """Where the frame's instanceIds map goes (cityscapes sources that have one: iIoU needs it)."""
+        stem = self.out_train_ids.name[: -len(layout.TRAIN_IDS_SUFFIX)]
+        return self.out_train_ids.with_name(f"{stem}{layout.INSTANCE_SUFFIX}")
+
+    def source_instances(self) -> Path | None:
+        """The source's ``*_gtFine_instanceIds.png`` of this frame, if it has one."""
+        if self.kind == "pairs":
+            return None
+        path = layout.label_path(self.source, layout.INSTANCE_SUFFIX)
+        return path if path.is_file() else None
+
     def sources(self) -> list[Path]:
-        """The files the frame is made from: the pairs file, or the image and its label."""
-        return [self.source] if self.kind == "pairs" else [self.source, layout.find_label(self.source)]
+        """The files the frame is made from: the pairs file, or the image, its label and instanceIds map."""
+        if self.kind == "pairs":
+            return [self.source]
+        instances = self.source_instances()
+        return [self.source, layout.find_label(self.source)] + ([instances] if instances else [])
 
     def done(self, stamp: list) -> bool:
         """True when the outputs exist and were made from source files stamped ``stamp`` (:func:`source_stamp`)."""
@@ -288,10 +304,29 @@ def _convert_cityscapes(job: Job, link: str | None) -> ColourStats:
             f"{job.source}: image is {image.shape[1]}x{image.shape[0]} but its label {label_path.name} "
             f"is {maps.train_ids.shape[1]}x{maps.train_ids.shape[0]}"
         )
+    instances = job.source_instances()
+    if instances is not None:
+        _check_instances(instances, maps.train_ids.shape)
     _place_image(job.source, job.out_image, link)
+    if instances is not None:  # copied (or linked) as it is: the official 16-bit format, for iIoU
+        _place_image(instances, job.out_instances, link)
     save_png(maps.label_ids, job.out_label_ids)
     save_png(maps.train_ids, job.out_train_ids)  # last: its presence marks the frame done
     return maps.stats
+
+
+def _check_instances(path: Path, shape: tuple[int, ...]) -> None:
+    """CitysegError unless ``path`` is a readable PNG of the label's size (``shape`` = (H, W))."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            img.verify()
+    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+        raise CitysegError(f"{path}: unreadable instanceIds map ({exc})") from None
+    if (height, width) != tuple(shape):
+        raise CitysegError(f"{path}: instanceIds map is {width}x{height} but the label is {shape[1]}x{shape[0]}")
 
 
 def _convert_pair(job: Job) -> ColourStats:
@@ -325,7 +360,7 @@ def run_job(job: Job, link: str | None = None, force: bool = False) -> Result:
 
 
 def _remove_outputs(job: Job) -> None:
-    for path in (job.record, job.out_train_ids, job.out_label_ids, job.out_image):
+    for path in (job.record, job.out_train_ids, job.out_label_ids, job.out_instances, job.out_image):
         path.unlink(missing_ok=True)
 
 
