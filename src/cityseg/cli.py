@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "export": "cityseg.commands.export",
     "benchmark": "cityseg.commands.benchmark",
     "report": "cityseg.commands.report",
+    "stats": "cityseg.commands.stats",
     "completion": "cityseg.commands.completion",
 }
 

