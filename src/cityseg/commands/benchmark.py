@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-HELP = "time inference paths (channels_last, bf16, onnxruntime, compile) against eager fp32 torch"
+HELP = "time inference paths (channels_last, bf16, onnxruntime, compile, int8) against eager fp32 torch"
 log = logging.getLogger("cityseg")
 
 
@@ -21,6 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", metavar="FILE", help="input photo, resized to --size (default: a synthetic frame)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up call (default 3)")
     parser.add_argument("--threads", type=int, help="torch and onnxruntime threads (default: torch's default)")
+    parser.add_argument("--precision", choices=["auto", "int8"], default="auto",
+                        help="auto (default): time every path; int8: time onnxruntime static int8 against "
+                        "eager fp32 (CPUs with VNNI; needs --calibration)")
+    parser.add_argument("--calibration", metavar="DIR", help="--precision int8: a folder of photos like the ones to "
+                        "segment; the int8 ranges are measured on up to 16 of them")
     parser.add_argument("--json", metavar="FILE", help='write {"baseline_ms", "ms", "path", "agreement", "paths": {...}}')
 
 
@@ -47,9 +52,12 @@ def run(args: argparse.Namespace) -> int:
     model, name = _model(args)
     x = benchmark_input(size, args.image)
     paths = [p.strip() for p in args.paths.split(",") if p.strip()] if args.paths else None
+    calibration, report = _int8(args, device, paths)
+    if report:
+        paths = [report]
     log.info(f"benchmark: {name} at {args.size} on {device} ({torch.get_num_threads()} threads), {args.repeats} rounds")
     result = run_benchmark(model, x, device, paths, repeats=args.repeats,
-                           progress=lambda line: log.info(f"  {line}"))
+                           progress=lambda line: log.info(f"  {line}"), calibration=calibration, report=report)
     result["model"] = name
     log.info(format_results(result))
     if args.json:
@@ -59,6 +67,28 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise CitysegError(f"{args.json}: cannot write ({exc.strerror or exc})") from None
     return 0
+
+
+def _int8(args: argparse.Namespace, device, paths):
+    """(calibration frames or None, the path to report or None) for --precision and --calibration."""
+    from cityseg.errors import CitysegError
+    from cityseg.inference.int8 import CALIBRATION_HELP, calibration_frames
+    from cityseg.inference.runtime import cpu_has_vnni
+
+    int8 = args.precision == "int8" or (paths is not None and "int8" in paths)
+    if not int8:
+        if args.calibration:
+            raise CitysegError("--calibration is for --precision int8")
+        return None, None
+    if not args.calibration:
+        raise CitysegError(CALIBRATION_HELP)
+    if device.type != "cpu":
+        raise CitysegError(f"--precision int8 runs on the CPU; drop --device {args.device}")
+    frames = calibration_frames(args.calibration)
+    if not cpu_has_vnni():
+        log.warning("--precision int8: this CPU has no VNNI (avx512_vnni/avx_vnni), where int8 is no faster; timing fp32")
+        return None, "channels_last"
+    return frames, "int8" if args.precision == "int8" else None
 
 
 def _model(args: argparse.Namespace):

@@ -26,6 +26,7 @@ from cityseg.errors import CitysegError
 from cityseg.inference.runtime import (
     BASELINE,
     COMPILE_PAYS_FROM,
+    NEEDS_CALIBRATION,
     PATHS,
     available_paths,
     build_runner,
@@ -155,6 +156,8 @@ def run_benchmark(
     repeats: int = 3,
     warmup: int = 1,
     progress: Callable[[str], None] | None = None,
+    calibration: Sequence[torch.Tensor] | None = None,
+    report: str | None = None,
 ) -> dict[str, Any]:
     """Time the baseline and ``paths`` (default: every path available on ``device``) on ``x``.
 
@@ -166,6 +169,10 @@ def run_benchmark(
         paths: names from :data:`~cityseg.inference.runtime.PATHS`; the baseline is always timed.
         repeats: timed rounds after ``warmup`` untimed calls per path.
         progress: called with a short status line after each round.
+        calibration: uint8 RGB (1, 3, H, W) frames for the paths that need them (int8); without
+            them those paths are left out of the default set.
+        report: the path whose ``ms``/``agreement``/``speedup`` are reported at the top level
+            (default: the steady-state default path, see below); it is timed.
 
     Returns:
         ``{"baseline_ms", "ms", "path", "agreement", "speedup", "paths": {name: PathResult as dict}, ...}``
@@ -177,18 +184,20 @@ def run_benchmark(
         CitysegError: an unknown path or one not available on ``device``.
     """
     available = available_paths(device)
-    wanted = list(paths) if paths else [p for p in available if p != BASELINE]
+    wanted = list(paths) if paths else [p for p in available if p != BASELINE
+                                        and (calibration or p not in NEEDS_CALIBRATION)]
     for name in wanted:
         if name not in PATHS:
             raise CitysegError(f"unknown inference path {name!r}; valid: {', '.join(PATHS)}")
         if name not in available:
             raise CitysegError(f"path {name!r} is not available on {device.type} here; available: {', '.join(available)}")
-    default = default_path(device, work=COMPILE_PAYS_FROM)  # the steady-state default: what is timed
+    # the steady-state default (or the asked-for path): what is reported
+    default = report or default_path(device, work=COMPILE_PAYS_FROM)
     names = [BASELINE] + [n for n in dict.fromkeys(wanted + [default]) if n != BASELINE]
     runners, inputs, setup_s, outputs = {}, {}, {}, {}
     for name in names:
         start = time.perf_counter()
-        runners[name] = build_runner(name, model, device)
+        runners[name] = build_runner(name, model, device, calibration=calibration)
         inputs[name] = runner_input(runners[name], x)
         for _ in range(max(1, warmup)):  # compiled paths compile here
             outputs[name] = runners[name](inputs[name]).cpu()
@@ -230,7 +239,8 @@ def format_results(result: dict[str, Any]) -> str:
     """A table: path, median ms, speed-up, agreement, setup seconds; the default path marked."""
     lines = [f"{'path':16s} {'ms':>10s} {'speed-up':>9s} {'agreement':>10s} {'setup s':>8s}"]
     for name, r in result["paths"].items():
-        many = f" <- cityseg predict default from ~{COMPILE_PAYS_FROM} frames of one size"
+        many = (" <- --precision int8" if name == "int8" else
+                f" <- cityseg predict default from ~{COMPILE_PAYS_FROM} frames of one size")
         mark = many if name == result["path"] else ""
         lines.append(
             f"{name:16s} {r['ms']:10.0f} {r['speedup']:8.2f}x {r['agreement']:10.4%} {r['setup_s']:8.1f}{mark}"

@@ -224,7 +224,11 @@ PATHS: dict[str, str] = {
     "onnxruntime": "onnxruntime, fp32, all graph optimisations",
     "compile": "torch.compile (inductor, frozen weights), fp32, channels_last",
     "compile_bf16": "torch.compile (inductor, frozen weights), bf16 autocast, channels_last",
+    "int8": "onnxruntime, static int8 (QDQ), calibrated on real frames (CPUs with VNNI)",
 }
+
+#: Paths that need calibration frames (:func:`build_runner`'s ``calibration``): timed only when given.
+NEEDS_CALIBRATION = ("int8",)
 
 _TORCH_PATHS: dict[str, tuple[str, bool, bool]] = {  # name -> (precision, channels_last, compile)
     BASELINE: ("fp32", False, False),
@@ -249,6 +253,19 @@ def _has_compiler() -> bool:
     return shutil.which(os.environ.get("CXX", "g++")) is not None or shutil.which("clang++") is not None
 
 
+#: /proc/cpuinfo flags of 8-bit integer dot-product instructions (VNNI): without them int8 is not faster.
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_has_vnni() -> bool:
+    """True when the CPU has 8-bit integer dot products (AVX512-VNNI, AVX-VNNI or AMX-INT8)."""
+    return any(flag in cpu_flags() for flag in VNNI_FLAGS)
+
+
+def _has_vnni() -> bool:
+    return cpu_has_vnni()
+
+
 def available_paths(device: torch.device) -> list[str]:
     """The paths that can run on ``device`` on this machine, baseline first."""
     bf16 = native_bf16(device)
@@ -260,19 +277,29 @@ def available_paths(device: torch.device) -> list[str]:
         "onnxruntime": _has_onnxruntime(device),
         "compile": device.type == "cuda" or _has_compiler(),
         "compile_bf16": bf16 and (device.type == "cuda" or _has_compiler()),
+        "int8": device.type == "cpu" and _has_onnxruntime(device) and _has_vnni(),
     }
     return [name for name in PATHS if usable[name]]
 
 
-def build_runner(name: str, model: nn.Module, device: torch.device):
+def build_runner(name: str, model: nn.Module, device: torch.device, calibration=None):
     """A runner for path ``name``, on a copy of ``model`` (the caller's model is left as it is).
 
+    ``calibration``: uint8 RGB (1, 3, H, W) frames, for the paths in :data:`NEEDS_CALIBRATION`.
+
     Raises:
-        CitysegError: unknown path name.
+        CitysegError: unknown path name, or int8 without calibration frames.
     """
     if name not in PATHS:
         raise CitysegError(f"unknown inference path {name!r}; valid: {', '.join(PATHS)}")
     model = copy.deepcopy(model).eval()
+    if name == "int8":
+        from cityseg.inference.int8 import CALIBRATION_HELP, quantize_onnx
+
+        if not calibration:
+            raise CitysegError(CALIBRATION_HELP)
+        data, _ = onnx_bytes(model, exporter="torchscript")
+        return OrtRunner(ort_session(quantize_onnx(data, calibration), device="cpu"))
     if name == "onnxruntime":
         # the TorchScript exporter: seconds instead of the dynamo exporter's half minute, an equivalent graph
         data, _ = onnx_bytes(model, exporter="torchscript")
