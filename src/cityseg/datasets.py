@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from cityseg import labels
+from cityseg.config import read_yaml
 from cityseg.errors import CitysegError
 
 #: The train id of ignored pixels (void and unlisted ids or colours), as in :mod:`cityseg.labels`.
@@ -320,17 +321,7 @@ def load_dataset(name_or_path: str | os.PathLike | DatasetSpec) -> DatasetSpec:
     if not path.is_file():
         raise CitysegError(f"{text}: not a built-in dataset ({', '.join(BUILTINS)}) nor a description file; "
                            "give one of those names or a YAML file")
-    import yaml
-
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise CitysegError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    except OSError as exc:
-        raise CitysegError(f"{path}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise CitysegError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return _parse(raw, str(path))
+    return _parse(read_yaml(path, str(path)), str(path))
 
 
 # --- files ------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, get_args, get_type_hints
 
 from cityseg.config import Config, config_from_dict, read_yaml
-from cityseg.errors import CitysegError
+from cityseg.errors import CitysegError, first_line
 from cityseg.utils import atomic_path, require
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ def open_study(storage: str, name: str, seed: int, pruner: Any = None) -> optuna
             load_if_exists=True,
         )
     except Exception as exc:  # SQLAlchemy / Optuna errors of a bad URL or an unreachable server
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        text = first_line(exc)
         raise CitysegError(f"--storage {storage}: cannot open the study {name!r} ({text})") from None
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise CitysegError(f"study {name!r} in {storage} minimises; cityseg sweep needs one that maximises val mIoU")

@@ -180,7 +180,10 @@ def export_metadata(config: dict[str, Any] | None = None) -> dict[str, str]:
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The decoded :data:`METADATA_KEYS` an .onnx file carries ({} for a file not written by cityseg)."""
     onnx = require("onnx", "onnx", "reading an .onnx file")
-    model = onnx.load(str(path), load_external_data=False)
+    return _decode_metadata(onnx.load(str(path), load_external_data=False), path)
+
+
+def _decode_metadata(model: Any, path: str | os.PathLike) -> dict[str, Any]:
     out = {}
     for prop in model.metadata_props:
         if prop.key in METADATA_KEYS:
@@ -191,18 +194,17 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
-def check_classes(path: str | os.PathLike) -> dict[str, Any]:
-    """:func:`read_metadata`, after checking that the file predicts the classes this cityseg writes
-    (the Cityscapes train classes); CitysegError naming the file and its classes otherwise."""
+def check_classes(meta: dict[str, Any], path: str | os.PathLike) -> None:
+    """CitysegError naming the file and its classes unless the metadata ``meta`` (of
+    :func:`verify_onnx` or :func:`read_metadata`) says it predicts the classes this cityseg writes
+    (the Cityscapes train classes)."""
     from cityseg import labels
 
-    meta = read_metadata(path)
     classes = meta.get("cityseg.classes")
     if classes is not None and list(classes) != list(labels.CLASS_NAMES):
         shown = ", ".join(map(str, classes[:6])) + (", ..." if len(classes) > 6 else "")
         raise CitysegError(f"{path}: predicts {len(classes)} classes ({shown}), not the {labels.NUM_CLASSES} "
                            "Cityscapes train classes that cityseg predict writes")
-    return meta
 
 
 def stamp_checksum(data: bytes, metadata: dict[str, str] | None = None) -> bytes:
@@ -218,9 +220,10 @@ def stamp_checksum(data: bytes, metadata: dict[str, str] | None = None) -> bytes
     return model.SerializeToString()
 
 
-def verify_onnx(path: str | os.PathLike) -> None:
+def verify_onnx(path: str | os.PathLike) -> dict[str, Any]:
     """Check an .onnx file before it is used: parsable, valid (``onnx.checker``), and its graph equal
     to the checksum recorded at export (files not written by ``cityseg export`` carry none: a warning).
+    Returns its decoded cityseg metadata (:data:`METADATA_KEYS`), read in the same pass.
 
     Raises:
         CitysegError: naming the file and what is wrong with it.
@@ -244,6 +247,7 @@ def verify_onnx(path: str | os.PathLike) -> None:
     elif _graph_digest(model) != recorded:
         raise CitysegError(f"{path}: damaged: its graph or weights differ from the checksum recorded at export; "
                            "export it again from the checkpoint")
+    return _decode_metadata(model, path)
 
 
 def check_dynamic(data: bytes, wrapper: ExportWrapper, sizes: tuple[tuple[int, int], ...] = ((96, 64), (80, 112))) -> None:

@@ -315,8 +315,7 @@ class Predictor:
     def from_onnx(cls, path: str | Path, threads: int | None = None, device: str = "cpu", **options) -> Predictor:
         """Load a model written by ``cityseg export`` (checked by :func:`~cityseg.inference.onnx.verify_onnx`)
         and run it with onnxruntime (fp32) on the uint8 pixels."""
-        verify_onnx(path)
-        check_classes(path)
+        check_classes(verify_onnx(path), path)
         return cls(OrtRunner(ort_session(path, threads, device)), "onnxruntime", **options)
 
     def probabilities(self, images: Sequence[np.ndarray]) -> torch.Tensor:
