@@ -290,7 +290,7 @@ CASES = [
     ("benchmark --size 64x32 --precision int8", "needs --calibration DIR"),
     ("benchmark --size 64x32 --precision int8 --calibration {t}/nosuch", "{t}/nosuch: not a folder"),
     ("benchmark --size 64x32 --precision int8 --calibration {empty_dir}", "no images"),
-    ("benchmark --size 64x32 --calibration {t}", "--calibration is for --precision int8"),
+    ("benchmark --size 64x32 --calibration {t}", "--calibration only applies to --precision int8"),
     # --- sweep --------------------------------------------------------------------------------
     ("sweep --out {t}/sw1 --trials -1", "--trials"),
     ("sweep --out {t}/sw2 --trials 1 --space {t}/missing.yaml", "missing.yaml"),

@@ -71,24 +71,17 @@ def run(args: argparse.Namespace) -> int:
 
 def _int8(args: argparse.Namespace, device, paths):
     """(calibration frames or None, the path to report or None) for --precision and --calibration."""
-    from cityseg.errors import CitysegError
-    from cityseg.inference.int8 import CALIBRATION_HELP, calibration_frames
-    from cityseg.inference.runtime import cpu_has_vnni
+    from cityseg.inference.int8 import calibration_frames, check_calibration
+    from cityseg.inference.runtime import int8_path
 
     int8 = args.precision == "int8" or (paths is not None and "int8" in paths)
+    check_calibration("int8" if int8 else args.precision, args.calibration)
     if not int8:
-        if args.calibration:
-            raise CitysegError("--calibration is for --precision int8")
         return None, None
-    if not args.calibration:
-        raise CitysegError(CALIBRATION_HELP)
-    if device.type != "cpu":
-        raise CitysegError(f"--precision int8 runs on the CPU; drop --device {args.device}")
-    frames = calibration_frames(args.calibration)
-    if not cpu_has_vnni():
-        log.warning("--precision int8: this CPU has no VNNI (avx512_vnni/avx_vnni), where int8 is no faster; timing fp32")
-        return None, "channels_last"
-    return frames, "int8" if args.precision == "int8" else None
+    path = int8_path(device)
+    if path != "int8":  # no VNNI: like cityseg predict, one warning, and the default path is timed and reported
+        return None, path
+    return calibration_frames(args.calibration), "int8" if args.precision == "int8" else None
 
 
 def _model(args: argparse.Namespace):

@@ -25,9 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass (default 1)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto (cuda if any)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default="auto",
                         help="auto: bf16 where the hardware has it natively (>= 99.5%% argmax agreement with fp32 "
-                        "measured on trained checkpoints), else fp32")
+                        "measured on trained checkpoints), else fp32; int8: onnxruntime static int8 on the CPU "
+                        "(needs --calibration; cached beside the checkpoint; without VNNI the default path runs)")
+    parser.add_argument("--calibration", metavar="DIR", help="--precision int8: a folder of photos like the ones to "
+                        "segment; the int8 ranges are measured on up to 16 of them")
     parser.add_argument("--runtime", choices=["auto", "torch", "compile", "onnxruntime"], default="auto",
                         help="execution engine for --checkpoint (default auto: eager torch for a few frames, "
                         "torch.compile when enough forward passes share one input shape for compiling to pay, "
@@ -67,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     predictor, _ = load_predictor(
         args.checkpoint, args.onnx, args.device, args.precision, args.runtime, args.set, sliding=args.sliding,
         crop=args.crop, stride=args.stride, scales=args.scales, default_scales=TTA_SCALES if args.tta else (1.0,),
-        flip=bool(args.tta), batch_size=args.batch_size, crf=args.crf, sizes=outputs.image_sizes(files))
+        flip=bool(args.tta), batch_size=args.batch_size, crf=args.crf, sizes=outputs.image_sizes(files),
+        calibration=args.calibration)
     log.info(f"cityseg predict: {len(files)} images, {predictor.describe()}")
     if predictor.path.startswith("compile"):
         log.info("cityseg predict: compiling for the first image of each size (a one-off minute or two on a small CPU, "

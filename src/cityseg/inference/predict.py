@@ -31,7 +31,7 @@ from cityseg.errors import CitysegError
 from cityseg.imaging import normalize
 from cityseg.inference.crf import check_available, crf_labels
 from cityseg.inference.onnx import OrtRunner, check_classes, ort_session, verify_onnx
-from cityseg.inference.runtime import build_runner, path_reason, runner_input, select_path
+from cityseg.inference.runtime import build_runner, int8_device, path_reason, runner_input, select_path
 from cityseg.utils import parse_scales, parse_size
 
 #: Anything that maps (N, 3, h, w) float images to (N, C, h, w) logits or ``{"out": logits}``.
@@ -276,12 +276,14 @@ class Predictor:
         *,
         work: int | None = None,
         shapes: int | None = None,
+        calibration: str | Path | None = None,
+        checkpoint: str | Path | None = None,
         **options,
     ) -> Predictor:
         """Wrap a cityseg model (its forward returns ``{"out": logits}``) on the chosen path.
 
-        ``device``: auto | cpu | cuda; ``precision``: auto | fp32 | bf16; ``runtime``: auto | torch |
-        compile | onnxruntime (see :func:`cityseg.inference.runtime.select_path`). ``runtime="auto"``
+        ``device``: auto | cpu | cuda; ``precision``: auto | fp32 | bf16 | int8; ``runtime``: auto |
+        torch | compile | onnxruntime (see :func:`cityseg.inference.runtime.select_path`). ``runtime="auto"``
         chooses by ``work``, the largest number of forward passes that will share one input shape
         (:func:`passes_per_shape`; ``shapes``: how many shapes, for :meth:`describe` only): eager
         (bf16 autocast on hardware with native bf16, else fp32 channels_last) unless ``work``
@@ -289,10 +291,28 @@ class Predictor:
         first call for each input size compiles (~30 s for DeepLabV3-ResNet50 on 2 cores, cached on
         disk). Without ``work`` (a workload not known in advance) the default is eager; pass
         ``runtime="compile"`` to compile for a long stream of same-size frames.
+
+        ``precision="int8"`` (CPU only; ``device="auto"`` means the CPU) needs ``calibration``, a
+        folder of a few dozen photos like the ones to segment: the model is quantised statically with
+        onnxruntime (:mod:`cityseg.inference.int8`) and run on the uint8 pixels, with sliding windows,
+        TTA and batches as on any path. The int8 model is cached beside ``checkpoint`` (the file the
+        model came from; None: in ``~/.cache/cityseg/int8``) and reused while the weights, the
+        calibration files and the quantisation settings are the same. Where the CPU has no VNNI
+        the default path runs instead, with one warning. Example::
+
+            Predictor.from_model(model, precision="int8", calibration="photos/calib")
+
+        Raises:
+            CitysegError: a bad device, precision or runtime; ``calibration`` missing with int8 or
+                given without it; int8 on a GPU.
         """
-        dev = resolve_device(device)
+        from cityseg.inference.int8 import check_calibration
+
+        check_calibration(precision, calibration)
+        dev = int8_device(device) if precision == "int8" else resolve_device(device)
         path = select_path(dev, precision, runtime, work)
-        predictor = cls(build_runner(path, model, dev), path, **options)
+        extra = {"calibration": calibration, "cache_beside": checkpoint} if path == "int8" else {}
+        predictor = cls(build_runner(path, model, dev, **extra), path, **options)
         predictor.reason = path_reason(path, work, runtime, shapes)
         return predictor
 
@@ -305,11 +325,14 @@ class Predictor:
         runtime: str = "auto",
         *,
         work: int | None = None,
+        calibration: str | Path | None = None,
         **options,
     ) -> Predictor:
-        """Load a cityseg checkpoint (CitysegError if it is not one) -> Predictor; see :meth:`from_model`."""
+        """Load a cityseg checkpoint (CitysegError if it is not one) -> Predictor; see :meth:`from_model`
+        (``precision="int8"`` caches its int8 model beside the checkpoint)."""
         model, _ = load_model(path, "cpu")
-        return cls.from_model(model, device, precision, runtime, work=work, **options)
+        return cls.from_model(model, device, precision, runtime, work=work, calibration=calibration,
+                              checkpoint=path, **options)
 
     @classmethod
     def from_onnx(cls, path: str | Path, threads: int | None = None, device: str = "cpu", **options) -> Predictor:
@@ -373,6 +396,7 @@ def load_predictor(
     batch_size: int = 1,
     crf: bool = False,
     sizes: Sequence[tuple[int, int]] | None = None,
+    calibration: str | Path | None = None,
 ) -> tuple[Predictor, Config]:
     """(Predictor, Config) of a checkpoint, or of an ONNX export with a default config: ``cityseg predict``.
 
@@ -381,12 +405,19 @@ def load_predictor(
     and ``eval.stride`` and ``default_scales``; ``crf`` refines with the config's ``crf`` section.
     ``sizes``: the (width, height) of every image to come, which with ``runtime="auto"`` chooses
     eager or compiled by the passes per input shape (:func:`passes_per_shape`); None: eager.
+    ``calibration``: the photo folder of ``precision="int8"`` (:meth:`Predictor.from_model`).
 
     Raises:
-        CitysegError: not a cityseg checkpoint or ONNX file, an ONNX model with bf16 or a torch
-            runtime, or an option that does not parse.
+        CitysegError: not a cityseg checkpoint or ONNX file, an ONNX model with bf16, int8 or a torch
+            runtime, ``calibration`` without int8 or int8 without it, or an option that does not parse.
     """
+    from cityseg.inference.int8 import check_calibration
+
+    check_calibration(precision, calibration)
     if onnx:
+        if precision == "int8":
+            raise CitysegError("--precision int8 quantises a --checkpoint; --onnx runs its file in fp32 "
+                               "(use --checkpoint CKPT --precision int8 --calibration DIR)")
         if precision == "bf16" or runtime not in ("auto", "onnxruntime"):
             raise CitysegError("--onnx runs with onnxruntime in fp32; drop --precision bf16 / --runtime")
         model, cfg = None, Config()
@@ -411,7 +442,9 @@ def load_predictor(
         keys = ("mode", "crop", "stride", "scales", "flip")
         counts = passes_per_shape(list(sizes), **{k: options[k] for k in keys})
         work, shapes = max(counts.values(), default=0), len(counts)
-    return Predictor.from_model(model, device, precision, runtime, work=work, shapes=shapes, **options), cfg
+    predictor = Predictor.from_model(model, device, precision, runtime, work=work, shapes=shapes,
+                                     calibration=calibration, checkpoint=checkpoint, **options)
+    return predictor, cfg
 
 
 def check_rgb(image: np.ndarray, what: str = "image") -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -31,6 +32,9 @@ from cityseg.errors import CitysegError
 from cityseg.imaging import NORMALIZED, PIXELS, normalize
 from cityseg.inference.onnx import OrtRunner, onnx_bytes, ort_session
 from cityseg.labels import NUM_CLASSES
+from cityseg.utils import require
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -262,6 +266,12 @@ def cpu_has_vnni() -> bool:
     return any(flag in cpu_flags() for flag in VNNI_FLAGS)
 
 
+def no_vnni_message(fallback: str) -> str:
+    """The one line that says int8 is not used on this CPU and which path runs instead."""
+    return (f"--precision int8: this CPU has no VNNI ({', '.join(VNNI_FLAGS[:-1])} or {VNNI_FLAGS[-1]}): "
+            f"int8 would be slower than fp32; running {fallback} instead")
+
+
 def _has_vnni() -> bool:
     return cpu_has_vnni()
 
@@ -282,30 +292,43 @@ def available_paths(device: torch.device) -> list[str]:
     return [name for name in PATHS if usable[name]]
 
 
-def build_runner(name: str, model: nn.Module, device: torch.device, calibration=None):
+def build_runner(name: str, model: nn.Module, device: torch.device, calibration=None, cache_beside=None):
     """A runner for path ``name``, on a copy of ``model`` (the caller's model is left as it is).
 
-    ``calibration``: uint8 RGB (1, 3, H, W) frames, for the paths in :data:`NEEDS_CALIBRATION`.
+    Args:
+        calibration: for the paths in :data:`NEEDS_CALIBRATION` (int8): uint8 RGB (1, 3, H, W)
+            frames (quantised afresh, as ``cityseg benchmark`` does), or a folder of photos
+            (quantised once and cached: :func:`cityseg.inference.int8.cached_int8`).
+        cache_beside: with a calibration folder, the checkpoint beside which the int8 model is cached
+            (None: the user's cache folder).
 
     Raises:
-        CitysegError: unknown path name, or int8 without calibration frames.
+        CitysegError: unknown path name, or int8 without calibration.
     """
     if name not in PATHS:
         raise CitysegError(f"unknown inference path {name!r}; valid: {', '.join(PATHS)}")
     model = copy.deepcopy(model).eval()
     if name == "int8":
-        from cityseg.inference.int8 import CALIBRATION_HELP, quantize_onnx
-
-        if not calibration:
-            raise CitysegError(CALIBRATION_HELP)
-        data, _ = onnx_bytes(model, exporter="torchscript")
-        return OrtRunner(ort_session(quantize_onnx(data, calibration), device="cpu"))
+        return _int8_runner(model, calibration, cache_beside)
     if name == "onnxruntime":
         # the TorchScript exporter: seconds instead of the dynamo exporter's half minute, an equivalent graph
         data, _ = onnx_bytes(model, exporter="torchscript")
         return OrtRunner(ort_session(data, device=device.type))
     precision, channels_last, compiled = _TORCH_PATHS[name]
     return TorchRunner(model, device, precision, channels_last, compiled)
+
+
+def _int8_runner(model: nn.Module, calibration, cache_beside) -> OrtRunner:
+    """The onnxruntime int8 runner of ``model`` on the CPU (see :func:`build_runner`)."""
+    from cityseg.inference.int8 import CALIBRATION_HELP, cached_int8, quantize_model
+
+    if not calibration:
+        raise CitysegError(CALIBRATION_HELP)
+    if isinstance(calibration, str | os.PathLike):
+        source = cached_int8(model, calibration, cache_beside)
+    else:
+        source = quantize_model(model, calibration)
+    return OrtRunner(ort_session(source, device="cpu"))
 
 
 RUNTIMES = ("auto", "torch", "compile", "onnxruntime")
@@ -327,7 +350,8 @@ def select_path(device: torch.device, precision: str = "auto", runtime: str = "a
     """The inference path (a :data:`PATHS` key) for a ``--precision`` and ``--runtime`` choice.
 
     ``runtime="auto"`` is :func:`default_path` for the resolved precision and ``work``. ``torch``
-    and ``compile`` follow the resolved precision; ``onnxruntime`` runs fp32 only.
+    and ``compile`` follow the resolved precision; ``onnxruntime`` runs fp32 only. ``precision="int8"``
+    is :func:`int8_path`.
 
     Raises:
         CitysegError: unknown runtime or precision, bf16 where it is not native, bf16 with
@@ -335,6 +359,8 @@ def select_path(device: torch.device, precision: str = "auto", runtime: str = "a
     """
     if runtime not in RUNTIMES:
         raise CitysegError(f"runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
+    if precision == "int8":
+        return int8_path(device, runtime, work)
     resolved = resolve_precision(precision, device)
     if runtime == "auto":
         return default_path(device, precision, work)
@@ -349,6 +375,33 @@ def select_path(device: torch.device, precision: str = "auto", runtime: str = "a
     if name not in available_paths(device):
         raise CitysegError(f"--runtime {runtime}: not available on {device.type} here (onnxruntime or a C++ compiler missing)")
     return name
+
+
+def int8_device(device: str | torch.device) -> torch.device:
+    """The CPU, for ``--precision int8`` with ``--device auto`` or ``cpu``; CitysegError for any other device."""
+    name = device.type if isinstance(device, torch.device) else device
+    if name not in ("auto", "cpu"):
+        raise CitysegError(f"--precision int8 runs on the CPU only; use --device cpu, not {name}")
+    return torch.device("cpu")
+
+
+def int8_path(device: torch.device, runtime: str = "auto", work: int | None = None) -> str:
+    """``"int8"`` (onnxruntime static int8 on the CPU) where the CPU has VNNI; elsewhere one warning
+    (:func:`no_vnni_message`) and the path ``runtime`` gives in fp32/bf16 (:func:`select_path`).
+
+    Raises:
+        CitysegError: a device other than the CPU, a torch runtime, or onnxruntime/onnx missing.
+    """
+    int8_device(device)
+    if runtime not in ("auto", "onnxruntime"):
+        raise CitysegError(f"--precision int8 runs with onnxruntime; drop --runtime {runtime}")
+    for module in ("onnxruntime", "onnx"):
+        require(module, "onnx", "--precision int8")
+    if not cpu_has_vnni():
+        fallback = select_path(device, "auto", runtime, work)
+        log.warning(no_vnni_message(fallback))
+        return fallback
+    return "int8"
 
 
 def compile_pays(work: int | None) -> bool:
@@ -394,6 +447,8 @@ def path_reason(name: str, work: int | None, runtime: str = "auto", shapes: int 
     ``work``: as for :func:`default_path`; ``shapes``: how many input shapes the work has (None: unknown).
     E.g. ``"eager bf16: at most 2 forward passes per input shape, compiling pays from ~40"``.
     """
+    if name == "int8":
+        return "--precision int8"
     if runtime != "auto":
         return f"--runtime {runtime}"
     kind = {"compile_bf16": "compiled bf16", "compile": "compiled fp32", "bf16": "eager bf16",
