@@ -211,6 +211,8 @@ CASES = [
     ("train --out {t}/r --data {t}/nodata", "{t}/nodata"),
     ("train --out {t}/r --data {afile}", "{afile}"),
     ("train --out {weights_only_run} --resume", "cannot resume from it"),
+    ("train --resume {good}", "--resume {good}: a run continues from its checkpoints/last.pt"),
+    ("train --resume {t}/missing.pt", "--resume {t}/missing.pt: no such file"),
     # --- evaluate -----------------------------------------------------------------------------
     ("evaluate --checkpoint {t}/missing.pt", "missing.pt"),
     ("evaluate --checkpoint {nan}", "nan.pt"),
@@ -268,6 +270,9 @@ CASES = [
     ("export --checkpoint {evil} --onnx {t}/m.onnx", "cityseg never executes checkpoint code"),
     ("export --checkpoint {nomodel} --onnx {t}/m.onnx", "nomodel.pt"),
     ("export --checkpoint {good} --onnx {t}", "--onnx: {t} is a folder"),
+    ("export --checkpoint {good}", "give --onnx FILE and/or --safetensors FILE"),
+    ("export --checkpoint {good} --safetensors {t}", "--safetensors: {t} is a folder"),
+    ("export --checkpoint {nan} --safetensors {t}/m.safetensors", "nan.pt"),
     ("export --checkpoint {good} --onnx {afile}/m.onnx", "{afile} is a file"),
     ("export --checkpoint {good} --onnx {t}/m.onnx --opset 5", "--opset 5"),
     ("export --checkpoint {good} --onnx {t}/m.onnx --exporter magic", "--exporter"),

@@ -1,3 +1,24 @@
-"""cityseg: semantic segmentation of street scenes on Cityscapes."""
+"""cityseg: semantic segmentation of street scenes on Cityscapes.
+
+``from cityseg import Predictor`` gives the embedding API (:class:`cityseg.inference.predict.Predictor`).
+It is imported on first use (PEP 562), so that ``import cityseg`` (and ``cityseg --help``) does not load torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["Predictor", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Predictor":
+        from cityseg.inference.predict import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'cityseg' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

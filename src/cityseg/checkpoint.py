@@ -2,6 +2,9 @@
 
 * The cityseg checkpoint: one dict, written atomically by rank 0 and read back with
   ``weights_only=True`` (:func:`save_checkpoint`, :func:`load_checkpoint`, :func:`load_model`).
+* The weights-only export: the model's tensors in a ``.safetensors`` file whose metadata holds
+  what :func:`load_model` needs besides them (:func:`save_safetensors`); :func:`load_checkpoint`
+  reads it as the inference part of a checkpoint, so every ``--checkpoint`` takes it.
 * Starting weights for training (``model.pretrained=PATH``): a cityseg checkpoint, a full-model
   state dict or a backbone state dict, ``.pt``/``.pth`` or ``.safetensors``
   (:func:`build_starting_model`, :func:`load_pretrained`).
@@ -14,10 +17,15 @@ Checkpoint keys: ``format`` ("cityseg"), ``version`` (1), ``config`` (``Config.t
 Everything in it is a tensor, a number, a string or a list/dict of those, so that
 ``torch.load(weights_only=True)`` (which refuses arbitrary pickled objects) can read it.
 That is why the numpy and Python RNG states are converted to tensors and lists here.
+
+Safetensors metadata (all strings): ``format`` ("cityseg"), ``version`` (the checkpoint version),
+``cityseg_version``, ``model_name``, ``config`` (JSON), and ``dataset`` (JSON) when the checkpoint
+has one. The optimiser, schedule and RNG states are not exported: ``--resume`` needs the ``.pt``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import random
@@ -30,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cityseg import labels
+from cityseg import __version__, labels
 from cityseg.config import Config, config_from_dict
 from cityseg.errors import CitysegError, first_line
 from cityseg.models import PRETRAINED, build_model, check_model_name
@@ -51,14 +59,33 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a cityseg checkpoint with ``torch.load(weights_only=True)``.
+    """Read a cityseg checkpoint with ``torch.load(weights_only=True)``, or a ``.safetensors``
+    export of one (:func:`save_safetensors`), which gives ``format``, ``version``, ``model``,
+    ``config`` and ``dataset`` when it has one: the inference part of a checkpoint, no training state.
 
     Raises:
-        CitysegError: the file is missing, unreadable, or not a cityseg checkpoint.
+        CitysegError: the file is missing, unreadable, not a cityseg checkpoint, or holds non-finite weights.
     """
     path = Path(path)
     if not path.is_file():
         raise CitysegError(f"{path}: checkpoint not found")
+    if is_safetensors(path):
+        ckpt = _safetensors_checkpoint(path, *_read_safetensors(path, map_location))
+    else:
+        ckpt = _torch_load(path, map_location)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CitysegError(f"{path}: not a cityseg checkpoint (no format={FORMAT!r} key; written by another tool?)")
+    if ckpt.get("version") != VERSION:
+        raise CitysegError(f"{path}: checkpoint version {ckpt.get('version')!r}; this cityseg reads version {VERSION}")
+    bad = first_non_finite(ckpt.get("model"), "model")
+    if bad is not None:
+        raise CitysegError(f"{path}: tensor {bad} holds NaN or infinite values; a usable checkpoint holds "
+                           "finite weights only")
+    return ckpt
+
+
+def _torch_load(path: Path, map_location: str | torch.device) -> Any:
+    """``torch.load(path, weights_only=True)``; CitysegError (one line) for any file it cannot read safely."""
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -71,15 +98,89 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CitysegError(f"{path}: not a readable cityseg checkpoint (not a PyTorch file, or damaged)") from None
     except Exception as exc:  # noqa: BLE001 - the weights-only unpickler raises KeyError, IndexError, ... on garbage
         raise CitysegError(f"{path}: not a readable cityseg checkpoint ({type(exc).__name__}: {first_line(exc)})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CitysegError(f"{path}: not a cityseg checkpoint (no format={FORMAT!r} key; written by another tool?)")
-    if ckpt.get("version") != VERSION:
-        raise CitysegError(f"{path}: checkpoint version {ckpt.get('version')!r}; this cityseg reads version {VERSION}")
-    bad = first_non_finite(ckpt.get("model"), "model")
-    if bad is not None:
-        raise CitysegError(f"{path}: tensor {bad} holds NaN or infinite values; a usable checkpoint holds "
-                           "finite weights only")
     return ckpt
+
+
+# --- weights-only files: .safetensors ----------------------------------------------------------
+
+
+def is_safetensors(path: str | Path) -> bool:
+    """Whether ``path`` is (or is named as) a safetensors file: the ``.safetensors`` suffix, or the
+    format's opening (an 8-byte little-endian header length, then the JSON header's ``{``)."""
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        return True
+    try:
+        with path.open("rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < 100_000_000
+
+
+def save_safetensors(path: str | Path, ckpt: dict[str, Any]) -> None:
+    """Write the weights of checkpoint ``ckpt`` to ``path`` as safetensors, atomically.
+
+    The tensors lose their ``module.``/``_orig_mod.`` prefixes and are made contiguous; tensors that
+    share memory (tied weights) are copied, which safetensors requires. The metadata (see the
+    module docstring) carries the model name, the config and the dataset description.
+
+    Raises:
+        CitysegError: ``ckpt`` has no ``model`` weights or ``config``.
+    """
+    from safetensors.torch import save_file
+
+    require_model(ckpt, path)
+    metadata = {"format": FORMAT, "version": str(VERSION), "cityseg_version": __version__,
+                "model_name": checkpoint_model_name(ckpt), "config": json.dumps(ckpt["config"])}
+    if ckpt.get("dataset") is not None:
+        metadata["dataset"] = json.dumps(ckpt["dataset"])
+    with atomic_path(path) as tmp:
+        save_file(_unshared(strip_prefixes(ckpt["model"])), str(tmp), metadata=metadata)
+
+
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` on the CPU, contiguous, each tensor with memory of its own (later sharers are cloned)."""
+    out, seen = {}, set()
+    for key, value in state.items():
+        tensor = value.detach().cpu().contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        out[key] = tensor.clone() if storage in seen and tensor.numel() else tensor
+        seen.add(storage)
+    return out
+
+
+def _safetensors_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> dict[str, Any]:
+    """The checkpoint dict of the ``tensors`` and ``meta`` of a file written by :func:`save_safetensors`.
+
+    Raises:
+        CitysegError: no cityseg metadata, or metadata that does not parse.
+    """
+    if meta.get("format") != FORMAT:
+        raise CitysegError(f"{path}: no cityseg metadata (model name, config); a weights-only file from another "
+                           "tool can start a training run with --set model.pretrained=FILE")
+    try:
+        ckpt = {"format": FORMAT, "version": int(meta.get("version", "")), "model": tensors,
+                "config": json.loads(meta["config"])}
+        if "dataset" in meta:
+            ckpt["dataset"] = json.loads(meta["dataset"])
+    except (KeyError, ValueError) as exc:
+        raise CitysegError(f"{path}: damaged cityseg metadata ({type(exc).__name__}: {first_line(exc)}); "
+                           "export the checkpoint again with cityseg export --safetensors") from None
+    return ckpt
+
+
+def _read_safetensors(path: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor],
+                                                                                    dict[str, str]]:
+    """(tensors, metadata) of any safetensors file; CitysegError (one line) when it is damaged."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+            return {key: f.get_tensor(key) for key in f.keys()}, dict(f.metadata() or {})
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ... on a damaged or truncated file
+        raise CitysegError(f"{path}: not a readable safetensors file "
+                           f"(damaged or truncated: {first_line(exc)})") from None
 
 
 def require_model(ckpt: dict[str, Any], path: str | Path) -> None:
@@ -141,12 +242,16 @@ def load_model_state(model: nn.Module, ckpt: dict[str, Any], path: str | Path, e
         raise CitysegError(f"{path}: weights do not fit model {expected_name!r} ({first_line(exc)})") from None
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config]:
-    """Rebuild the model a checkpoint was trained with, load its weights, return ``(model.eval(), Config)``.
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", *, ckpt: dict[str, Any] | None = None
+) -> tuple[nn.Module, Config]:
+    """Rebuild the model a checkpoint (``.pt`` or ``.safetensors``) was trained with, load its weights,
+    return ``(model.eval(), Config)``.
 
     The model is built with ``pretrained="none"``: the checkpoint already holds every weight.
+    ``ckpt``: the checkpoint of ``path`` when it has already been read (:func:`load_checkpoint`).
     """
-    ckpt = load_checkpoint(path, map_location="cpu")
+    ckpt = load_checkpoint(path, map_location="cpu") if ckpt is None else ckpt
     require_model(ckpt, path)
     raw = dict(ckpt["config"])
     cfg = config_from_dict(raw, name=str(raw.pop("name", "checkpoint")))
@@ -215,14 +320,14 @@ def load_pretrained(model: nn.Module, path: Path, model_name: str) -> None:
 
 
 def _read_weights(path: Path) -> dict:
-    """The dict in a ``.safetensors`` file, or in a ``.pt``/``.pth`` file read with ``weights_only=True``."""
+    """The dict in a ``.pt``/``.pth`` file read with ``weights_only=True``, or in a ``.safetensors`` file:
+    the checkpoint dict of a cityseg export (:func:`save_safetensors`), else its plain tensors."""
+    if is_safetensors(path):
+        tensors, meta = _read_safetensors(path)
+        return _safetensors_checkpoint(path, tensors, meta) if meta.get("format") == FORMAT else tensors
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path), device="cpu")
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip, safetensors and OS errors: all "not a weights file"
+    except Exception as exc:  # pickle, zip and OS errors: all "not a weights file"
         raise CitysegError(f"{path}: not a readable weights file ({first_line(exc)})") from None
     if not isinstance(obj, dict):
         raise CitysegError(f"{path}: holds a {type(obj).__name__}, not a checkpoint or state dict")

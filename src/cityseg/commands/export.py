@@ -1,17 +1,22 @@
-"""``cityseg export``: a checkpoint as ONNX (uint8 RGB in; logits and trainIds out), checked with onnxruntime."""
+"""``cityseg export``: a checkpoint as ONNX (uint8 RGB in; logits and trainIds out), checked with onnxruntime,
+and/or as a weights-only ``.safetensors`` file that every ``--checkpoint`` takes."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 
-HELP = "export a checkpoint to ONNX (uint8 image in, logits + labels out; dynamic N, H, W) and check it"
+HELP = ("export a checkpoint to ONNX (uint8 image in, logits + labels out; dynamic N, H, W; checked) "
+        "and/or to weights-only safetensors")
 log = logging.getLogger("cityseg")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="cityseg checkpoint")
-    parser.add_argument("--onnx", required=True, metavar="FILE", help="output .onnx file (written atomically)")
+    parser.add_argument("--onnx", metavar="FILE", help="output .onnx file (written atomically)")
+    parser.add_argument("--safetensors", metavar="FILE",
+                        help="output .safetensors file: the weights, with the model name, config and dataset in "
+                        "its metadata (written atomically); every --checkpoint takes it, --resume does not")
     parser.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default 18)")
     parser.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto",
                         help="auto: torch.onnx dynamo exporter, falling back to TorchScript if it fails")
@@ -22,20 +27,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cityseg.checkpoint import load_model
+    from cityseg.checkpoint import load_checkpoint, load_model, save_safetensors
     from cityseg.errors import CitysegError
     from cityseg.inference.onnx import DEFAULT_OPSET, export_onnx
     from cityseg.utils import writable_file
 
+    if not (args.onnx or args.safetensors):
+        raise CitysegError("give --onnx FILE and/or --safetensors FILE: the files to export the checkpoint to")
+    if args.check_image and not args.onnx:
+        raise CitysegError("--check-image checks an ONNX export; give --onnx FILE too")
     opset = args.opset if args.opset is not None else DEFAULT_OPSET
     if not 13 <= opset <= 23:
         raise CitysegError(f"--opset {opset}: valid 13-23 (18 or newer for the dynamo exporter)")
-    writable_file(args.onnx, "--onnx")
-    model, cfg = load_model(args.checkpoint, "cpu")
+    for flag, path in (("--onnx", args.onnx), ("--safetensors", args.safetensors)):
+        if path:
+            writable_file(path, flag)
+    ckpt = load_checkpoint(args.checkpoint)
+    model, cfg = load_model(args.checkpoint, "cpu", ckpt=ckpt)  # also proves the weights fit the model
     log.info(f"cityseg export: {cfg.model.name} from {args.checkpoint}")
-    report = export_onnx(model, Path(args.onnx), opset, args.exporter, [Path(p) for p in args.check_image],
-                         config=cfg.to_dict())
-    log.info(f"wrote {report.path} ({report.path.stat().st_size / 1e6:.1f} MB, {report.exporter} exporter, opset "
-          f"{report.opset}); onnxruntime vs fp32 torch argmax agreement {report.agreement:.4%} "
-          f"on {', '.join(report.checked)}")
+    if args.safetensors:
+        save_safetensors(args.safetensors, ckpt)
+        log.info(f"wrote {args.safetensors} ({Path(args.safetensors).stat().st_size / 1e6:.1f} MB, weights only)")
+    if args.onnx:
+        report = export_onnx(model, Path(args.onnx), opset, args.exporter, [Path(p) for p in args.check_image],
+                             config=cfg.to_dict())
+        log.info(f"wrote {report.path} ({report.path.stat().st_size / 1e6:.1f} MB, {report.exporter} exporter, opset "
+              f"{report.opset}); onnxruntime vs fp32 torch argmax agreement {report.agreement:.4%} "
+              f"on {', '.join(report.checked)}")
     return 0

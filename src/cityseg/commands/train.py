@@ -22,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override one config value (YAML syntax), repeatable, e.g. --set train.epochs=20",
     )
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    group.add_argument("--resume", nargs="?", const=True, default=False, metavar="LAST_PT",
+                       help="continue the run in --out from checkpoints/last.pt (or the run whose "
+                       "checkpoints/last.pt is given; a weights-only .safetensors cannot be resumed)")
     group.add_argument("--force", action="store_true", help="start afresh even if --out already holds a run")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto (cuda if any)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
@@ -35,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
+    if isinstance(args.resume, str):  # --resume LAST_PT names the run folder
+        from cityseg.engine.train import resume_folder
+
+        out = resume_folder(args.resume, args.out)
     saved = out / "config.yaml"
     if args.resume and saved.is_file():
         # a resumed run keeps the recipe it started with; --set still applies (e.g. more epochs)
@@ -50,5 +56,5 @@ def run(args: argparse.Namespace) -> int:
 
     writable_dir(out, "--out")
 
-    train(cfg, out, device=args.device, resume=args.resume, force=args.force)
+    train(cfg, out, device=args.device, resume=bool(args.resume), force=args.force)
     return 0

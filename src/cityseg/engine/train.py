@@ -8,7 +8,8 @@ validation confusion matrix is summed across processes, and only rank 0 writes f
 Resuming (``--resume``) reloads ``checkpoints/last.pt``: weights, optimiser, schedule, grad
 scaler, counters, and every RNG (torch, numpy, python, cuda, the DataLoader generator) of every
 process, so the continued run repeats exactly what the uninterrupted run would have done; lines
-of ``metrics.jsonl`` newer than the checkpoint are cut away.
+of ``metrics.jsonl`` newer than the checkpoint are cut away. A weights-only ``.safetensors``
+export cannot be resumed from (:func:`resume_folder`); it starts a new run as ``model.pretrained``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from cityseg import logs
 from cityseg.checkpoint import (
     capture_rng,
+    is_safetensors,
     load_checkpoint,
     load_model_state,
     restore_rng,
@@ -498,6 +500,30 @@ def save_state(
             save_checkpoint(out / "checkpoints" / "best.pt", ckpt)
         save_checkpoint(out / "checkpoints" / "last.pt", ckpt)
     D.barrier()
+
+
+def resume_folder(path: str | Path, out: str | Path | None = None) -> Path:
+    """The run folder that ``--resume LAST_PT`` continues: the one whose ``checkpoints/last.pt`` is ``path``.
+
+    Raises:
+        CitysegError: ``path`` is missing, is a weights-only file (a safetensors export), is not a
+            run's ``checkpoints/last.pt``, or lies outside ``out`` (``--out``) when that is given.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CitysegError(f"--resume {path}: no such file; give a run's checkpoints/last.pt, or --resume alone "
+                           "to continue the run in --out")
+    if is_safetensors(path):
+        raise CitysegError(f"--resume {path}: the file holds weights only; resuming needs the run's full training "
+                           "checkpoint (runs/NAME/checkpoints/last.pt: optimiser, schedule, random state); to start "
+                           f"a new run from these weights, --set model.pretrained={path}")
+    if path.name != "last.pt" or path.parent.name != "checkpoints":
+        raise CitysegError(f"--resume {path}: a run continues from its checkpoints/last.pt "
+                           "(e.g. runs/demo/checkpoints/last.pt)")
+    run = path.parent.parent
+    if out is not None and Path(out).resolve() != run.resolve():
+        raise CitysegError(f"--resume {path}: belongs to the run in {run}, not to --out {out}; give one of them")
+    return run
 
 
 #: What ``--resume`` needs from ``last.pt`` besides the model and its config.

@@ -219,13 +219,14 @@ class Predictor:
 
     Example::
 
-        from cityseg.inference.predict import Predictor
+        from cityseg import Predictor
 
-        predictor = Predictor.from_checkpoint("runs/demo/checkpoints/best.pt")   # or .from_onnx("m.onnx")
+        predictor = Predictor.from_file("runs/demo/checkpoints/best.pt")   # or model.safetensors, m.onnx
         train_ids = predictor.predict(rgb)   # rgb: (H, W, 3) uint8 -> (H, W) uint8 trainIds
         colour = cityseg.labels.colorize(train_ids)   # official palette, (H, W, 3) uint8
 
-    Construct with :meth:`from_checkpoint`, :meth:`from_onnx` or :meth:`from_model`; the
+    Construct with :meth:`from_file` (which picks one of the next two by the file),
+    :meth:`from_checkpoint`, :meth:`from_onnx` or :meth:`from_model`; the
     keyword options (``mode``, ``crop``, ``stride``, ``scales``, ``flip``, ``batch_size``,
     ``crf``) are those of :func:`predict_logits`, plus a :class:`~cityseg.config.CRFConfig`
     to refine every prediction with a dense CRF.
@@ -317,6 +318,26 @@ class Predictor:
         return predictor
 
     @classmethod
+    def from_file(
+        cls, path: str | Path, device: str = "auto", precision: str = "auto", runtime: str = "auto", **options
+    ) -> Predictor:
+        """Load any model file cityseg writes -> Predictor: an ``.onnx`` export with :meth:`from_onnx`, anything
+        else (a ``.pt`` checkpoint, a ``.safetensors`` export) with :meth:`from_checkpoint`.
+
+        ``device``, ``precision`` and ``runtime`` are those of :meth:`from_model`; an ONNX model runs with
+        onnxruntime in fp32, on the CPU unless ``device="cuda"``. ``options``: those of the chosen constructor.
+
+        Raises:
+            CitysegError: not a file cityseg reads, or a bf16/torch setting for an ONNX model.
+        """
+        if Path(path).suffix.lower() != ".onnx":
+            return cls.from_checkpoint(path, device, precision, runtime, **options)
+        if precision not in ("auto", "fp32") or runtime not in ("auto", "onnxruntime"):
+            raise CitysegError(f"{path}: an ONNX model runs with onnxruntime in fp32; valid: precision auto or fp32, "
+                               "runtime auto or onnxruntime")
+        return cls.from_onnx(path, device="cuda" if device == "cuda" else "cpu", **options)
+
+    @classmethod
     def from_checkpoint(
         cls,
         path: str | Path,
@@ -328,8 +349,8 @@ class Predictor:
         calibration: str | Path | None = None,
         **options,
     ) -> Predictor:
-        """Load a cityseg checkpoint (CitysegError if it is not one) -> Predictor; see :meth:`from_model`
-        (``precision="int8"`` caches its int8 model beside the checkpoint)."""
+        """Load a cityseg checkpoint, ``.pt`` or ``.safetensors`` (CitysegError if it is not one) -> Predictor;
+        see :meth:`from_model` (``precision="int8"`` caches its int8 model beside the checkpoint)."""
         model, _ = load_model(path, "cpu")
         return cls.from_model(model, device, precision, runtime, work=work, calibration=calibration,
                               checkpoint=path, **options)
