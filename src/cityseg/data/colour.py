@@ -28,49 +28,42 @@ pixel as a mixture instead:
    axis-aligned borders. A colour that no pair explains (residual above
    ``MAX_RESIDUAL``) becomes the ignore index rather than a guess.
 
-Colours shared by several labels (see :mod:`cityseg.labels`): black -> unlabeled (void),
-(153, 153, 153) -> pole, (0, 0, 142) -> car. Label maps themselves must only ever be
-resized with nearest-neighbour; this module exists for masks where someone did not.
+Everything the method derives from a colour table (the colours, their train and label ids,
+their YCbCr distances, the void priors, the lookup table of step 1) lives in one
+:class:`Palette`. Every function takes ``palette=``: :data:`CITYSCAPES` (the official table)
+when None, or :meth:`Palette.from_spec` for a dataset described by
+:class:`cityseg.datasets.DatasetSpec`. The method works on any palette of up to
+:data:`MAX_COLOURS` colours; its constants were tuned on Cityscapes masks. In the Cityscapes
+palette, colours shared by several labels (see :mod:`cityseg.labels`) map as follows: black ->
+unlabeled (void), (153, 153, 153) -> pole, (0, 0, 142) -> car. Label maps themselves must only
+ever be resized with nearest-neighbour; this module exists for masks where someone did not.
 """
 
 from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cityseg import labels
+from cityseg.errors import CitysegError
 
-#: Size of an official Cityscapes frame (width, height). Resized masks are assumed to come
-#: from it when deciding where NEAREST would have sampled (only affects near-ties).
+if TYPE_CHECKING:
+    from cityseg.datasets import Color, DatasetSpec
+
+#: Size of an official Cityscapes frame (width, height): where the Cityscapes palette's masks are
+#: assumed to come from when deciding where NEAREST would have sampled (only affects near-ties).
 CITYSCAPES_SIZE: tuple[int, int] = (2048, 1024)
 
+#: Most colours a palette may hold: the colours present around a pixel are the bits of one uint64
+#: (uint32 up to 32 colours, which is what Cityscapes' 29 use).
+MAX_COLOURS = 64
+
 _NO_COLOUR = np.iinfo(np.uint8).max  # palette index of "no colour recovered" (the last uint8)
-
-
-def _palette() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    # Distinct colours of the official table; a colour shared by a train class and a void
-    # label maps to the train class (labels.COLOR_TO_TRAIN_ID), and to the lowest label id
-    # that trains as that class (black -> 0 unlabeled, grey -> 17 pole, blue -> 26 car).
-    colours = sorted(labels.COLOR_TO_TRAIN_ID)
-    train_ids = np.full(256, labels.IGNORE_INDEX, np.uint8)  # index _NO_COLOUR -> ignore
-    label_ids = np.zeros(256, np.uint8)  # index _NO_COLOUR -> 0 (unlabeled)
-    for k, colour in enumerate(colours):
-        train_ids[k] = labels.COLOR_TO_TRAIN_ID[colour]
-        label_ids[k] = min(
-            lb.id for lb in labels.LABELS
-            if lb.color == colour and lb.id >= 0 and labels.ID_TO_TRAIN_ID[lb.id] == train_ids[k]
-        )
-    return np.array(colours, np.uint8), train_ids, label_ids
-
-
-#: (P, 3) uint8: the distinct official colours; ``PALETTE_TRAIN_IDS`` / ``PALETTE_LABEL_IDS``
-#: (256,) uint8 map a palette index (or _NO_COLOUR) to a trainId (ignore) / label id (0).
-PALETTE, PALETTE_TRAIN_IDS, PALETTE_LABEL_IDS = _palette()
-_N = len(PALETTE)
-assert _N <= 32, "palette indices are kept as bits of a uint32"
 
 # Noise model, in YCbCr intensity units (0..255). Tuned on the real fixture frames with
 # benchmarks/bench_colour.py; see the module docstring for the role of each.
@@ -93,11 +86,129 @@ _CHUNK = 4096  # uncertain pixels per vectorised block: temporaries stay in the 
 _YCBCR = np.array(  # JPEG's RGB -> YCbCr (offsets dropped: only differences matter)
     [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], np.float32
 )
-_PAL_YCC = PALETTE.astype(np.float32) @ _YCBCR.T
-_PAL_DY = (_PAL_YCC[:, None, 0] - _PAL_YCC[None, :, 0]) ** 2  # (P, P) squared luma distances
-_PAL_DC = ((_PAL_YCC[:, None, 1:] - _PAL_YCC[None, :, 1:]) ** 2).sum(-1)  # (P, P) chroma
-_RARE_VOID = (PALETTE_TRAIN_IDS[:_N] == labels.IGNORE_INDEX) & (PALETTE.sum(1) > 0)
-_VOID_PRIOR = np.where(_RARE_VOID, COST_VOID, 0.0).astype(np.float32)  # (P,)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Palette:
+    """Everything the recovery derives from one colour table.
+
+    Use :data:`CITYSCAPES` or :meth:`from_spec`; :meth:`from_table` builds the arrays. The derived
+    tables are computed on first use and cached on the instance, the 16 MB :attr:`lut` included:
+    build it (:func:`confident_lut`) before forking workers so that they share it. Palettes compare
+    by identity.
+
+    Attributes:
+        name: the dataset's name, for messages ("not a Cityscapes colour mask").
+        colours: (P, 3) uint8 distinct colours, sorted (the order decides exact ties of the fit).
+        train_ids: (256,) uint8 palette index -> train id; _NO_COLOUR (unrecoverable) -> ignore.
+        label_ids: (256,) uint8 palette index -> raw label id; _NO_COLOUR -> 0.
+        frame_size: (width, height) the dataset's masks are drawn at (:func:`recover_palette_index`'s
+            default ``source_size``); None when unknown: each mask is then taken at its own size.
+    """
+
+    name: str
+    colours: np.ndarray
+    train_ids: np.ndarray
+    label_ids: np.ndarray
+    frame_size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        assert self.colours.dtype == np.uint8 and self.colours.shape == (self.n, 3) and self.n <= MAX_COLOURS
+        assert self.train_ids.shape == self.label_ids.shape == (256,)
+        for table in (self.colours, self.train_ids, self.label_ids):
+            table.flags.writeable = False  # the cached tables below are derived from them
+
+    def __repr__(self) -> str:
+        return f"Palette({self.name!r}, {self.n} colours)"
+
+    @classmethod
+    def from_table(cls, name: str, table: Mapping[Color, tuple[int, int]],
+                   frame_size: tuple[int, int] | None = None) -> Palette:
+        """Distinct colour -> (train id, label id) -> a palette; CitysegError naming ``name`` over MAX_COLOURS."""
+        if len(table) > MAX_COLOURS:
+            raise CitysegError(f"{name}: {len(table)} distinct label colours; colour recovery handles at most "
+                               f"{MAX_COLOURS} (give its labels as grey id files instead)")
+        colours = sorted(table)
+        train_ids = np.full(256, labels.IGNORE_INDEX, np.uint8)  # index _NO_COLOUR -> ignore
+        label_ids = np.zeros(256, np.uint8)  # index _NO_COLOUR -> 0
+        for k, colour in enumerate(colours):
+            train_ids[k], label_ids[k] = table[colour]
+        return cls(name, np.array(colours, np.uint8).reshape(-1, 3), train_ids, label_ids, frame_size)
+
+    @classmethod
+    def from_spec(cls, spec: DatasetSpec) -> Palette:
+        """A dataset's class and void colours (:class:`cityseg.datasets.DatasetSpec`).
+
+        Class ``i``'s colour -> train id ``i`` and label id its first id (0 when it lists none); void
+        colours -> ignore and the first void id (0 when none). Black, when void, is the common void
+        (no prior cost, like Cityscapes' unlabeled); other void colours are rare (COST_VOID).
+        """
+        void_id = spec.void_ids[0] if spec.void_ids else 0
+        table = {colour: (labels.IGNORE_INDEX, void_id) for colour in spec.void_colors}
+        table.update({c.color: (i, c.ids[0] if c.ids else 0) for i, c in enumerate(spec.classes)})
+        return cls.from_table(spec.name, table)
+
+    @property
+    def n(self) -> int:
+        """P, the number of colours."""
+        return len(self.colours)
+
+    @property
+    def bit_dtype(self) -> np.dtype:
+        """Unsigned integer with a bit per colour: a set of palette colours."""
+        return np.dtype(np.uint32 if self.n <= 32 else np.uint64)
+
+    @functools.cached_property
+    def ycc(self) -> np.ndarray:
+        """(P, 3) float32 YCbCr of the colours."""
+        return self.colours.astype(np.float32) @ _YCBCR.T
+
+    @functools.cached_property
+    def luma_dist(self) -> np.ndarray:
+        """(P, P) float32 squared luma distances between the colours."""
+        return (self.ycc[:, None, 0] - self.ycc[None, :, 0]) ** 2
+
+    @functools.cached_property
+    def chroma_dist(self) -> np.ndarray:
+        """(P, P) float32 squared chroma distances between the colours."""
+        return ((self.ycc[:, None, 1:] - self.ycc[None, :, 1:]) ** 2).sum(-1)
+
+    @functools.cached_property
+    def rare_void(self) -> np.ndarray:
+        """(P,) bool: void colours other than black (rare, crowded: stricter confidence, a prior cost)."""
+        return (self.train_ids[: self.n] == labels.IGNORE_INDEX) & (self.colours.sum(1) > 0)
+
+    @functools.cached_property
+    def void_prior(self) -> np.ndarray:
+        """(P,) float32 prior cost of each colour as a mixture component (COST_VOID for rare void)."""
+        return np.where(self.rare_void, COST_VOID, 0.0).astype(np.float32)
+
+    @functools.cached_property
+    def lut(self) -> np.ndarray:
+        """(2**24,) uint8: palette index of every confident RGB colour (:func:`confident_lut`)."""
+        return _build_confident_lut(self)
+
+
+def _cityscapes() -> Palette:
+    # Distinct colours of the official table; a colour shared by a train class and a void
+    # label maps to the train class (labels.COLOR_TO_TRAIN_ID), and to the lowest label id
+    # that trains as that class (black -> 0 unlabeled, grey -> 17 pole, blue -> 26 car).
+    table = {}
+    for colour, train_id in labels.COLOR_TO_TRAIN_ID.items():
+        table[colour] = train_id, min(lb.id for lb in labels.LABELS
+                                      if lb.color == colour and lb.id >= 0 and labels.ID_TO_TRAIN_ID[lb.id] == train_id)
+    return Palette.from_table("Cityscapes", table, CITYSCAPES_SIZE)
+
+
+#: The official Cityscapes colours: the palette of every function here when none is given.
+CITYSCAPES = _cityscapes()
+#: Its tables under their first names: (P, 3) uint8 colours; (256,) uint8 palette index (or
+#: _NO_COLOUR) -> trainId (ignore) / label id (0).
+PALETTE, PALETTE_TRAIN_IDS, PALETTE_LABEL_IDS = CITYSCAPES.colours, CITYSCAPES.train_ids, CITYSCAPES.label_ids
+
+
+def _resolve(palette: Palette | None) -> Palette:
+    return CITYSCAPES if palette is None else palette
 
 
 @dataclass
@@ -122,48 +233,52 @@ def _codes(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
 
 
-@functools.cache
-def confident_lut() -> np.ndarray:
+def confident_lut(palette: Palette | None = None) -> np.ndarray:
     """(2**24,) uint8: palette index of every confident RGB colour, _NO_COLOUR elsewhere.
 
-    Built once per process (a fraction of a second) by testing only the RGB box around each palette
-    colour that can reach the confidence ellipsoid, so that classifying an image's
-    confident pixels is one table lookup. Called before forking worker processes, it is built once
-    and shared by them (``cityseg prepare``).
+    Built once per palette (a fraction of a second; :attr:`Palette.lut`) so that classifying an
+    image's confident pixels is one table lookup. Called before forking worker processes, it is
+    built once and shared by them (``cityseg prepare``).
     """
+    return _resolve(palette).lut
+
+
+def _build_confident_lut(pal: Palette) -> np.ndarray:
+    """The table of :func:`confident_lut`, testing only the RGB box around each palette colour
+    that can reach the confidence ellipsoid."""
     lut = np.full(1 << 24, _NO_COLOUR, np.uint8)
     reach = int(np.ceil(CONFIDENT_LUMA * (1 + 1.8 / CHROMA_WEIGHT)))  # bounds |dR|, |dG|, |dB|
     step = np.arange(-reach, reach + 1)
     box = np.stack(np.meshgrid(step, step, step, indexing="ij"), -1).reshape(-1, 3)
     ycc = box.astype(np.float32) @ _YCBCR.T  # the metric is translation invariant
     box = box[ycc[:, 0] ** 2 + CHROMA_WEIGHT**2 * (ycc[:, 1:] ** 2).sum(1) <= CONFIDENT_LUMA**2]
-    pts = (PALETTE[:, None, :].astype(np.int32) + box).reshape(-1, 3)
+    pts = (pal.colours[:, None, :].astype(np.int32) + box).reshape(-1, 3)
     pts = pts[((pts >= 0) & (pts <= np.iinfo(np.uint8).max)).all(1)]
-    index, dist = _nearest(pts.astype(np.float32) @ _YCBCR.T)
-    ok = dist <= np.where(_RARE_VOID[index], CONFIDENT_VOID, CONFIDENT_LUMA) ** 2
+    index, dist = _nearest(pts.astype(np.float32) @ _YCBCR.T, pal)
+    ok = dist <= np.where(pal.rare_void[index], CONFIDENT_VOID, CONFIDENT_LUMA) ** 2
     lut[_codes(pts[ok])] = index[ok]
     return lut
 
 
-def _distances(ycc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _distances(ycc: np.ndarray, pal: Palette) -> tuple[np.ndarray, np.ndarray]:
     """(M, 3) YCbCr -> squared luma and chroma distances to every palette colour, (M, P) each."""
-    dy = (ycc[:, 0:1] - _PAL_YCC[:, 0]) ** 2
+    dy = (ycc[:, 0:1] - pal.ycc[:, 0]) ** 2
     c = ycc[:, 1:]
     # |c - p|^2 = |c|^2 - 2 c.p + |p|^2 as a matrix product (much faster than broadcasting)
-    dc = (c * c).sum(1, keepdims=True) - 2 * c @ _PAL_YCC[:, 1:].T + (_PAL_YCC[:, 1:] ** 2).sum(1)
+    dc = (c * c).sum(1, keepdims=True) - 2 * c @ pal.ycc[:, 1:].T + (pal.ycc[:, 1:] ** 2).sum(1)
     return dy, np.maximum(dc, 0)
 
 
-def _nearest(ycc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _nearest(ycc: np.ndarray, pal: Palette) -> tuple[np.ndarray, np.ndarray]:
     """(M, 3) YCbCr -> nearest palette index (M,) and its weighted squared distance (M,)."""
-    dy, dc = _distances(ycc)
+    dy, dc = _distances(ycc, pal)
     d = dy + CHROMA_WEIGHT**2 * dc
     k = d.argmin(1)
     return k.astype(np.uint8), d[np.arange(len(k)), k]
 
 
 def _or_filter(bits: np.ndarray, radius: int) -> np.ndarray:
-    """Bitwise OR of a (H, W) uint32 map over a (2r+1)^2 window (separable: rows, then columns)."""
+    """Bitwise OR of a (H, W) unsigned map over a (2r+1)^2 window (separable: rows, then columns)."""
     rows = bits.copy()
     for s in range(1, radius + 1):
         rows[:, s:] |= bits[:, :-s]
@@ -175,27 +290,28 @@ def _or_filter(bits: np.ndarray, radius: int) -> np.ndarray:
     return out
 
 
-def _bit_table(bits: np.ndarray) -> np.ndarray:
-    """(M,) uint32 bitmasks -> (M, P) bool (bit k = palette colour k)."""
-    as_bytes = np.ascontiguousarray(bits, dtype="<u4").view(np.uint8).reshape(-1, 4)
-    return np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :_N].astype(bool)
+def _bit_table(bits: np.ndarray, n: int) -> np.ndarray:
+    """(M,) uint32 or uint64 bitmasks -> (M, n) bool (bit k = palette colour k)."""
+    little = np.ascontiguousarray(bits, dtype=bits.dtype.newbyteorder("<"))
+    as_bytes = little.view(np.uint8).reshape(-1, little.dtype.itemsize)
+    return np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :n].astype(bool)
 
 
-def _fit_pairs(ycc: np.ndarray, local: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Best two-colour mixture for each uncertain pixel.
+def _fit_pairs(ycc: np.ndarray, local: np.ndarray, region: np.ndarray, pal: Palette) -> tuple[np.ndarray, ...]:
+    """Best two-colour mixture of ``pal``'s colours for each uncertain pixel.
 
     Args:
         ycc: (M, 3) float32 YCbCr of the pixels.
-        local, region: (M,) uint32 bitmasks of palette colours present nearby / in the region.
+        local, region: (M,) ``pal.bit_dtype`` bitmasks of palette colours present nearby / in the region.
 
     Returns:
         a, b: (M,) uint8 palette indices; t: (M,) float32 weight of ``b``; residual: (M,)
         fit residual in sigma^2 units (priors excluded).
     """
     m = len(ycc)
-    dy, dc = _distances(ycc)  # (M, P)
-    near, reg = _bit_table(local), _bit_table(region)
-    prior = np.where(near, 0, np.where(reg, COST_REGION, COST_ABSENT)).astype(np.float32) + _VOID_PRIOR
+    dy, dc = _distances(ycc, pal)  # (M, P)
+    near, reg = _bit_table(local, pal.n), _bit_table(region, pal.n)
+    prior = np.where(near, 0, np.where(reg, COST_REGION, COST_ABSENT)).astype(np.float32) + pal.void_prior
     # first component: the nearest colours among those present nearby (others sort last)
     order = np.where(near, 0, np.float32(1e9)) + dy + CHROMA_WEIGHT**2 * dc
     top = np.argpartition(order, NEAREST_LOCAL - 1, axis=1)[:, :NEAREST_LOCAL]  # (M, K)
@@ -203,7 +319,7 @@ def _fit_pairs(ycc: np.ndarray, local: np.ndarray, region: np.ndarray) -> tuple[
     # Projection onto the segment a-b from squared distances only (law of cosines):
     # e.v = (|x-a|^2 + |b-a|^2 - |x-b|^2) / 2, so no (M, K, P, 3) arrays are needed.
     dya, dca = dy[rows, top][..., None], dc[rows, top][..., None]  # (M, K, 1)
-    dyab, dcab = _PAL_DY[top], _PAL_DC[top]  # (M, K, P)
+    dyab, dcab = pal.luma_dist[top], pal.chroma_dist[top]  # (M, K, P)
     ey = 0.5 * (dya + dyab - dy[:, None, :])
     ec = 0.5 * (dca + dcab - dc[:, None, :])
     ty = np.clip(ey / np.maximum(dyab, 1e-6), 0, 1)  # mixing weight seen by luma
@@ -213,9 +329,9 @@ def _fit_pairs(ycc: np.ndarray, local: np.ndarray, region: np.ndarray) -> tuple[
     # chroma must also roughly agree with the luma weight (JPEG smears it, hence the loose sigma)
     residual += np.maximum(dca - ty * (2 * ec - ty * dcab), 0) / SIGMA_CHROMA_LAG**2
     # a single colour (b == a) pays its prior once
-    cost = residual + prior[rows, top][..., None] + np.where(top[..., None] == np.arange(_N), 0, prior[:, None, :])
+    cost = residual + prior[rows, top][..., None] + np.where(top[..., None] == np.arange(pal.n), 0, prior[:, None, :])
     best = cost.reshape(m, -1).argmin(1)
-    ka, kb = np.divmod(best, _N)
+    ka, kb = np.divmod(best, pal.n)
     r = np.arange(m)
     pick = lambda arr: arr[r, ka, kb]  # noqa: E731
     # the weight of b: luma and chroma estimates averaged by their precision
@@ -262,19 +378,20 @@ def _support(idx: np.ndarray) -> np.ndarray:
 
 
 def _unmix(flat: np.ndarray, idx: np.ndarray, u: np.ndarray, shape: tuple[int, int],
-           source_size: tuple[int, int], weak: np.ndarray | None = None) -> np.ndarray:
+           source_size: tuple[int, int], pal: Palette, weak: np.ndarray | None = None) -> np.ndarray:
     """Palette index (_NO_COLOUR = unrecoverable) of the uncertain pixels ``u`` of a flat (H*W, 3) mask.
 
     ``idx`` holds the confident pixels' palette index (_NO_COLOUR elsewhere); they give the
     candidates and the neighbour weights.
     """
     h, w = shape
-    conf_bits = np.where(idx == _NO_COLOUR, 0, np.left_shift(np.uint32(1), np.minimum(idx, _N - 1).astype(np.uint32)))
-    conf_bits = conf_bits.astype(np.uint32).reshape(h, w)
+    bit = pal.bit_dtype.type
+    conf_bits = np.where(idx == _NO_COLOUR, 0, np.left_shift(bit(1), np.minimum(idx, pal.n - 1).astype(bit)))
+    conf_bits = conf_bits.astype(bit).reshape(h, w)
     local = _or_filter(conf_bits, LOCAL_RADIUS).reshape(-1)
     region = _or_filter(conf_bits, REGION_RADIUS).reshape(-1)
     if weak is not None and weak.any():
-        strong_bits = np.where(weak.reshape(h, w), 0, conf_bits).astype(np.uint32)
+        strong_bits = np.where(weak.reshape(h, w), 0, conf_bits).astype(bit)
         local_strong = _or_filter(strong_bits, LOCAL_RADIUS).reshape(-1)
         local = np.where(weak, local_strong, local)
     a, b, t = idx.copy(), idx.copy(), np.zeros(h * w, np.float32)
@@ -282,28 +399,35 @@ def _unmix(flat: np.ndarray, idx: np.ndarray, u: np.ndarray, shape: tuple[int, i
     for s in range(0, len(u), _CHUNK):
         j = u[s:s + _CHUNK]
         ycc = flat[j].astype(np.float32) @ _YCBCR.T
-        a[j], b[j], t[j], residual = _fit_pairs(ycc, local[j], region[j])
+        a[j], b[j], t[j], residual = _fit_pairs(ycc, local[j], region[j], pal)
         bad[s:s + _CHUNK] = residual > MAX_RESIDUAL
     shift = (min(0.5, 0.5 * w / source_size[0]), min(0.5, 0.5 * h / source_size[1]))
     return np.where(bad, _NO_COLOUR, _decide(a, b, t, u, shape, shift)).astype(np.uint8)
 
 
-def recover_palette_index(rgb: np.ndarray, source_size: tuple[int, int] = CITYSCAPES_SIZE) -> tuple[np.ndarray, ColourStats]:
+def recover_palette_index(rgb: np.ndarray, source_size: tuple[int, int] | None = None, *,
+                          palette: Palette | None = None) -> tuple[np.ndarray, ColourStats]:
     """Recover the palette colour of every pixel of a (possibly degraded) colour mask.
 
     Args:
         rgb: (H, W, 3) or (H, W, 4) uint8 colour mask; alpha 0 marks a pixel as unknown.
-        source_size: (width, height) the mask was resized from, to know where NEAREST samples.
+        source_size: (width, height) the mask was resized from, to know where NEAREST samples
+            (only settles near-ties). None: the palette's ``frame_size`` (CITYSCAPES_SIZE for
+            Cityscapes), else the mask's own size.
+        palette: the colours the mask was drawn in; None for :data:`CITYSCAPES`.
 
     Returns:
-        (H, W) uint8 index into :data:`PALETTE` (_NO_COLOUR = unrecoverable) and the pixel counts.
+        (H, W) uint8 index into ``palette.colours`` (_NO_COLOUR = unrecoverable) and the pixel counts.
     """
     if rgb.ndim != 3 or rgb.shape[2] not in (3, 4) or rgb.dtype != np.uint8:
         raise ValueError(f"expected (H, W, 3|4) uint8 colours, got {rgb.shape} {rgb.dtype}")
+    pal = _resolve(palette)
     h, w = rgb.shape[:2]
+    if source_size is None:
+        source_size = pal.frame_size or (w, h)
     flat = rgb[..., :3].reshape(-1, 3)
-    idx = confident_lut()[_codes(flat)]  # (H*W,) palette index of confident pixels, _NO_COLOUR elsewhere
-    exact = (idx != _NO_COLOUR) & (PALETTE[np.minimum(idx, _N - 1)] == flat).all(1)
+    idx = pal.lut[_codes(flat)]  # (H*W,) palette index of confident pixels, _NO_COLOUR elsewhere
+    exact = (idx != _NO_COLOUR) & (pal.colours[np.minimum(idx, pal.n - 1)] == flat).all(1)
     known = rgb[..., 3].reshape(-1) != 0 if rgb.shape[2] == 4 else np.ones(h * w, bool)
     idx[~known] = _NO_COLOUR
     weak = None
@@ -311,7 +435,7 @@ def recover_palette_index(rgb: np.ndarray, source_size: tuple[int, int] = CITYSC
         weak = (idx != _NO_COLOUR) & ~exact & (_support(idx.reshape(h, w)).reshape(-1) < MIN_SUPPORT)
     uncertain = np.flatnonzero(((idx == _NO_COLOUR) & known) | (weak if weak is not None else False))
     if len(uncertain):
-        idx[uncertain] = _unmix(flat, idx, uncertain, (h, w), source_size, weak)
+        idx[uncertain] = _unmix(flat, idx, uncertain, (h, w), source_size, pal, weak)
     n_exact = int(np.count_nonzero(exact & known))
     n_ignored = int(np.count_nonzero(idx == _NO_COLOUR))
     return idx.reshape(h, w), ColourStats(h * w, n_exact, h * w - n_exact - n_ignored, n_ignored)
@@ -322,36 +446,44 @@ def recover_palette_index(rgb: np.ndarray, source_size: tuple[int, int] = CITYSC
 #: on all 3,075 files of the pairs copy of Cityscapes (JPEG masks squashed from 2048x1024 to
 #: 256x256, so with wide blended borders): masks 0.647 at worst (train/1309.jpg), median 0.808;
 #: photos (their left halves) 0.341 at most, median 0.076; Cityscapes and KITTI photos 0.27 at most.
+#: Used for every palette: one with fewer colours leaves a photo even fewer pixels near one.
 MIN_PALETTE_SHARE = 0.5
 
 
-def palette_share(rgb: np.ndarray) -> float:
-    """Share of the pixels of a (H, W, 3|4) uint8 image whose colour is near a palette colour.
+def palette_share(rgb: np.ndarray, *, palette: Palette | None = None) -> float:
+    """Share of the pixels of a (H, W, 3|4) uint8 image whose colour is near a colour of ``palette``
+    (None: :data:`CITYSCAPES`).
 
     "Near" is the confidence distance of step 1 of the recovery (:func:`confident_lut`), so the
     share is that of pixels the recovery keeps without unmixing. Pixels with alpha 0 are left out;
     1.0 when no pixel is left.
     """
-    near = confident_lut()[_codes(rgb[..., :3])] != _NO_COLOUR
+    near = confident_lut(palette)[_codes(rgb[..., :3])] != _NO_COLOUR
     if rgb.shape[2] == 4:
         near = near[rgb[..., 3] != 0]
     return float(near.mean()) if near.size else 1.0
 
 
-def color_to_train_ids(rgb: np.ndarray, source_size: tuple[int, int] = CITYSCAPES_SIZE) -> tuple[np.ndarray, ColourStats]:
-    """(H, W, 3|4) uint8 colour mask -> ((H, W) uint8 trainIds, stats); unrecoverable -> ignore."""
-    index, stats = recover_palette_index(rgb, source_size)
-    return PALETTE_TRAIN_IDS[index], stats
+def color_to_train_ids(rgb: np.ndarray, source_size: tuple[int, int] | None = None, *,
+                       palette: Palette | None = None) -> tuple[np.ndarray, ColourStats]:
+    """(H, W, 3|4) uint8 colour mask -> ((H, W) uint8 train ids, stats); unrecoverable -> ignore.
 
-
-def color_to_label_ids(rgb: np.ndarray, source_size: tuple[int, int] = CITYSCAPES_SIZE) -> tuple[np.ndarray, np.ndarray, ColourStats]:
-    """Colour mask -> ((H, W) uint8 trainIds, (H, W) uint8 labelIds, stats).
-
-    Label ids keep void classes that have their own colour (parking, dynamic, ...);
-    black and unrecoverable pixels become 0 (unlabeled).
+    ``source_size`` and ``palette`` as in :func:`recover_palette_index`.
     """
-    index, stats = recover_palette_index(rgb, source_size)
-    return PALETTE_TRAIN_IDS[index], PALETTE_LABEL_IDS[index], stats
+    index, stats = recover_palette_index(rgb, source_size, palette=palette)
+    return _resolve(palette).train_ids[index], stats
+
+
+def color_to_label_ids(rgb: np.ndarray, source_size: tuple[int, int] | None = None, *,
+                       palette: Palette | None = None) -> tuple[np.ndarray, np.ndarray, ColourStats]:
+    """Colour mask -> ((H, W) uint8 train ids, (H, W) uint8 label ids, stats).
+
+    Label ids keep void classes that have their own colour (Cityscapes: parking, dynamic, ...);
+    black and unrecoverable pixels become 0 (unlabeled). Arguments as in :func:`recover_palette_index`.
+    """
+    index, stats = recover_palette_index(rgb, source_size, palette=palette)
+    pal = _resolve(palette)
+    return pal.train_ids[index], pal.label_ids[index], stats
 
 
 # --------------------------------------------------------------------------------------
@@ -382,33 +514,49 @@ class RecoveryScore:
 
 def degrade_colour_mask(label_ids: np.ndarray, size: tuple[int, int], resample: str = "bilinear",
                         jpeg_quality: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Render, resize and save a colour mask the way people's scripts do.
+    """Render a Cityscapes labelIds map in the official colours, then :func:`degrade_colours` it.
 
     Args:
         label_ids: (H, W) uint8 official labelIds (2048x1024 for real frames).
+        size, resample, jpeg_quality: as in :func:`degrade_colours`.
+
+    Returns:
+        (h, w, 3) uint8 degraded colour mask, and the (h, w) uint8 reference trainIds: the
+        labelIds -> trainIds map resized with NEAREST (how label maps must be resized).
+    """
+    return degrade_colours(labels.ID_PALETTE[label_ids], labels.ID_TO_TRAIN_ID[label_ids], size, resample, jpeg_quality)
+
+
+def degrade_colours(colours: np.ndarray, train_ids: np.ndarray, size: tuple[int, int], resample: str = "bilinear",
+                    jpeg_quality: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Resize and save a colour mask of any palette the way people's scripts do.
+
+    Args:
+        colours: (H, W, 3) uint8 clean colour mask.
+        train_ids: (H, W) uint8 train ids of the same pixels.
         size: (width, height) to resize to with PIL's ``Image.resize`` (antialiased).
         resample: "nearest", "bilinear", "bicubic" or "lanczos".
         jpeg_quality: save as JPEG with this quality (PIL defaults otherwise, i.e. 4:2:0
             chroma subsampling); None saves as PNG (lossless).
 
     Returns:
-        (h, w, 3) uint8 degraded colour mask, and the (h, w) uint8 reference trainIds: the
-        labelIds -> trainIds map resized with NEAREST (how label maps must be resized).
+        (h, w, 3) uint8 degraded colour mask, and the (h, w) uint8 reference: ``train_ids``
+        resized with NEAREST (how label maps must be resized).
     """
     from PIL import Image
 
     filters = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
                "lanczos": Image.LANCZOS}
-    colour = Image.fromarray(labels.ID_PALETTE[label_ids]).resize(size, filters[resample])
+    resized = Image.fromarray(colours).resize(size, filters[resample])
     buf = io.BytesIO()
     if jpeg_quality is None:
-        colour.save(buf, format="PNG")
+        resized.save(buf, format="PNG")
     else:
-        colour.save(buf, format="JPEG", quality=jpeg_quality)
+        resized.save(buf, format="JPEG", quality=jpeg_quality)
     buf.seek(0)
     with Image.open(buf) as img:
         degraded = np.asarray(img.convert("RGB"))
-    reference = np.asarray(Image.fromarray(labels.ID_TO_TRAIN_ID[label_ids]).resize(size, Image.NEAREST))
+    reference = np.asarray(Image.fromarray(train_ids).resize(size, Image.NEAREST))
     return degraded, reference
 
 
@@ -439,7 +587,9 @@ def measure_recovery(label_ids: np.ndarray, size: tuple[int, int], resample: str
                      jpeg_quality: int | None = None, convert=None) -> RecoveryScore:
     """Degrade a real labelIds frame (:func:`degrade_colour_mask`), convert it back, score it.
 
-    ``convert``: (H, W, 3) uint8 -> (H, W) uint8 trainIds; default the robust recovery.
+    ``convert``: (H, W, 3) uint8 -> (H, W) uint8 trainIds; default the robust recovery. Cityscapes
+    only (label ids are drawn in its colours); for another palette, degrade a mask with
+    :func:`degrade_colours` and score with :func:`score_recovery`.
     """
     degraded, reference = degrade_colour_mask(label_ids, size, resample, jpeg_quality)
     if convert is None:

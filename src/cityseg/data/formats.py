@@ -8,6 +8,10 @@ In order of preference (what :func:`cityseg.layout.find_label` picks when severa
 3. ``*_gtFine_color.png`` (RGB or RGBA): colours -> trainIds with the robust recovery of
    :mod:`cityseg.data.colour` (blended borders of resized or JPEG masks included).
 
+Colour masks are read in the Cityscapes colours unless a ``palette``
+(:class:`cityseg.data.colour.Palette`, e.g. ``Palette.from_spec(spec)``) says otherwise;
+:func:`load_colour` reads one under any file name. Id files always hold Cityscapes ids.
+
 Also the "pairs" copy of Cityscapes: one JPEG or PNG per frame holding the photo on its left
 half and the colour mask on its right half (:func:`read_pair`).
 
@@ -25,8 +29,10 @@ import numpy as np
 
 from cityseg import labels
 from cityseg.data.colour import (
+    CITYSCAPES,
     MIN_PALETTE_SHARE,
     ColourStats,
+    Palette,
     color_to_label_ids,
     color_to_train_ids,
     palette_share,
@@ -38,7 +44,8 @@ from cityseg.utils import read_image
 
 __all__ = [
     "LabelMaps", "ColourStats", "color_to_train_ids", "color_to_label_ids", "read_label_ids", "read_train_ids",
-    "read_colour", "derive_label_ids", "load_label", "read_label", "read_pair", "load_pair", "check_colour_mask",
+    "read_colour", "load_colour", "derive_label_ids", "load_label", "read_label", "read_pair", "load_pair",
+    "check_colour_mask",
 ]
 
 _VALID_ID = np.zeros(256, bool)
@@ -121,6 +128,18 @@ def read_colour(path: str | os.PathLike) -> np.ndarray:
     return array
 
 
+def load_colour(path: str | os.PathLike, *, palette: Palette | None = None) -> LabelMaps:
+    """Read a colour mask in ``palette``'s colours (None: Cityscapes) -> train ids, label ids and pixel counts.
+
+    CitysegError naming the file when it is not mostly palette colours (:func:`check_colour_mask`).
+    A mask of another palette is taken at its own size (its ``frame_size`` is unknown).
+    """
+    rgb = read_colour(path)
+    check_colour_mask(rgb, path, palette=palette)
+    train, ids, stats = color_to_label_ids(rgb, palette=palette)
+    return LabelMaps(train, ids, stats)
+
+
 def derive_label_ids(train_ids: np.ndarray) -> np.ndarray:
     """(H, W) uint8 trainIds -> (H, W) uint8 official label ids (ignore -> 0 unlabeled).
 
@@ -133,8 +152,11 @@ def derive_label_ids(train_ids: np.ndarray) -> np.ndarray:
     return labels.train_ids_to_label_ids(train_ids)
 
 
-def load_label(path: str | os.PathLike) -> LabelMaps:
-    """Read any label file (kind from its suffix) -> trainIds, labelIds and pixel counts."""
+def load_label(path: str | os.PathLike, *, palette: Palette | None = None) -> LabelMaps:
+    """Read any label file (kind from its suffix) -> trainIds, labelIds and pixel counts.
+
+    ``palette``: the colours of a colour mask (:func:`load_colour`); None for Cityscapes'.
+    """
     path = Path(path)
     kind = label_kind(path)
     if kind == "labelIds":
@@ -143,15 +165,15 @@ def load_label(path: str | os.PathLike) -> LabelMaps:
     if kind == "labelTrainIds":
         train = read_train_ids(path)
         return LabelMaps(train, derive_label_ids(train), ColourStats(train.size, train.size))
-    rgb = read_colour(path)
-    check_colour_mask(rgb, path)
-    train, ids, stats = color_to_label_ids(rgb)
-    return LabelMaps(train, ids, stats)
+    return load_colour(path, palette=palette)
 
 
-def read_label(path: str | os.PathLike) -> np.ndarray:
-    """Read any label file -> (H, W) uint8 trainIds (IGNORE_INDEX for void/unrecoverable)."""
-    return load_label(path).train_ids
+def read_label(path: str | os.PathLike, *, palette: Palette | None = None) -> np.ndarray:
+    """Read any label file -> (H, W) uint8 trainIds (IGNORE_INDEX for void/unrecoverable).
+
+    ``palette``: the colours of a colour mask; None for Cityscapes'.
+    """
+    return load_label(path, palette=palette).train_ids
 
 
 def read_pair(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -168,22 +190,25 @@ def read_pair(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return both[:, : width // 2], both[:, width // 2:]
 
 
-def load_pair(path: str | os.PathLike) -> tuple[np.ndarray, LabelMaps]:
-    """Read a pairs file -> photo (H, W/2, 3) uint8 and the recovered label maps."""
+def load_pair(path: str | os.PathLike, *, palette: Palette | None = None) -> tuple[np.ndarray, LabelMaps]:
+    """Read a pairs file -> photo (H, W/2, 3) uint8 and the label maps recovered in ``palette``'s
+    colours (None: Cityscapes)."""
     photo, colour = read_pair(path)
-    check_colour_mask(colour, path, "its right half")
-    train, ids, stats = color_to_label_ids(colour)
+    check_colour_mask(colour, path, "its right half", palette=palette)
+    train, ids, stats = color_to_label_ids(colour, palette=palette)
     return photo, LabelMaps(train, ids, stats)
 
 
-def check_colour_mask(rgb: np.ndarray, path: str | os.PathLike, part: str = "") -> None:
+def check_colour_mask(rgb: np.ndarray, path: str | os.PathLike, part: str = "", *,
+                      palette: Palette | None = None) -> None:
     """CitysegError naming ``path`` unless most pixels of the (H, W, 3|4) uint8 ``rgb`` are near a
-    label colour (:data:`cityseg.data.colour.MIN_PALETTE_SHARE`): a photo or a map in another
-    palette would otherwise become confident, made-up labels."""
-    share = palette_share(rgb)
+    colour of ``palette`` (None: Cityscapes; :data:`cityseg.data.colour.MIN_PALETTE_SHARE`): a photo
+    or a map in another palette would otherwise become confident, made-up labels."""
+    share = palette_share(rgb, palette=palette)
     if share < MIN_PALETTE_SHARE:
         what = f"{part} is not" if part else "not"
+        name = (palette or CITYSCAPES).name
         raise CitysegError(
-            f"{path}: {what} a Cityscapes colour mask: {1 - share:.1%} of its pixels are far from every "
+            f"{path}: {what} a {name} colour mask: {1 - share:.1%} of its pixels are far from every "
             f"label colour; a colour mask has at least {MIN_PALETTE_SHARE:.0%} of its pixels near one"
         )
