@@ -114,7 +114,7 @@ def test_export_cli_writes_checked_file_and_predict_runs_it(tmp_path, checkpoint
     from cityseg.inference.onnx import read_metadata
 
     meta = read_metadata(onnx_path)
-    assert meta["cityseg.classes"] == list(labels.CLASS_NAMES) and meta["cityseg.dataset"] == "cityscapes"
+    assert meta["cityseg.classes"] == list(labels.CLASS_NAMES) and meta["cityseg.dataset"]["name"] == "cityscapes"
     assert meta["cityseg.palette"][0] == [128, 64, 128] and len(meta["cityseg.palette"]) == labels.NUM_CLASSES
     assert meta["cityseg.input"]["dtype"] == "uint8" and meta["cityseg.input"]["mean"] == [0.485, 0.456, 0.406]
     assert meta["cityseg.config"]["model"]["name"] == "cityseg_tiny" and meta["cityseg.version"] == __version__
@@ -142,7 +142,7 @@ def test_predict_refuses_an_onnx_file_of_other_classes(tmp_path, checkpoint, cap
     assert main(["predict", "--onnx", str(path), str(image), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (f"cityseg predict: error: {path}: predicts 19 classes (class0, class1, class2, class3, class4, "
-                   "class5, ...), not the 19 Cityscapes train classes that cityseg predict writes")
+                   "class5, ...), not the 19 classes of dataset cityscapes")
 
 
 def test_export_refuses_low_agreement_and_writes_nothing(tmp_path):

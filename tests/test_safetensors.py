@@ -17,11 +17,12 @@ from PIL import Image
 from cityseg import __version__
 from cityseg import checkpoint as C
 from cityseg.cli import main
+from cityseg.datasets import load_dataset
 from cityseg.config import Config
 from cityseg.errors import CitysegError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-DATASET = {"name": "cityscapes", "classes": 19}  # stands in for the dataset description a checkpoint may carry
+DATASET = load_dataset("cityscapes").to_dict()  # the description every checkpoint carries
 
 
 @pytest.fixture(autouse=True)

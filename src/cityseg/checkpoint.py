@@ -25,6 +25,7 @@ has one. The optimiser, schedule and RNG states are not exported: ``--resume`` n
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pickle
@@ -39,7 +40,8 @@ import torch
 from torch import nn
 
 from cityseg import __version__, labels
-from cityseg.config import Config, config_from_dict
+from cityseg.config import Config, config_from_dict, dataset_value
+from cityseg.datasets import load_dataset
 from cityseg.errors import CitysegError, first_line
 from cityseg.models import PRETRAINED, build_model, check_model_name
 from cityseg.utils import atomic_path
@@ -257,6 +259,7 @@ def load_model(
     cfg = config_from_dict(raw, name=str(raw.pop("name", "checkpoint")))
     model = build_model(
         cfg.model.name,
+        num_classes=cfg.spec().num_classes,
         pretrained="none",
         aux_head=cfg.model.aux_head,
         freeze=list(cfg.model.freeze),
@@ -264,6 +267,24 @@ def load_model(
     )
     load_model_state(model, ckpt, path, cfg.model.name)
     return model.to(device).eval(), cfg
+
+
+def with_dataset(cfg: Config, dataset: str | dict | None, path: str | Path) -> Config:
+    """``cfg`` (a checkpoint's) with ``dataset`` (``--dataset NAME|FILE``) as its class table when the
+    model predicts the same classes (e.g. a Cityscapes model on KITTI); unchanged for None.
+
+    Raises:
+        CitysegError: the dataset's classes are not the ones the model predicts (names both).
+    """
+    if dataset is None:
+        return cfg
+    value = dataset_value(dataset)
+    ours, theirs = cfg.spec(), load_dataset(value)
+    if ours.class_names != theirs.class_names:
+        raise CitysegError(f"{path}: predicts the {ours.num_classes} classes of {ours.name} "
+                           f"({', '.join(ours.class_names[:4])}, ...), not the {theirs.num_classes} of dataset "
+                           f"{theirs.name} ({', '.join(theirs.class_names[:4])}, ...)")
+    return dataclasses.replace(cfg, dataset=value)
 
 
 # --- starting weights: model.pretrained=PATH -----------------------------------------------------

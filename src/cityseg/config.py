@@ -15,8 +15,9 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from cityseg.datasets import BUILTINS, DatasetSpec, load_dataset
 from cityseg.errors import CitysegError
-from cityseg.utils import parse_size
+from cityseg.utils import parse_size, read_yaml
 
 #: Where the recipes live: package data (``cityseg/configs/*.yaml``), so that a plain
 #: ``pip install`` finds them too; the checkout's ``configs/`` is a link to this folder.
@@ -165,7 +166,15 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     crf: CRFConfig = field(default_factory=CRFConfig)
+    # the class table: a built-in name (cityscapes, kitti, camvid) or a description (cityseg.datasets);
+    # a description file given by path is read into the config, so a run folder or a checkpoint
+    # keeps its classes even when the file moves
+    dataset: str | dict[str, Any] = "cityscapes"
     name: str = "demo"  # recipe name (defaults to the YAML file's stem); runs go to runs/<name>
+
+    def spec(self) -> DatasetSpec:
+        """The validated :class:`~cityseg.datasets.DatasetSpec` of :attr:`dataset`."""
+        return load_dataset(self.dataset)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -319,13 +328,17 @@ def _hint_name(hint: Any) -> str:
 def config_from_dict(raw: dict[str, Any], name: str = "demo") -> Config:
     """Build a Config from a nested dict; unknown sections or keys raise CitysegError listing the valid ones."""
     cfg = Config(name=name)
-    sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "name"}
+    sections = {f.name: f for f in dataclasses.fields(Config) if f.name not in ("name", "dataset")}
     for sec_name, values in (raw or {}).items():
         if sec_name == "name":
             cfg.name = str(values)
             continue
+        if sec_name == "dataset":
+            cfg.dataset = dataset_value(values)
+            continue
         if sec_name not in sections:
-            raise CitysegError(f"unknown config section {sec_name!r}; valid sections: {', '.join(sections)}")
+            raise CitysegError(f"unknown config section {sec_name!r}; valid sections: {', '.join(sections)} "
+                               "(and the keys name, dataset)")
         if values is None:
             continue
         if not isinstance(values, dict):
@@ -343,9 +356,26 @@ def config_from_dict(raw: dict[str, Any], name: str = "demo") -> Config:
     return cfg
 
 
+def dataset_value(value: Any) -> str | dict[str, Any]:
+    """The config's ``dataset`` value: a built-in name stays a name; a description file or mapping
+    becomes the validated description mapping (CitysegError naming the file or key otherwise)."""
+    if value is None:
+        return "cityscapes"
+    if isinstance(value, str) and value in BUILTINS:
+        return value
+    if not isinstance(value, (str, dict)):
+        raise CitysegError(f"config key dataset: {value!r}; give a built-in name ({', '.join(BUILTINS)}), "
+                           "a description file or a description mapping")
+    return load_dataset(value).to_dict()
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings (value parsed as YAML) to a nested dict, in order."""
+    """Apply ``section.key=value`` strings (value parsed as YAML) to a nested dict, in order;
+    ``dataset=NAME|FILE`` sets the top-level dataset."""
     for item in overrides or []:
+        if item.split("=", 1)[0].strip() == "dataset":
+            raw["dataset"] = item.split("=", 1)[1].strip()
+            continue
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise CitysegError(f"--set {item!r}: write section.key=value, e.g. train.epochs=20")
         dotted, text = item.split("=", 1)
@@ -358,22 +388,6 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raw[section] = {}
         raw[section][key] = value
     return raw
-
-
-def read_yaml(path: Path, what: str) -> Any:
-    """The YAML document in ``path`` (``safe_load``: data, never objects).
-
-    Raises:
-        CitysegError: naming ``what`` when the file cannot be read, is not UTF-8 or not valid YAML.
-    """
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise CitysegError(f"{what}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    except OSError as exc:
-        raise CitysegError(f"{what}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise CitysegError(f"{what}: not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

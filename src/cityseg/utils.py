@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import yaml
 
 from cityseg.errors import CitysegError
 
@@ -165,3 +166,19 @@ def read_image(path: str | os.PathLike, mode: str | None = None) -> np.ndarray:
             return np.asarray(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise CitysegError(f"{path}: cannot read image ({exc})") from None
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """The YAML document in ``path`` (``safe_load``: data, never objects).
+
+    Raises:
+        CitysegError: naming ``what`` when the file cannot be read, is not UTF-8 or not valid YAML.
+    """
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CitysegError(f"{what}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise CitysegError(f"{what}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise CitysegError(f"{what}: not valid YAML ({str(exc).splitlines()[0]})") from None

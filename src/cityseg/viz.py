@@ -13,7 +13,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from cityseg import labels
+from cityseg.datasets import DatasetSpec
 from cityseg.errors import CitysegError
 from cityseg.imaging import denormalize
 from cityseg.utils import atomic_path
@@ -67,16 +68,26 @@ def _label_map(ids: ArrayLike) -> np.ndarray:
     return x.astype(np.uint8)  # trainIds and IGNORE_INDEX fit; colorize indexes a 256-entry table
 
 
+def _classes(spec: DatasetSpec | None) -> tuple[Sequence[str], np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """(class names, (K, 3) uint8 palette, trainIds -> RGB) of a dataset; the official table for None.
+    The plots take a :class:`cityseg.metrics.ScoreTable` too (it has class_names and palette)."""
+    if spec is None:
+        return labels.CLASS_NAMES, labels.TRAIN_PALETTE[: labels.NUM_CLASSES], labels.colorize
+    return spec.class_names, np.asarray(spec.palette, dtype=np.uint8), getattr(spec, "colorize", labels.colorize)
+
+
 def overlay(
-    image: ArrayLike, train_ids: ArrayLike, alpha: float = 0.5, *, normalized: bool | None = None
+    image: ArrayLike, train_ids: ArrayLike, alpha: float = 0.5, *, normalized: bool | None = None,
+    spec: DatasetSpec | None = None,
 ) -> np.ndarray:
     """Blend the palette colours of (H, W) trainIds over an image -> (H, W, 3) uint8.
 
     ``image`` and ``normalized``: as :func:`to_rgb_uint8`. Ignore pixels keep the image as it is.
+    ``spec``: the dataset whose colours are used (None: Cityscapes).
     """
     rgb = to_rgb_uint8(image, normalized=normalized).astype(np.float32)
     ids = _label_map(train_ids)
-    colour = labels.colorize(ids).astype(np.float32)
+    colour = _classes(spec)[2](ids).astype(np.float32)
     a = np.where(ids == labels.IGNORE_INDEX, 0.0, alpha)[..., None]
     return (rgb * (1 - a) + colour * a + 0.5).astype(np.uint8)
 
@@ -107,6 +118,7 @@ def save_panel(
     names: Sequence[str] | None = None,
     *,
     normalized: bool | None = None,
+    spec: DatasetSpec | None = None,
 ) -> Path:
     """Write a PNG of image | ground truth | prediction | errors, one row per frame.
 
@@ -119,10 +131,12 @@ def save_panel(
         pred: (H, W) trainIds prediction, or a list.
         names: optional frame names, shown in the row titles.
         normalized: required for float images: True for ImageNet-normalised model input.
+        spec: the dataset whose class names and colours are drawn (None: Cityscapes).
 
     A legend below lists the classes present in any ground truth or prediction shown; the error
     column's title gives each frame's pixel accuracy over evaluated pixels.
     """
+    class_names, palette, colorize = _classes(spec)
     images = _as_list(image, frame_ndim=3)
     gts, preds = [_label_map(g) for g in _as_list(gt, 2)], [_label_map(p) for p in _as_list(pred, 2)]
     if not len(images) == len(gts) == len(preds) > 0:
@@ -141,8 +155,8 @@ def save_panel(
         title = f"{names[r]}: " if names else ""
         tiles = [
             (_resize_rgb(to_rgb_uint8(img, normalized=normalized), g.shape), f"{title}image"),
-            (labels.colorize(g), "ground truth"),
-            (labels.colorize(p), "prediction"),
+            (colorize(g), "ground truth"),
+            (colorize(p), "prediction"),
             (error_map(g, p), f"errors (pixel acc {acc:.1%})"),
         ]
         for ax, (tile, text) in zip(axes[r], tiles):
@@ -151,7 +165,7 @@ def save_panel(
             ax.set_axis_off()
     present = np.unique(np.concatenate([np.unique(x) for x in gts + preds]))
     handles = [
-        Patch(color=labels.TRAIN_PALETTE[c] / 255, label=labels.CLASS_NAMES[c]) for c in present if c < labels.NUM_CLASSES
+        Patch(color=palette[c] / 255, label=class_names[c]) for c in present if c < len(class_names)
     ]
     handles += [Patch(color="black", label="ignore"), Patch(color=np.array(ERROR_COLOR) / 255, label="error")]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8, frameon=False)
@@ -235,19 +249,19 @@ def normalize_confusion(conf: ArrayLike) -> np.ndarray:
         return np.where(total > 0, c / total, np.nan)
 
 
-def plot_confusion(conf: ArrayLike, out_png: str | os.PathLike) -> Path:
-    """Row-normalised confusion matrix heatmap with the official class names.
+def plot_confusion(conf: ArrayLike, out_png: str | os.PathLike, spec: DatasetSpec | None = None) -> Path:
+    """Row-normalised confusion matrix heatmap with the class names of ``spec`` (None: Cityscapes).
 
     Args:
-        conf: (NUM_CLASSES, NUM_CLASSES) counts, rows ground truth, columns prediction; or
-            (NUM_CLASSES, NUM_CLASSES + 1) with a last column of pixels predicted as a void label
-            (:func:`cityseg.metrics.train_confusion` of a label-id confusion matrix).
+        conf: (K, K) counts, rows ground truth, columns prediction; or (K, K + 1) with a last
+            column of pixels predicted as a void label (:func:`cityseg.metrics.train_confusion`).
     """
     norm = normalize_confusion(conf)
-    n = labels.NUM_CLASSES
+    class_names = _classes(spec)[0]
+    n = len(class_names)
     if norm.shape not in ((n, n), (n, n + 1)):
         raise ValueError(f"expected a ({n}, {n}) or ({n}, {n + 1}) confusion matrix, got {norm.shape}")
-    columns = list(labels.CLASS_NAMES) + ["(void)"] * (norm.shape[1] - n)
+    columns = list(class_names) + ["(void)"] * (norm.shape[1] - n)
     fig = Figure(figsize=(9 + 0.4 * (len(columns) - n), 8), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
@@ -259,7 +273,7 @@ def plot_confusion(conf: ArrayLike, out_png: str | os.PathLike) -> Path:
                         color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=8)
     absent = ~np.isfinite(norm).all(axis=1)
-    ax.set_yticks(range(n), [f"{name} (absent)" if a else name for name, a in zip(labels.CLASS_NAMES, absent)], fontsize=8)
+    ax.set_yticks(range(n), [f"{name} (absent)" if a else name for name, a in zip(class_names, absent)], fontsize=8)
     ax.set_xlabel("prediction")
     ax.set_ylabel("ground truth")
     ax.set_title("confusion matrix (% of each ground-truth class)")
@@ -268,21 +282,23 @@ def plot_confusion(conf: ArrayLike, out_png: str | os.PathLike) -> Path:
     return _save(fig, out_png)
 
 
-def plot_class_iou(ious: ArrayLike, out_png: str | os.PathLike) -> Path:
+def plot_class_iou(ious: ArrayLike, out_png: str | os.PathLike, spec: DatasetSpec | None = None) -> Path:
     """Horizontal bars of per-class IoU in the class colours; NaN (class absent) marked n/a.
 
     Args:
-        ious: (NUM_CLASSES,) IoU per trainId in [0, 1], NaN where undefined.
+        ious: (K,) IoU per trainId in [0, 1], NaN where undefined.
+        spec: the dataset whose names and colours are drawn (None: Cityscapes).
     """
     v = np.asarray(ious.cpu() if isinstance(ious, torch.Tensor) else ious, dtype=np.float64)
-    n = labels.NUM_CLASSES
+    class_names, palette, _ = _classes(spec)
+    n = len(class_names)
     if v.shape != (n,):
         raise ValueError(f"expected ({n},) IoUs, got shape {v.shape}")
     fig = Figure(figsize=(7, 6), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     y = np.arange(n)
-    colours = labels.TRAIN_PALETTE[:n] / 255
+    colours = palette / 255
     ax.barh(y, np.nan_to_num(v), color=colours, edgecolor="black", linewidth=0.4)
     for i, value in enumerate(v):
         ax.text((0 if np.isnan(value) else value) + 0.01, i, "n/a" if np.isnan(value) else f"{value:.2f}",
@@ -290,7 +306,7 @@ def plot_class_iou(ious: ArrayLike, out_png: str | os.PathLike) -> Path:
     mean = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
     if np.isfinite(mean):
         ax.axvline(mean, color="grey", linestyle="--", linewidth=1)
-    ax.set_yticks(y, labels.CLASS_NAMES, fontsize=8)
+    ax.set_yticks(y, class_names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.08)
     ax.set_xlabel("IoU")

@@ -16,11 +16,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from cityseg.commands import add_dataset_argument
+
 HELP = "score predictions (label-id PNGs or a checkpoint) with the official Cityscapes metrics"
 log = logging.getLogger("cityseg")
 
 # options that only make sense with --checkpoint (argparse attribute names)
-_CHECKPOINT_FLAGS = ("data", "split", "mode", "crop", "stride", "scales", "flip", "save_pred", "set", "device")
+_CHECKPOINT_FLAGS = ("data", "dataset", "split", "mode", "crop", "stride", "scales", "flip", "save_pred", "set",
+                     "device")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("with --checkpoint")
     model.add_argument("--data", metavar="DIR", help="Cityscapes-layout folder (default: the checkpoint's data.root, "
                        "else the synthetic data)")
+    add_dataset_argument(model, "the checkpoint's")
     model.add_argument("--split", default=None, help="split to score (default: the checkpoint's data.val_split)")
     model.add_argument("--mode", choices=["whole", "sliding"], help="inference mode (default: eval.mode)")
     model.add_argument("--crop", metavar="WxH", help="sliding-window size (default: eval.crop_size)")
@@ -92,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         counts, elapsed, n = evaluate_checkpoint(
             args.checkpoint, args.device or "auto", args.set, data=args.data, split=args.split, mode=args.mode,
             crop=args.crop, stride=args.stride, scales=args.scales, flip=bool(args.flip), workers=args.workers,
-            boundary_tolerance=args.boundary_tolerance, save_pred=args.save_pred)
+            boundary_tolerance=args.boundary_tolerance, save_pred=args.save_pred, dataset=args.dataset)
     report(counts, args.json, args.plots)
     log.info(f"scored {n} frames in {elapsed:.1f} s")
     return 0
@@ -103,18 +107,17 @@ def report(counts: Any, json_path: str | None, plots_dir: str | None) -> dict[st
     import json
 
     from cityseg import metrics
-    from cityseg.labels import CLASS_NAMES
     from cityseg.utils import atomic_path
 
-    result = counts.scores()
+    result, table = counts.scores(), counts.table or metrics.CITYSCAPES
     log.info(metrics.format_table(result, counts.boundary_tolerance))
     if json_path:
-        data = {**metrics.json_ready(result), "confusion_matrix": metrics.confusion_json(counts.conf)}
+        data = {**metrics.json_ready(result), "confusion_matrix": metrics.confusion_json(counts.conf, table)}
         with atomic_path(json_path) as tmp:
             tmp.write_text(json.dumps(data, indent=2) + "\n")
     if plots_dir:
         from cityseg import viz  # imports torch: only when plots are asked for
 
-        viz.plot_confusion(metrics.train_confusion(counts.conf), Path(plots_dir) / "confusion.png")
-        viz.plot_class_iou([result["classes"][name]["iou"] for name in CLASS_NAMES], Path(plots_dir) / "iou.png")
+        viz.plot_confusion(metrics.train_confusion(counts.conf, table), Path(plots_dir) / "confusion.png", table)
+        viz.plot_class_iou([c["iou"] for c in result["classes"].values()], Path(plots_dir) / "iou.png", table)
     return result

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from cityseg.commands import add_dataset_argument
+
 HELP = ("export a checkpoint to ONNX (uint8 image in, logits + labels out; dynamic N, H, W; checked) "
         "and/or to weights-only safetensors")
 log = logging.getLogger("cityseg")
@@ -17,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--safetensors", metavar="FILE",
                         help="output .safetensors file: the weights, with the model name, config and dataset in "
                         "its metadata (written atomically); every --checkpoint takes it, --resume does not")
+    add_dataset_argument(parser, "the checkpoint's; another must have the same classes")
     parser.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default 18)")
     parser.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto",
                         help="auto: torch.onnx dynamo exporter, falling back to TorchScript if it fails")
@@ -27,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cityseg.checkpoint import load_checkpoint, load_model, save_safetensors
+    from cityseg.checkpoint import load_checkpoint, load_model, save_safetensors, with_dataset
     from cityseg.errors import CitysegError
     from cityseg.inference.onnx import DEFAULT_OPSET, export_onnx
     from cityseg.utils import writable_file
@@ -44,9 +47,10 @@ def run(args: argparse.Namespace) -> int:
             writable_file(path, flag)
     ckpt = load_checkpoint(args.checkpoint)
     model, cfg = load_model(args.checkpoint, "cpu", ckpt=ckpt)  # also proves the weights fit the model
+    cfg = with_dataset(cfg, args.dataset, args.checkpoint)
     log.info(f"cityseg export: {cfg.model.name} from {args.checkpoint}")
     if args.safetensors:
-        save_safetensors(args.safetensors, ckpt)
+        save_safetensors(args.safetensors, {**ckpt, "config": cfg.to_dict(), "dataset": cfg.spec().to_dict()})
         log.info(f"wrote {args.safetensors} ({Path(args.safetensors).stat().st_size / 1e6:.1f} MB, weights only)")
     if args.onnx:
         report = export_onnx(model, Path(args.onnx), opset, args.exporter, [Path(p) for p in args.check_image],

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from cityseg.commands import add_dataset_argument
+
 HELP = "segment images with a checkpoint (or an ONNX export): trainIds, labelIds, colour and overlay PNGs"
 log = logging.getLogger("cityseg")
 
@@ -21,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="CKPT", help="cityseg checkpoint")
     source.add_argument("--onnx", metavar="FILE", help="model written by `cityseg export` (run with onnxruntime)")
+    add_dataset_argument(parser, "the model's; with another, it must have the model's classes")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively) or globs")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass (default 1)")
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, args.onnx, args.device, args.precision, args.runtime, args.set, sliding=args.sliding,
         crop=args.crop, stride=args.stride, scales=args.scales, default_scales=TTA_SCALES if args.tta else (1.0,),
         flip=bool(args.tta), batch_size=args.batch_size, crf=args.crf, sizes=outputs.image_sizes(files),
-        calibration=args.calibration)
+        calibration=args.calibration, dataset=args.dataset)
     log.info(f"cityseg predict: {len(files)} images, {predictor.describe()}")
     if predictor.path.startswith("compile"):
         log.info("cityseg predict: compiling for the first image of each size (a one-off minute or two on a small CPU, "

@@ -6,7 +6,10 @@ import argparse
 import logging
 import os
 
-HELP = "convert a Cityscapes tree or a 'pairs' copy into the official layout with labelTrainIds and labelIds"
+from cityseg.commands import add_dataset_argument
+
+HELP = ("convert a Cityscapes tree, a 'pairs' copy or a described dataset (--dataset) into the official layout "
+        "with labelTrainIds and labelIds")
 log = logging.getLogger("cityseg")
 
 
@@ -16,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="auto", choices=("auto", "cityscapes", "pairs"),
                         help="source format: cityscapes = leftImg8bit/ + gtFine/ tree; pairs = SRC/<split>/*.jpg|png "
                              "with the photo on the left half and the colour mask on the right (default: auto)")
+    add_dataset_argument(parser, "cityscapes; kitti, camvid or a description file read SRC through its patterns")
     parser.add_argument("--split", nargs="+", metavar="NAME", help="only these splits (default: every split folder)")
     parser.add_argument("--city", metavar="NAME", help="city folder written for pairs (default: pairs)")
     parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8),
@@ -42,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         raise CitysegError(f"--workers {args.workers}: must be at least 1")
     writable_dir(args.out, "OUT")
     summary = prepare(args.src, args.out, fmt=args.format, splits=args.split, city=args.city, workers=args.workers,
-                      skip_bad=args.skip_bad, link=args.link, progress=not logs.quiet(), force=args.force)
+                      skip_bad=args.skip_bad, link=args.link, progress=not logs.quiet(), force=args.force,
+                      dataset=args.dataset)
     for line in summary.lines():
         (log.warning if line.startswith(("skipped", "  ")) else log.info)(line)
     return 0

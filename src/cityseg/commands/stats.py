@@ -13,8 +13,9 @@ METHODS = ("median", "inverse", "enet")  # cityseg.stats.METHODS; kept literal (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="DIR", help="data root (the dataset's patterns are relative to it)")
-    parser.add_argument("--dataset", default="cityscapes", metavar="NAME_OR_YAML",
-                        help="built-in cityscapes, kitti or camvid, or a description file (default: %(default)s)")
+    parser.add_argument("--dataset", metavar="NAME|FILE",
+                        help="built-in cityscapes, kitti or camvid, or a description file (default: the one "
+                        "`cityseg prepare --dataset` left in --data, else cityscapes)")
     parser.add_argument("--split", nargs="+", default=["train"], metavar="S",
                         help="splits to count; the weights come from the first (default: train)")
     parser.add_argument("--limit", type=int, metavar="N", help="count at most N frames per split, evenly spread")
@@ -29,12 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cityseg import stats
+    from cityseg import layout, stats
     from cityseg.datasets import load_dataset
     from cityseg.errors import CitysegError
     from cityseg.utils import writable_dir
 
-    spec = load_dataset(args.dataset)
+    spec = load_dataset(args.dataset or layout.prepared_dataset(args.data) or "cityscapes")
     stats.check_limit(args.limit)
     if not Path(args.data).is_dir():
         raise CitysegError(f"--data {args.data}: folder not found; give the data root of {spec.name}")

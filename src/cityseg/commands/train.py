@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cityseg.commands import add_dataset_argument
+
 HELP = "train a model from a recipe (configs/demo.yaml on the synthetic data by default); DDP via torchrun"
 
 
@@ -13,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data", metavar="DIR", help="Cityscapes-layout folder (default: data.root, else the synthetic data)"
     )
+    add_dataset_argument(parser, "the config's dataset, or the one --data was prepared for, else cityscapes")
     parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<config name>)")
     parser.add_argument(
         "--set",
@@ -35,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
     from cityseg.config import load_config
 
-    cfg = load_config(args.config, args.set)
+    overrides = [*args.set, *([f"dataset={args.dataset}"] if args.dataset else [])]
+    cfg = load_config(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     if isinstance(args.resume, str):  # --resume LAST_PT names the run folder
         from cityseg.engine.train import resume_folder
@@ -44,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     saved = out / "config.yaml"
     if args.resume and saved.is_file():
         # a resumed run keeps the recipe it started with; --set still applies (e.g. more epochs)
-        cfg = load_config(saved, args.set)
+        cfg = load_config(saved, overrides)
     if args.data is not None:
         cfg.data.root = str(args.data)
     if args.print_config:

@@ -207,6 +207,15 @@ CITYSCAPES = _cityscapes()
 PALETTE, PALETTE_TRAIN_IDS, PALETTE_LABEL_IDS = CITYSCAPES.colours, CITYSCAPES.train_ids, CITYSCAPES.label_ids
 
 
+@functools.cache
+def palette_of(spec: DatasetSpec) -> Palette:
+    """The palette of a dataset, built once per description (its lookup tables are cached on it):
+    :data:`CITYSCAPES` for the Cityscapes table (cityscapes, kitti), else :meth:`Palette.from_spec`."""
+    from cityseg.datasets import is_cityscapes_table
+
+    return CITYSCAPES if is_cityscapes_table(spec) else Palette.from_spec(spec)
+
+
 def _resolve(palette: Palette | None) -> Palette:
     return CITYSCAPES if palette is None else palette
 

@@ -20,6 +20,7 @@ returns, the item leaves the dataset with an int64 mask, ready for the losses.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -34,6 +35,8 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 
 from cityseg import labels, layout, logs
 from cityseg.data import formats, png
+from cityseg.data.colour import palette_of
+from cityseg.datasets import DatasetSpec, is_cityscapes_table
 from cityseg.errors import CitysegError
 from cityseg.layout import (
     INSTANCE_SUFFIX,
@@ -80,19 +83,28 @@ def read_image(path: Path) -> torch.Tensor:
     return _decode(path, ImageReadMode.RGB)
 
 
-def read_train_ids(path: Path) -> torch.Tensor:
-    """(H, W) uint8 trainIds from any label file (``IGNORE_INDEX`` where not evaluated)."""
+def read_train_ids(path: Path, spec: DatasetSpec | None = None) -> torch.Tensor:
+    """(H, W) uint8 trainIds from any label file (``IGNORE_INDEX`` where not evaluated) of the dataset
+    ``spec`` (None: Cityscapes)."""
     name = path.name
+    generic = spec is not None and not is_cityscapes_table(spec)
     if name.endswith(LABEL_IDS_SUFFIX) or name.endswith(TRAIN_IDS_SUFFIX):
         grey = _decode_grey(path)
         raw = grey[None] if grey is not None else _decode(path)
         if raw.shape[0] == 1 and raw.dtype == torch.uint8:  # the official 8-bit grey maps
             ids = raw[0]
-            if name.endswith(LABEL_IDS_SUFFIX):
-                return _label_ids_to_train_ids(ids, path)
-            return _checked_train_ids(ids, path)
+            if name.endswith(TRAIN_IDS_SUFFIX):
+                return _checked_train_ids(ids, path, spec.num_classes if generic else labels.NUM_CLASSES)
+            if generic:  # the description's raw ids; void and unlisted ids are ignored
+                return _id_lut(spec).index_select(0, ids.reshape(-1).int()).view(ids.shape)
+            return _label_ids_to_train_ids(ids, path)
     # colour masks, and id maps saved in unusual PNG modes: the readers of formats.py
-    return torch.from_numpy(formats.read_label(path))
+    return torch.from_numpy(formats.read_label(path, palette=palette_of(spec) if generic else None))
+
+
+@functools.cache
+def _id_lut(spec: DatasetSpec) -> torch.Tensor:
+    return torch.from_numpy(spec.id_to_train_id.copy())
 
 
 def _label_ids_to_train_ids(ids: torch.Tensor, path: Path) -> torch.Tensor:
@@ -103,11 +115,11 @@ def _label_ids_to_train_ids(ids: torch.Tensor, path: Path) -> torch.Tensor:
     return flat.view(ids.shape)
 
 
-def _checked_train_ids(ids: torch.Tensor, path: Path) -> torch.Tensor:
-    bad = ids[(ids >= labels.NUM_CLASSES) & (ids != labels.IGNORE_INDEX)]
+def _checked_train_ids(ids: torch.Tensor, path: Path, num_classes: int = labels.NUM_CLASSES) -> torch.Tensor:
+    bad = ids[(ids >= num_classes) & (ids != labels.IGNORE_INDEX)]
     if bad.numel():
         raise CitysegError(
-            f"{path}: trainId {int(bad[0])} is not valid (valid: 0..{labels.NUM_CLASSES - 1} and {labels.IGNORE_INDEX})"
+            f"{path}: trainId {int(bad[0])} is not valid (valid: 0..{num_classes - 1} and {labels.IGNORE_INDEX})"
         )
     return ids
 
@@ -129,6 +141,7 @@ class CityscapesDataset(Dataset):
         split: ``train``, ``val``, ``test`` or any split folder name.
         transform: called on the item dict (see module docstring); e.g. ``build_transforms``.
         with_instances: also load ``*_gtFine_instanceIds.png`` as ``item["instance_ids"]``.
+        spec: the dataset's class table (None: Cityscapes): how label files map to trainIds.
 
     Raises:
         CitysegError: the folder lacks the layout, the split is missing or empty, or an image
@@ -142,9 +155,11 @@ class CityscapesDataset(Dataset):
         split: str,
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         with_instances: bool = False,
+        spec: DatasetSpec | None = None,
     ) -> None:
         self.root = Path(root)
         self.split = split
+        self.spec = spec
         self.transform = transform
         self.images = find_images(self.root, split)
         self.labels = [find_label(p) for p in self.images]  # CitysegError when one is missing
@@ -171,7 +186,7 @@ class CityscapesDataset(Dataset):
         """The untransformed item: uint8 image (3, H, W) and uint8 trainIds mask (H, W)."""
         image_path, label_path = self.images[index], self.labels[index]
         image = read_image(image_path)
-        mask = read_train_ids(label_path)
+        mask = read_train_ids(label_path, self.spec)
         _check_same_size(image_path, image, label_path, mask)
         item = {"image": tv_tensors.Image(image), "mask": tv_tensors.Mask(mask), "name": self.name(index)}
         if self.instances is not None:

@@ -22,6 +22,11 @@ Sources:
     by :func:`cityseg.layout.find_label` (labelIds > labelTrainIds > color).
   * ``pairs``: ``SRC/<split>/*.jpg|*.png``, photo left and colour mask right; written under
     the city folder ``city`` with the file's own stem.
+  * ``dataset``: any dataset with a description (:mod:`cityseg.datasets`; ``kitti``, ``camvid`` or
+    a YAML file): frames found by its ``images`` and ``labels`` patterns, labels mapped by its
+    table (grey files: ids; RGB files: colours, recovered along blended borders as for
+    Cityscapes); written under the city folder named after the dataset, with the description
+    (patterns pointing at OUT's layout) in ``OUT/dataset.yaml``, which train and evaluate adopt.
 """
 
 from __future__ import annotations
@@ -33,9 +38,19 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from cityseg import layout, logs
 from cityseg.data import formats
-from cityseg.data.colour import MIN_PALETTE_SHARE, ColourStats, confident_lut, palette_share
+from cityseg.data.colour import (
+    MIN_PALETTE_SHARE,
+    ColourStats,
+    color_to_train_ids,
+    confident_lut,
+    palette_of,
+    palette_share,
+)
+from cityseg.datasets import IGNORE_INDEX, DatasetSpec, check_patterns, dataset_splits, find_files, load_dataset
 from cityseg.errors import CitysegError
 from cityseg.utils import atomic_path, read_image, save_png
 
@@ -57,12 +72,14 @@ KNOWN_FORMATS = (
 class Job:
     """One frame to convert: where it comes from and where it goes."""
 
-    kind: str  # "cityscapes" or "pairs"
-    source: Path  # the image (cityscapes) or the pairs file
+    kind: str  # "cityscapes", "pairs" or "dataset"
+    source: Path  # the image (cityscapes, dataset) or the pairs file
     out_image: Path
     out_label_ids: Path
     out_train_ids: Path
     record: Path  # JSON: name, size and mtime_ns of each source file the outputs were made from
+    label: Path | None = None  # the label file (dataset)
+    spec: DatasetSpec | None = None  # the description (dataset)
 
     def outputs_exist(self) -> bool:
         return self.out_image.is_file() and self.out_label_ids.is_file() and self.out_train_ids.is_file()
@@ -75,7 +92,7 @@ class Job:
 
     def source_instances(self) -> Path | None:
         """The source's ``*_gtFine_instanceIds.png`` of this frame, if it has one."""
-        if self.kind == "pairs":
+        if self.kind != "cityscapes":
             return None
         path = layout.label_path(self.source, layout.INSTANCE_SUFFIX)
         return path if path.is_file() else None
@@ -84,6 +101,8 @@ class Job:
         """The files the frame is made from: the pairs file, or the image, its label and instanceIds map."""
         if self.kind == "pairs":
             return [self.source]
+        if self.kind == "dataset":
+            return [self.source, self.label]
         instances = self.source_instances()
         return [self.source, layout.find_label(self.source)] + ([instances] if instances else [])
 
@@ -243,6 +262,26 @@ def _targets(out: Path, split: str, city: str, stem: str) -> tuple[Path, Path, P
     )
 
 
+def discover_dataset(src: Path, out: Path, spec: DatasetSpec, splits: list[str] | None = None) -> list[Job]:
+    """The frames of a described dataset as jobs: every stem with an image and a label in each split
+    (``splits``, else those its patterns find; a pattern without ``{split}`` gives ``train``)."""
+    names = splits or dataset_splits(spec, src) or ["train"]
+    jobs = []
+    for split in names:
+        images, found = find_files(spec, src, split, "images"), find_files(spec, src, split, "labels")
+        for stem, label in found.items():
+            if stem in images:
+                jobs.append(Job("dataset", images[stem], *_targets(out, split, spec.name, stem), label=label, spec=spec))
+        missing = [s for s in found if s not in images]
+        if missing:
+            log.warning("%s: skipped %d frame(s) of split %r with a label but no image (e.g. %s; images: %r)",
+                        src, len(missing), split, missing[0], spec.images)
+    if not jobs:
+        check_patterns(spec, src, names[0])  # names the pattern that matches nothing
+        raise CitysegError(f"{src}: no frame has both an image ({spec.images!r}) and a label ({spec.labels!r})")
+    return jobs
+
+
 def discover(src: Path, out: Path, fmt: str, splits: list[str] | None = None, city: str | None = None) -> list[Job]:
     """List the frames of SRC as jobs (nothing is read but folder listings)."""
     if fmt == "cityscapes":
@@ -329,6 +368,54 @@ def _check_instances(path: Path, shape: tuple[int, ...]) -> None:
         raise CitysegError(f"{path}: instanceIds map is {width}x{height} but the label is {shape[1]}x{shape[0]}")
 
 
+def _convert_dataset(job: Job) -> ColourStats:
+    spec = job.spec
+    image = read_image(job.source, "RGB")
+    train_ids, label_ids, stats = read_dataset_label(job.label, spec)
+    if image.shape[:2] != train_ids.shape:
+        raise CitysegError(
+            f"{job.source}: image is {image.shape[1]}x{image.shape[0]} but its label {job.label.name} "
+            f"is {train_ids.shape[1]}x{train_ids.shape[0]} (WxH); they must match"
+        )
+    save_png(image, job.out_image)
+    save_png(label_ids, job.out_label_ids)
+    save_png(train_ids, job.out_train_ids)
+    return stats
+
+
+def read_dataset_label(path: Path, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray, ColourStats]:
+    """A described dataset's label file -> ((H, W) uint8 trainIds, raw ids, pixel counts). Grey (and
+    palette-indexed) files hold ids, mapped by the table; RGB files hold colours, recovered along
+    blended borders with the dataset's palette (:mod:`cityseg.data.colour`)."""
+    raw = read_image(path, None)
+    if raw.ndim == 2:
+        if raw.dtype != np.uint8 and raw.size and int(raw.max()) > 255:
+            raise CitysegError(f"{path}: label id {int(raw.max())} is outside 0-255 (dataset {spec.name})")
+        ids = raw.astype(np.uint8)
+        train_ids = spec.id_to_train_id[ids]
+        stats = ColourStats(pixels=ids.size, exact=int((train_ids != IGNORE_INDEX).sum()),
+                            ignored=int((train_ids == IGNORE_INDEX).sum()))
+        return train_ids, ids, stats
+    rgb = raw[..., :3]
+    train_ids, stats = color_to_train_ids(rgb, (rgb.shape[1], rgb.shape[0]), palette=palette_of(spec))  # own size
+    return train_ids, spec.train_ids_to_ids(train_ids), stats
+
+
+def write_description(out: Path, spec: DatasetSpec) -> None:
+    """``OUT/dataset.yaml``: ``spec`` with patterns of the prepared layout (raw ids in the labelIds files)."""
+    import dataclasses
+
+    import yaml
+
+    prepared = dataclasses.replace(
+        spec,
+        images=f"{layout.IMAGE_DIR}/{{split}}/{{city}}/{{stem}}{layout.IMAGE_SUFFIX}",
+        labels=f"{layout.LABEL_DIR}/{{split}}/{{city}}/{{stem}}{layout.LABEL_IDS_SUFFIX}",
+    )
+    with atomic_path(out / layout.DATASET_FILE) as tmp:
+        tmp.write_text(yaml.safe_dump(prepared.to_dict(), sort_keys=False), encoding="utf-8")
+
+
 def _convert_pair(job: Job) -> ColourStats:
     photo, maps = formats.load_pair(job.source)
     save_png(photo, job.out_image)
@@ -351,7 +438,9 @@ def run_job(job: Job, link: str | None = None, force: bool = False) -> Result:
     stale = not force and job.outputs_exist()
     _remove_outputs(job)
     try:
-        stats = _convert_cityscapes(job, link) if job.kind == "cityscapes" else _convert_pair(job)
+        convert = {"cityscapes": lambda: _convert_cityscapes(job, link), "pairs": lambda: _convert_pair(job),
+                   "dataset": lambda: _convert_dataset(job)}
+        stats = convert[job.kind]()
     except CitysegError as exc:
         return Result(job.source, "bad", message=str(exc))
     with atomic_path(job.record) as tmp:  # last: the frame is done
@@ -378,7 +467,7 @@ def _check_paths(src: Path, out: Path) -> None:
 
 def prepare(src: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto", splits: list[str] | None = None,
             city: str | None = None, workers: int = 1, skip_bad: bool = False, link: str | None = None,
-            progress: bool = True, force: bool = False) -> Summary:
+            progress: bool = True, force: bool = False, dataset: str | DatasetSpec | None = None) -> Summary:
     """Convert SRC into the official layout under OUT (see the module docstring).
 
     Args:
@@ -390,6 +479,8 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto", s
             file raises CitysegError (files finished so far stay, a rerun resumes).
         link: None copies images, "hard" or "sym" links them (cityscapes sources only).
         force: make every frame again, even those whose outputs match their sources.
+        dataset: a description (name, file or spec) other than Cityscapes': SRC is read through
+            its patterns and table (format ``dataset``).
     """
     from tqdm import tqdm
 
@@ -399,10 +490,20 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto", s
         raise CitysegError(f"format {fmt!r}: valid formats are {', '.join(FORMATS)}")
     if link is not None and link not in LINKS:
         raise CitysegError(f"link {link!r}: valid values are {', '.join(LINKS)}")
+    spec = load_dataset(dataset) if dataset is not None else None
+    if spec is not None and spec != load_dataset("cityscapes"):
+        if fmt != "auto" or city is not None:
+            raise CitysegError(f"--dataset {spec.name}: its description gives the layout; drop --format and --city")
+        fmt = "dataset"
+        if link:
+            raise CitysegError(f"--dataset {spec.name}: images are re-encoded as PNG and cannot be linked; "
+                               "drop --link/--symlink")
     fmt = detect_format(src, splits) if fmt == "auto" else fmt
     if link and fmt == "pairs":
         raise CitysegError(f"{src}: images of pairs files are cut out of them and cannot be linked; drop --link/--symlink")
-    jobs = discover(src, out, fmt, splits, city)
+    jobs = discover_dataset(src, out, spec, splits) if fmt == "dataset" else discover(src, out, fmt, splits, city)
+    if fmt == "dataset":
+        write_description(out, spec)
     summary = Summary(out, fmt)
     todo = [(job, link, force) for job in jobs]
     pool = None
@@ -410,6 +511,8 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto", s
         import multiprocessing
 
         confident_lut()  # build the colour table once; forked workers share it
+        if spec is not None and fmt == "dataset":
+            confident_lut(palette_of(spec))
         pool = multiprocessing.Pool(min(workers, len(jobs)))
         results = pool.imap_unordered(_run_job_star, todo, chunksize=1)
     else:

@@ -6,6 +6,8 @@ how one optimiser step runs (mixed precision, gradient accumulation, clipping).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -18,15 +20,19 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cityseg.checkpoint import build_starting_model
-from cityseg.config import Config
+from cityseg import layout
+from cityseg.config import Config, dataset_value
 from cityseg.data import synthetic
 from cityseg.data.dataset import CityscapesDataset
 from cityseg.data.transforms import build_transforms
+from cityseg.datasets import load_dataset
 from cityseg.engine import distributed as D
 from cityseg.engine.schedule import SCHEDULES
 from cityseg.errors import CitysegError
 from cityseg.losses import build_loss
 from cityseg.models import check_model_name
+
+log = logging.getLogger(__name__)
 
 #: Values of ``train.amp`` (see :func:`build_engine`).
 AMP_MODES = ("auto", "bf16", "fp16", "none")
@@ -85,6 +91,27 @@ def resolve_data_root(cfg: Config) -> Path:
     return synthetic.data_root(cfg.data)
 
 
+def adopt_dataset(cfg: Config, root: Path) -> Config:
+    """``cfg`` with the dataset a prepared folder was made for (its ``dataset.yaml``, written by
+    ``cityseg prepare --dataset``) when the config names none but Cityscapes; unchanged otherwise.
+
+    Raises:
+        CitysegError: the config's dataset and the folder's have different class tables.
+    """
+    found = layout.prepared_dataset(root)
+    if found is None:
+        return cfg
+    folder, ours = load_dataset(found), cfg.spec()
+    if folder.classes == ours.classes:
+        return cfg
+    if cfg.dataset == "cityscapes":
+        log.info("%s: prepared for dataset %s (%d classes); training on its class table", root, folder.name,
+                 folder.num_classes)
+        return dataclasses.replace(cfg, dataset=dataset_value(str(found)))
+    raise CitysegError(f"{root}: prepared for dataset {folder.name!r} ({folder.num_classes} classes), but the config's "
+                       f"dataset is {ours.name!r} ({ours.num_classes} classes); pass --dataset {found}")
+
+
 def build_loaders(cfg: Config, root: Path, dev: torch.device) -> tuple[DataLoader, DataLoader, torch.Generator]:
     """Training loader (shuffled, sharded under DDP, seeded) and validation loader (sharded, in order).
 
@@ -93,8 +120,9 @@ def build_loaders(cfg: Config, root: Path, dev: torch.device) -> tuple[DataLoade
     epoch's batches and augmentations. Workers are not persistent for the same reason: every
     epoch draws fresh worker seeds from the generator.
     """
-    train_set = CityscapesDataset(root, cfg.data.train_split, transform=build_transforms(cfg.data, train=True))
-    val_set = CityscapesDataset(root, cfg.data.val_split, transform=build_transforms(cfg.data, train=False))
+    spec = cfg.spec()
+    train_set = CityscapesDataset(root, cfg.data.train_split, build_transforms(cfg.data, train=True), spec=spec)
+    val_set = CityscapesDataset(root, cfg.data.val_split, build_transforms(cfg.data, train=False), spec=spec)
     if cfg.data.cache:  # before the workers fork, so that they share the decoded frames
         train_set.preload(progress=D.is_main_process())
         val_set.preload(progress=D.is_main_process())
@@ -140,6 +168,7 @@ def build_train_model(cfg: Config, dev: torch.device) -> tuple[nn.Module, nn.Mod
     """Return ``(model to call, bare model)``: channels_last, SyncBatchNorm, DDP and compile as configured."""
     core = build_starting_model(
         cfg.model.name,
+        num_classes=cfg.spec().num_classes,
         pretrained=cfg.model.pretrained,
         aux_head=cfg.model.aux_head,
         freeze=list(cfg.model.freeze),
@@ -158,7 +187,7 @@ def build_train_model(cfg: Config, dev: torch.device) -> tuple[nn.Module, nn.Mod
 
 def build_criterion(cfg: Config) -> nn.Module:
     """The weighted loss of ``cfg.loss`` (called on the main head, and on the aux head by the loop)."""
-    return build_loss(cfg.loss)
+    return build_loss(cfg.loss, cfg.spec().num_classes)
 
 
 OPTIMIZERS = ("adamw", "sgd")

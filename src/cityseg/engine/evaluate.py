@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cityseg import layout, logs, metrics
-from cityseg.checkpoint import load_model
+from cityseg.checkpoint import load_model, with_dataset
 from cityseg.config import Config, apply_overrides, config_from_dict
 from cityseg.data.dataset import CityscapesDataset
 from cityseg.data.synthetic import data_root
@@ -30,7 +30,9 @@ from cityseg.data.transforms import build_transforms
 from cityseg.device import resolve_device
 from cityseg.engine.evaluator import Evaluator
 from cityseg.inference.predict import predict_logits
-from cityseg.labels import NUM_CLASSES, train_ids_to_label_ids
+from cityseg.datasets import DatasetSpec
+from cityseg.engine.build import adopt_dataset
+from cityseg.labels import train_ids_to_label_ids
 from cityseg.utils import parse_scales, parse_size, save_png
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ def evaluate_checkpoint(
     workers: int | None = None,
     boundary_tolerance: int | None = None,
     save_pred: str | Path | None = None,
+    dataset: str | None = None,
 ) -> tuple[metrics.Counts, float, int]:
     """Load a checkpoint and :func:`evaluate` it with its config, changed by the options.
 
@@ -65,12 +68,16 @@ def evaluate_checkpoint(
         workers: DataLoader workers (default: ``data.workers``).
         boundary_tolerance: boundary F1 distance in pixels (default: ``eval.boundary_tolerance``); < 0 skips it.
         save_pred: also write label-id PNGs there (:func:`cityseg.layout.prediction_path`).
+        dataset: the data's dataset (name or description file) when it is not the checkpoint's;
+            it must have the classes the model predicts (:func:`cityseg.checkpoint.with_dataset`).
 
     Returns:
-        (summed :class:`cityseg.metrics.Counts`, seconds, number of frames).
+        (summed :class:`cityseg.metrics.Counts`, seconds, number of frames); score them with
+        ``counts.scores(metrics.table_for(cfg.spec()))`` (:func:`evaluate` logs which).
     """
     dev = resolve_device(device)
     model, cfg = load_model(path, dev)
+    cfg = with_dataset(cfg, dataset, path)
     if overrides:
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), list(overrides)), name=cfg.name)
     if mode:
@@ -109,10 +116,11 @@ def evaluate(
         (summed :class:`cityseg.metrics.Counts`, seconds, number of frames).
     """
     dataset, with_instances = _dataset(cfg)
+    spec = dataset.spec
     loader = DataLoader(dataset, batch_size=1, num_workers=cfg.data.workers)
     tolerance = cfg.eval.boundary_tolerance
-    evaluator = Evaluator(NUM_CLASSES, device, boundary_tolerance=None if tolerance < 0 else tolerance,
-                          instances=with_instances)
+    evaluator = Evaluator(spec.num_classes, device, boundary_tolerance=None if tolerance < 0 else tolerance,
+                          instances=with_instances, table=metrics.table_for(spec))
     infer = {
         "mode": cfg.eval.mode,
         "crop": parse_size(cfg.eval.crop_size, "eval.crop_size"),
@@ -134,7 +142,7 @@ def evaluate(
             instance_ids = item["instance_ids"].to(device) if "instance_ids" in item else None
             evaluator.update(pred, target, instance_ids)
             if save_pred is not None:
-                save_prediction(pred[0], save_pred, dataset.name(index))
+                save_prediction(pred[0], save_pred, dataset.name(index), spec)
             bar.update()
     evaluator.reduce()
     return evaluator.counts(), time.perf_counter() - start, len(dataset)
@@ -143,16 +151,21 @@ def evaluate(
 def _dataset(cfg: Config) -> tuple[CityscapesDataset, bool]:
     """(the split as a CityscapesDataset, whether it has instanceIds): iIoU when every frame has one."""
     root = data_root(cfg.data)
+    spec = adopt_dataset(cfg, root).spec()
     # CityscapesDataset names any frame that lacks an instanceIds map when asked for instances
-    with_instances = layout.has_instances(root, cfg.data.val_split)
-    if not with_instances:
+    with_instances = metrics.table_for(spec).official and layout.has_instances(root, cfg.data.val_split)
+    if not with_instances and metrics.table_for(spec).official:
         log.warning(f"no *{layout.INSTANCE_SUFFIX} files in {root}: iIoU is not computed")
     transform = build_transforms(cfg.data, train=False)
-    dataset = CityscapesDataset(root, cfg.data.val_split, transform=transform, with_instances=with_instances)
+    dataset = CityscapesDataset(root, cfg.data.val_split, transform=transform, with_instances=with_instances,
+                                spec=spec)
     return dataset, with_instances
 
 
-def save_prediction(pred: torch.Tensor, out_dir: Path, name: str) -> None:
-    """Write (H, W) trainIds as official label ids to :func:`cityseg.layout.prediction_path`."""
-    ids = train_ids_to_label_ids(pred.to("cpu").numpy().astype("uint8"))
+def save_prediction(pred: torch.Tensor, out_dir: Path, name: str, spec: DatasetSpec | None = None) -> None:
+    """Write (H, W) trainIds as label ids (official ones for Cityscapes; else the first id of each
+    class of ``spec``) to :func:`cityseg.layout.prediction_path`."""
+    train_ids = pred.to("cpu").numpy().astype("uint8")
+    generic = spec is not None and not metrics.table_for(spec).official
+    ids = spec.train_ids_to_ids(train_ids) if generic else train_ids_to_label_ids(train_ids)
     save_png(ids, layout.prediction_path(out_dir, name))

@@ -28,14 +28,15 @@ _OFFSET = metrics.INSTANCE_OFFSET
 
 
 class Evaluator:
-    """Accumulates Cityscapes counts over batches of trainId predictions.
+    """Accumulates the counts of a dataset's scores over batches of trainId predictions.
 
     Args:
-        num_classes: number of train classes; must be ``labels.NUM_CLASSES`` (the scores follow
-            the Cityscapes label table).
+        num_classes: number of train classes; must be the class count of ``table``.
         device: where the counts live (the model's device).
         boundary_tolerance: boundary F1 matching distance in pixels; None skips boundary F1.
-        instances: expect ``instance_ids`` in every :meth:`update` and report iIoU.
+        instances: expect ``instance_ids`` in every :meth:`update` and report iIoU (Cityscapes only).
+        table: what is scored (:func:`cityseg.metrics.table_for` of the dataset); default the
+            official Cityscapes table, whose confusion axes are label ids.
 
     Example::
 
@@ -52,34 +53,44 @@ class Evaluator:
         device: str | torch.device = "cpu",
         boundary_tolerance: int | None = metrics.DEFAULT_BOUNDARY_TOLERANCE,
         instances: bool = False,
+        table: metrics.ScoreTable | None = None,
     ) -> None:
-        if num_classes != NUM_CLASSES:
-            raise ValueError(f"Evaluator scores the {NUM_CLASSES} Cityscapes classes, got num_classes={num_classes}")
+        self.table = table or metrics.CITYSCAPES
+        if num_classes != self.table.num_classes:
+            raise ValueError(f"Evaluator scores {self.table.num_classes} classes, got num_classes={num_classes}")
         if boundary_tolerance is not None and boundary_tolerance < 0:
             raise ValueError(f"boundary_tolerance must be >= 0 or None, got {boundary_tolerance}")
+        if instances and not self.table.official:
+            raise ValueError("instance scores (iIoU) are defined for the Cityscapes table only")
         self.device = torch.device(device)
         self.boundary_tolerance = boundary_tolerance
         self.instances = instances
+        self.num_classes = num_classes
         dev = self.device
-        # the lookup tables of cityseg.metrics, as tensors on the device
-        self._train_to_id = torch.from_numpy(TRAIN_ID_TO_ID[:NUM_CLASSES].astype(np.int64)).to(dev)
-        self._is_eval = torch.from_numpy(metrics.IS_EVAL_ID[:_L].copy()).to(dev)
-        self._train_of_id = torch.from_numpy(metrics.TRAIN_ID_OF_ID[:_L].astype(np.int64)).to(dev)
+        # the lookup tables of the score table, as tensors on the device
+        self._n = self.table.num_ids  # size of the confusion axes
+        ids = torch.from_numpy(np.asarray(self.table.eval_ids, dtype=np.int64))
+        self._train_to_id = ids.to(dev)
+        self._is_eval = torch.zeros(self._n, dtype=torch.bool).index_fill_(0, ids, True).to(dev)
+        self._train_of_id = torch.full((self._n,), -1, dtype=torch.int64).index_copy_(
+            0, ids, torch.arange(num_classes)).to(dev)
         self._avg_size = torch.from_numpy(metrics.AVG_SIZE_OF_ID.copy()).to(dev)
         self._pred_cat = torch.from_numpy(metrics.PRED_INSTANCE_CATEGORY[:_L].astype(np.int64)).to(dev)
         self._gt_cat = torch.from_numpy(metrics.GT_INSTANCE_CATEGORY.astype(np.int64)).to(dev)
         self._offsets = metrics.disk_offsets(boundary_tolerance) if boundary_tolerance is not None else []
         # On the CPU the numpy counting of cityseg.metrics (sparse pixel lists) is ~50x faster than
         # these dense tensor operations; both follow one definition and are tested equal.
-        self._use_numpy = self.device.type == "cpu"
+        # (the numpy counting knows the Cityscapes table only)
+        self._use_numpy = self.device.type == "cpu" and self.table.official
         self.reset()
 
     def reset(self) -> None:
         """Zero every count (start of a new evaluation)."""
         dev = self.device
-        self.conf = torch.zeros(_L, _L, dtype=torch.int64, device=dev)
-        self.instance_counts = torch.zeros(2, NUM_CLASSES + len(CATEGORIES), dtype=torch.float64, device=dev)
-        self.boundary = torch.zeros(4, NUM_CLASSES, dtype=torch.int64, device=dev)
+        n, k = self._n, self.num_classes
+        self.conf = torch.zeros(n, n, dtype=torch.int64, device=dev)
+        self.instance_counts = torch.zeros(2, k + len(self.table.categories), dtype=torch.float64, device=dev)
+        self.boundary = torch.zeros(4, k, dtype=torch.int64, device=dev)
         self._reduced = False
 
     @torch.no_grad()
@@ -87,7 +98,7 @@ class Evaluator:
         """Add a batch.
 
         Args:
-            pred: (N, H, W) integer predicted trainIds (values outside ``0..NUM_CLASSES-1`` count
+            pred: (N, H, W) integer predicted trainIds (values outside ``0..num_classes-1`` count
                 as a void prediction).
             target: (N, H, W) integer trainIds, ``IGNORE_INDEX`` where not evaluated.
             instance_ids: (N, H, W) integer official instanceIds; required when ``instances``.
@@ -104,7 +115,8 @@ class Evaluator:
             return
         pred_ids = self._to_label_ids(pred.to(self.device))
         gt_ids = self._to_label_ids(target.to(self.device))
-        self.conf += torch.bincount((gt_ids * _L + pred_ids).flatten(), minlength=_L * _L).view(_L, _L)
+        n = self._n
+        self.conf += torch.bincount((gt_ids * n + pred_ids).flatten(), minlength=n * n).view(n, n)
         if self.instances:
             self.instance_counts += self._instance_counts(pred_ids, instance_ids.to(self.device).long())
         if self.boundary_tolerance is not None:
@@ -123,10 +135,11 @@ class Evaluator:
                 self.boundary += torch.from_numpy(c.boundary)
 
     def _to_label_ids(self, train_ids: torch.Tensor) -> torch.Tensor:
-        """trainIds -> label ids (int64); anything that is not a train class -> 0 (unlabeled, void)."""
+        """trainIds -> ids of the confusion axes (int64; Cityscapes: label ids); anything that is not
+        a train class -> the table's void id (Cityscapes: 0, unlabeled)."""
         train_ids = train_ids.long()
-        valid = (train_ids >= 0) & (train_ids < NUM_CLASSES)
-        return torch.where(valid, self._train_to_id[train_ids.clamp(0, NUM_CLASSES - 1)], 0)
+        valid = (train_ids >= 0) & (train_ids < self.num_classes)
+        return torch.where(valid, self._train_to_id[train_ids.clamp(0, self.num_classes - 1)], self.table.void_id)
 
     def _instance_counts(self, pred_ids: torch.Tensor, inst: torch.Tensor) -> torch.Tensor:
         """(2, NUM_CLASSES + K) weighted instance tp/fn, as :func:`cityseg.metrics.instance_counts`."""
@@ -166,7 +179,7 @@ class Evaluator:
         """(4, NUM_CLASSES) boundary counts, the definition of :func:`cityseg.metrics.boundary_counts`."""
         valid = self._is_eval[gt_ids]
         edges = [self._boundary_labels(m, valid) for m in (pred_ids, gt_ids)]
-        out = torch.zeros(4, NUM_CLASSES, dtype=torch.int64, device=self.device)
+        out = torch.zeros(4, self.num_classes, dtype=torch.int64, device=self.device)
         r = int(self.boundary_tolerance)
         h, w = gt_ids.shape[-2:]
         for row, (mine, theirs) in enumerate(((edges[0], edges[1]), (edges[1], edges[0]))):
@@ -192,7 +205,7 @@ class Evaluator:
         return torch.where(edge, ids, -1)
 
     def _count_by_class(self, label_ids: torch.Tensor) -> torch.Tensor:
-        return torch.bincount(self._train_of_id[label_ids], minlength=NUM_CLASSES)
+        return torch.bincount(self._train_of_id[label_ids], minlength=self.num_classes)
 
     def reduce(self) -> None:
         """Sum the counts over all DDP processes (no-op without torch.distributed). Call once."""
@@ -209,6 +222,7 @@ class Evaluator:
             instances=self.instance_counts.cpu().numpy() if self.instances else None,
             boundary=self.boundary.cpu().numpy() if self.boundary_tolerance is not None else None,
             boundary_tolerance=self.boundary_tolerance,
+            table=self.table,
         )
 
     def compute(self) -> dict[str, Any]:

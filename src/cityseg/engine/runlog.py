@@ -214,6 +214,7 @@ class RunLog:
         self, out: Path, cfg: Config, enabled: bool, resume_epoch: int | None = None, resume_step: int = 0
     ) -> None:
         self.out, self.cfg, self.enabled = out, cfg, enabled
+        self.spec = cfg.spec()  # the class names and colours of panels
         self.metrics_path = out / "metrics.jsonl"
         self.tb = None
         self.logfile: logs.RunFile | None = None
@@ -284,6 +285,7 @@ class RunLog:
             [p.numpy() for p in preds],
             names=[f"epoch {epoch}, {name}" for name in names],
             normalized=True,
+            spec=self.spec,
         )
 
     def finish(self, state: Any) -> dict[str, Any]:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from cityseg import logs
+from cityseg import logs, metrics
 from cityseg.checkpoint import (
     capture_rng,
     is_safetensors,
@@ -46,6 +46,7 @@ from cityseg.device import resolve_device
 from cityseg.engine import distributed as D
 from cityseg.engine.build import (
     Engine,
+    adopt_dataset,
     build_criterion,
     build_engine,
     build_loaders,
@@ -61,7 +62,6 @@ from cityseg.engine.evaluator import Evaluator
 from cityseg.engine.runlog import Progress, RunLog, lock_run_dir, prepare_run_dir, unlock_run_dir
 from cityseg.engine.schedule import Budget, LRSchedule, build_schedule
 from cityseg.errors import CitysegError
-from cityseg.labels import CLASS_NAMES, NUM_CLASSES
 from cityseg.models import set_frozen_bn_eval
 
 logger = logging.getLogger(__name__)
@@ -213,6 +213,7 @@ def _train(
     setup_torch(cfg, dev)
     seed_everything(cfg.train.seed + D.get_rank())
     root = resolve_data_root(cfg)
+    cfg = adopt_dataset(cfg, root)
     train_loader, val_loader, generator = build_loaders(cfg, root, dev)
     model, core = build_train_model(cfg, dev)
     criterion, optimizer = build_criterion(cfg), build_optimizer(cfg, core)
@@ -341,7 +342,9 @@ def evaluate(
     every process.
     """
     model.eval()
-    evaluator = Evaluator(NUM_CLASSES, engine.device, boundary_tolerance=cfg.eval.boundary_tolerance)
+    spec = cfg.spec()
+    evaluator = Evaluator(spec.num_classes, engine.device, boundary_tolerance=cfg.eval.boundary_tolerance,
+                          table=metrics.table_for(spec))
     loss_sum = torch.zeros(2, dtype=torch.float64, device=engine.device)  # (sum of loss x batch size, images)
     frames: list[Frame] = []
     for batch in loader:
@@ -369,7 +372,7 @@ def evaluate(
         "val_pixel_accuracy": result["pixel_accuracy"],
         "val_mean_class_accuracy": nan_to_zero(result["mean_class_accuracy"]),
         "val_boundary_f1": result["boundary_f1"],
-        "iou": {name: result["classes"][name]["iou"] for name in CLASS_NAMES},
+        "iou": {name: scores["iou"] for name, scores in result["classes"].items()},
     }
     return scores, frames
 
@@ -483,6 +486,7 @@ def save_state(
     if D.is_main_process():
         ckpt = {
             "config": cfg.to_dict(),
+            "dataset": cfg.spec().to_dict(),  # the class table, readable without cityseg's built-ins
             "model": strip_prefixes(core.state_dict()),
             "optimizer": optimizer.state_dict(),
             "scheduler": schedule.state_dict(),

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cityseg.datasets import DatasetSpec
 from cityseg.errors import CitysegError, first_line
 from cityseg.imaging import PIXELS, mean_std, normalize
 from cityseg.utils import atomic_path, read_image, require
@@ -157,18 +158,21 @@ METADATA_KEYS = ("cityseg.version", "cityseg.dataset", "cityseg.classes", "citys
 
 
 def export_metadata(config: dict[str, Any] | None = None) -> dict[str, str]:
-    """The :data:`METADATA_KEYS` of an export (JSON strings): the Cityscapes train classes and their
+    """The :data:`METADATA_KEYS` of an export (JSON strings): the dataset of the checkpoint's config
+    (its description, :meth:`~cityseg.datasets.DatasetSpec.to_dict`), its train classes and their
     colours, the uint8 RGB NCHW input normalised inside the graph with ImageNet's mean and std, the
     cityseg version and the checkpoint's config."""
-    from cityseg import __version__, labels
+    from cityseg import __version__
+    from cityseg.datasets import IGNORE_INDEX, load_dataset
     from cityseg.imaging import IMAGENET_MEAN, IMAGENET_STD
 
+    spec = load_dataset((config or {}).get("dataset") or "cityscapes")
     values: dict[str, Any] = {
         "cityseg.version": __version__,
-        "cityseg.dataset": "cityscapes",
-        "cityseg.classes": list(labels.CLASS_NAMES),
-        "cityseg.palette": [[int(c) for c in rgb] for rgb in labels.TRAIN_PALETTE[: labels.NUM_CLASSES]],
-        "cityseg.ignore_index": labels.IGNORE_INDEX,
+        "cityseg.dataset": spec.to_dict(),
+        "cityseg.classes": list(spec.class_names),
+        "cityseg.palette": [[int(c) for c in rgb] for rgb in spec.palette],
+        "cityseg.ignore_index": IGNORE_INDEX,
         "cityseg.input": {"name": "image", "dtype": "uint8", "layout": "NCHW", "channels": "RGB", "range": [0, 255],
                           "normalization": "inside the graph: (x / 255 - mean) / std",
                           "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
@@ -194,17 +198,25 @@ def _decode_metadata(model: Any, path: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
-def check_classes(meta: dict[str, Any], path: str | os.PathLike) -> None:
-    """CitysegError naming the file and its classes unless the metadata ``meta`` (of
-    :func:`verify_onnx` or :func:`read_metadata`) says it predicts the classes this cityseg writes
-    (the Cityscapes train classes)."""
-    from cityseg import labels
+def check_classes(meta: dict[str, Any], path: str | os.PathLike, dataset: Any = None) -> DatasetSpec:
+    """The dataset an export predicts, from the metadata ``meta`` (of :func:`verify_onnx` or
+    :func:`read_metadata`; Cityscapes for a file without it), checked against ``dataset`` (a name,
+    file or spec; None: no check).
 
-    classes = meta.get("cityseg.classes")
-    if classes is not None and list(classes) != list(labels.CLASS_NAMES):
+    Raises:
+        CitysegError: naming the file and its classes when they are not the metadata's own list or
+            not the classes of ``dataset``.
+    """
+    from cityseg.datasets import load_dataset
+
+    spec = load_dataset(meta.get("cityseg.dataset") or "cityscapes")
+    classes = list(meta.get("cityseg.classes") or spec.class_names)
+    wanted = load_dataset(dataset) if dataset is not None else spec
+    if classes != list(wanted.class_names):
         shown = ", ".join(map(str, classes[:6])) + (", ..." if len(classes) > 6 else "")
-        raise CitysegError(f"{path}: predicts {len(classes)} classes ({shown}), not the {labels.NUM_CLASSES} "
-                           "Cityscapes train classes that cityseg predict writes")
+        raise CitysegError(f"{path}: predicts {len(classes)} classes ({shown}), not the {wanted.num_classes} "
+                           f"classes of dataset {wanted.name}")
+    return wanted
 
 
 def stamp_checksum(data: bytes, metadata: dict[str, str] | None = None) -> bytes:

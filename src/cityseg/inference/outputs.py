@@ -2,9 +2,10 @@
 
 For each input ``<stem>.png`` (any image type), at the input's size::
 
-    OUT/trainIds/<stem>.png   trainIds (0-18), uint8
-    OUT/labelIds/<stem>.png   official label ids: ready for the benchmark server and ``evaluate --pred-dir``
-    OUT/color/<stem>.png      official palette
+    OUT/trainIds/<stem>.png   trainIds (0-18 for Cityscapes), uint8
+    OUT/labelIds/<stem>.png   label ids: Cityscapes' official ones, ready for the benchmark server and
+                              ``evaluate --pred-dir``; another dataset's first id of each class
+    OUT/color/<stem>.png      the dataset's palette (Cityscapes: the official one)
     OUT/overlay/<stem>.png    palette colours blended over the photo
     OUT/panel/<stem>.png      with a ground-truth folder: image | ground truth | prediction | errors
 
@@ -24,7 +25,9 @@ import numpy as np
 from tqdm import tqdm
 
 from cityseg import labels, layout, logs
+from cityseg.data.dataset import read_train_ids
 from cityseg.data.formats import read_label
+from cityseg.datasets import DatasetSpec, is_cityscapes_table, load_dataset
 from cityseg.errors import CitysegError
 from cityseg.inference.predict import Predictor
 from cityseg.utils import read_image, save_png
@@ -127,7 +130,7 @@ def predict_files(
                     paths.append(path)
             preds = predictor.predict_batch(images) if images else []
             for path, image, pred in zip(paths, images, preds, strict=True):
-                failed += not write_outputs(out, path.stem, image, pred, gt_index, bar)
+                failed += not write_outputs(out, path.stem, image, pred, gt_index, bar, predictor.spec)
             bar.update(len(batch))
     return failed
 
@@ -141,16 +144,21 @@ def _read(path: Path, bar: tqdm) -> np.ndarray | None:
 
 
 def write_outputs(
-    out: Path, stem: str, image: np.ndarray, pred: np.ndarray, gt_index: dict[str, Path] | None, bar: tqdm
+    out: Path, stem: str, image: np.ndarray, pred: np.ndarray, gt_index: dict[str, Path] | None, bar: tqdm,
+    spec: DatasetSpec | None = None,
 ) -> bool:
-    """Write the four maps of (H, W) uint8 trainIds (and the panel); report a failure in one line and return False."""
+    """Write the four maps of (H, W) uint8 trainIds (and the panel) in the ids and colours of ``spec``
+    (None: Cityscapes); report a failure in one line and return False."""
+    spec = spec or load_dataset("cityscapes")
+    official = is_cityscapes_table(spec)
     try:
         save_png(pred, out / "trainIds" / f"{stem}.png")
-        save_png(labels.train_ids_to_label_ids(pred), out / "labelIds" / f"{stem}.png")
-        save_png(labels.colorize(pred), out / "color" / f"{stem}.png")
-        save_png(overlay(image, pred, normalized=False), out / "overlay" / f"{stem}.png")
+        ids = labels.train_ids_to_label_ids(pred) if official else spec.train_ids_to_ids(pred)
+        save_png(ids, out / "labelIds" / f"{stem}.png")
+        save_png(spec.colorize(pred), out / "color" / f"{stem}.png")
+        save_png(overlay(image, pred, normalized=False, spec=spec), out / "overlay" / f"{stem}.png")
         if gt_index is not None:
-            write_panel(out, stem, image, pred, gt_index)
+            write_panel(out, stem, image, pred, gt_index, spec)
     except CitysegError as exc:
         bar.write(f"cityseg predict: {exc}", file=sys.stderr)
         return False
@@ -160,7 +168,8 @@ def write_outputs(
     return True
 
 
-def write_panel(out: Path, stem: str, image: np.ndarray, pred: np.ndarray, gt_index: dict[str, Path]) -> None:
+def write_panel(out: Path, stem: str, image: np.ndarray, pred: np.ndarray, gt_index: dict[str, Path],
+                spec: DatasetSpec | None = None) -> None:
     """OUT/panel/<stem>.png: image | ground truth | prediction | errors.
 
     A frame with no ground truth in ``gt_index`` is noted on stderr and skipped; CitysegError if
@@ -171,10 +180,11 @@ def write_panel(out: Path, stem: str, image: np.ndarray, pred: np.ndarray, gt_in
         tqdm.write(f"cityseg predict: note: no ground truth {key}_gtFine_*.png under --gt; no panel for {stem}",
                    file=sys.stderr)
         return
-    gt = read_label(gt_index[key])
+    gt = read_label(gt_index[key]) if spec is None or is_cityscapes_table(spec) else (
+        read_train_ids(gt_index[key], spec).numpy())
     if gt.shape != pred.shape:
         raise CitysegError(
             f"{gt_index[key]}: ground truth is {gt.shape[1]}x{gt.shape[0]}, the image {pred.shape[1]}x{pred.shape[0]} "
             "(WxH); panel not written"
         )
-    save_panel(out / "panel" / f"{stem}.png", image, gt, pred, names=[key], normalized=False)
+    save_panel(out / "panel" / f"{stem}.png", image, gt, pred, names=[key], normalized=False, spec=spec)

@@ -17,15 +17,18 @@ full resolution, so 2048x1024 frames fit in a few hundred MB whatever the model.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cityseg.checkpoint import load_model
+from cityseg.checkpoint import load_model, with_dataset
 from cityseg.config import Config, CRFConfig, apply_overrides, config_from_dict
+from cityseg.datasets import DatasetSpec
 from cityseg.device import resolve_device
 from cityseg.errors import CitysegError
 from cityseg.imaging import normalize
@@ -264,6 +267,8 @@ class Predictor:
         self.options = {"mode": mode, "crop": tuple(crop), "stride": tuple(stride), "scales": tuple(scales),
                         "flip": flip, "batch_size": batch_size}
         self.crf = crf
+        #: the dataset whose classes the model predicts (names, colours, raw ids); None: Cityscapes
+        self.spec: DatasetSpec | None = None
         # runners take inputs anywhere and move them; the input tensor is built on the model's device
         self.device = getattr(runner, "device", torch.device("cpu"))
 
@@ -351,16 +356,22 @@ class Predictor:
     ) -> Predictor:
         """Load a cityseg checkpoint, ``.pt`` or ``.safetensors`` (CitysegError if it is not one) -> Predictor;
         see :meth:`from_model` (``precision="int8"`` caches its int8 model beside the checkpoint)."""
-        model, _ = load_model(path, "cpu")
-        return cls.from_model(model, device, precision, runtime, work=work, calibration=calibration,
-                              checkpoint=path, **options)
+        model, cfg = load_model(path, "cpu")
+        predictor = cls.from_model(model, device, precision, runtime, work=work, calibration=calibration,
+                                   checkpoint=path, **options)
+        predictor.spec = cfg.spec()
+        return predictor
 
     @classmethod
-    def from_onnx(cls, path: str | Path, threads: int | None = None, device: str = "cpu", **options) -> Predictor:
+    def from_onnx(cls, path: str | Path, threads: int | None = None, device: str = "cpu", dataset: Any = None,
+                  **options) -> Predictor:
         """Load a model written by ``cityseg export`` (checked by :func:`~cityseg.inference.onnx.verify_onnx`)
-        and run it with onnxruntime (fp32) on the uint8 pixels."""
-        check_classes(verify_onnx(path), path)
-        return cls(OrtRunner(ort_session(path, threads, device)), "onnxruntime", **options)
+        and run it with onnxruntime (fp32) on the uint8 pixels. Its classes come from its metadata
+        (``dataset``: a name or description file they must match; None: no check)."""
+        spec = check_classes(verify_onnx(path), path, dataset)
+        predictor = cls(OrtRunner(ort_session(path, threads, device)), "onnxruntime", **options)
+        predictor.spec = spec
+        return predictor
 
     def probabilities(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """(N, C, H, W) float32 probabilities of N same-size (H, W, 3) uint8 RGB images (on the CPU)."""
@@ -417,6 +428,7 @@ def load_predictor(
     batch_size: int = 1,
     crf: bool = False,
     sizes: Sequence[tuple[int, int]] | None = None,
+    dataset: str | None = None,
     calibration: str | Path | None = None,
 ) -> tuple[Predictor, Config]:
     """(Predictor, Config) of a checkpoint, or of an ONNX export with a default config: ``cityseg predict``.
@@ -426,6 +438,7 @@ def load_predictor(
     and ``eval.stride`` and ``default_scales``; ``crf`` refines with the config's ``crf`` section.
     ``sizes``: the (width, height) of every image to come, which with ``runtime="auto"`` chooses
     eager or compiled by the passes per input shape (:func:`passes_per_shape`); None: eager.
+    ``dataset`` (``--dataset``): the classes to predict, which must be the model's (None: the model's own).
     ``calibration``: the photo folder of ``precision="int8"`` (:meth:`Predictor.from_model`).
 
     Raises:
@@ -444,6 +457,7 @@ def load_predictor(
         model, cfg = None, Config()
     else:
         model, cfg = load_model(checkpoint, "cpu")
+        cfg = with_dataset(cfg, dataset, checkpoint)
     if overrides:
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), list(overrides)), name=cfg.name)
     chosen_scales = parse_scales(scales) if scales else list(default_scales)
@@ -457,7 +471,8 @@ def load_predictor(
         "crf": cfg.crf if crf else None,
     }
     if onnx:
-        return Predictor.from_onnx(onnx, device="cuda" if device == "cuda" else "cpu", **options), cfg
+        predictor = Predictor.from_onnx(onnx, device="cuda" if device == "cuda" else "cpu", dataset=dataset, **options)
+        return predictor, dataclasses.replace(cfg, dataset=predictor.spec.to_dict())
     work = shapes = None
     if sizes is not None:
         keys = ("mode", "crop", "stride", "scales", "flip")
@@ -465,6 +480,7 @@ def load_predictor(
         work, shapes = max(counts.values(), default=0), len(counts)
     predictor = Predictor.from_model(model, device, precision, runtime, work=work, shapes=shapes,
                                      calibration=calibration, checkpoint=checkpoint, **options)
+    predictor.spec = cfg.spec()
     return predictor, cfg
 
 

@@ -39,6 +39,7 @@ from cityseg.labels import (
     NUM_CLASSES,
     TRAIN_ID_TO_ID,
     TRAIN_LABELS,
+    TRAIN_PALETTE,
 )
 
 #: Size of the label-id axes of the confusion matrix (ids 0..MAX_LABEL_ID).
@@ -120,6 +121,60 @@ for _k, _ids in enumerate(INSTANCE_CATEGORY_IDS):
 assert all(LABEL_BY_NAME[name].has_instances for name in AVG_CLASS_SIZE)
 
 
+@dataclass(frozen=True, eq=False)
+class ScoreTable:
+    """What is scored and how it is named: the official Cityscapes table (:data:`CITYSCAPES`:
+    label-id axes, categories, iIoU), or a dataset's own (:func:`table_for`: train-id axes plus one
+    void id, categories where its description names them, no iIoU).
+
+    Attributes:
+        names: class names by train id.
+        eval_ids: (K,) the id of each train class on the confusion matrix's axes.
+        num_ids: size of the confusion matrix's axes.
+        void_id: the id a void or ignored prediction is counted as.
+        categories: category names; ``category_ids``: per category, the ids of its classes.
+        official: the Cityscapes table (instance scores and the official parity apply).
+        palette: (K, 3) uint8 class colours, for plots.
+    """
+
+    names: tuple[str, ...]
+    eval_ids: np.ndarray
+    num_ids: int
+    void_id: int
+    categories: tuple[str, ...] = ()
+    category_ids: tuple[tuple[int, ...], ...] = ()
+    official: bool = False
+    palette: np.ndarray | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.names
+
+
+#: The official Cityscapes table: every score of the official evaluator.
+CITYSCAPES = ScoreTable(tuple(CLASS_NAMES), EVAL_IDS, NUM_IDS, 0, tuple(CATEGORIES), CATEGORY_IDS, official=True,
+                        palette=TRAIN_PALETTE[:NUM_CLASSES])
+
+
+def table_for(spec: Any) -> ScoreTable:
+    """The :class:`ScoreTable` of a :class:`cityseg.datasets.DatasetSpec`: :data:`CITYSCAPES` for a
+    dataset with the Cityscapes classes and ids (cityscapes, kitti), else train-id axes with the
+    void id K (K classes) and the categories its description names."""
+    from cityseg.datasets import is_cityscapes_table
+
+    if spec is None or is_cityscapes_table(spec):
+        return CITYSCAPES
+    k = spec.num_classes
+    cats = tuple(spec.categories)
+    members = tuple(tuple(i for i, c in enumerate(spec.classes) if c.category == cat) for cat in cats)
+    return ScoreTable(tuple(spec.class_names), np.arange(k, dtype=np.intp), k + 1, k, cats, members,
+                      palette=spec.palette)
+
+
 # --- counts -----------------------------------------------------------------------------------
 
 
@@ -135,12 +190,14 @@ class Counts:
         boundary: (4, NUM_CLASSES) int64 per class: predicted boundary pixels, of them matched,
             true boundary pixels, of them matched; None when boundary F1 was not computed.
         boundary_tolerance: the matching distance in pixels that ``boundary`` was counted with.
+        table: what the counts score (None: :data:`CITYSCAPES`, whose axes are label ids).
     """
 
     conf: np.ndarray = field(default_factory=lambda: np.zeros((NUM_IDS, NUM_IDS), dtype=np.int64))
     instances: np.ndarray | None = None
     boundary: np.ndarray | None = None
     boundary_tolerance: int | None = None
+    table: ScoreTable | None = None
 
     def add(self, other: Counts) -> Counts:
         """Add ``other`` into ``self`` (in place) and return ``self``."""
@@ -155,7 +212,7 @@ class Counts:
         return self
 
     def scores(self) -> dict[str, Any]:
-        return scores(self.conf, self.instances, self.boundary)
+        return scores(self.conf, self.instances, self.boundary, self.table)
 
 
 def _add_optional(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
@@ -441,10 +498,11 @@ def nan_mean(values: np.ndarray) -> float:
     return float(valid.mean()) if valid.size else math.nan
 
 
-def _lift(conf: np.ndarray) -> np.ndarray:
-    """Place a (C, C) trainId confusion matrix into label-id space."""
-    out = np.zeros((NUM_IDS, NUM_IDS), dtype=np.int64)
-    out[np.ix_(EVAL_IDS, EVAL_IDS)] = conf
+def _lift(conf: np.ndarray, t: ScoreTable | None = None) -> np.ndarray:
+    """Place a (K, K) trainId confusion matrix onto the axes of ``t`` (Cityscapes: label ids)."""
+    t = t or CITYSCAPES
+    out = np.zeros((t.num_ids, t.num_ids), dtype=np.int64)
+    out[np.ix_(t.eval_ids, t.eval_ids)] = conf
     return out
 
 
@@ -460,45 +518,52 @@ def boundary_f1(boundary: np.ndarray) -> np.ndarray:
 
 
 def scores(
-    conf: np.ndarray, instances: np.ndarray | None = None, boundary: np.ndarray | None = None
+    conf: np.ndarray,
+    instances: np.ndarray | None = None,
+    boundary: np.ndarray | None = None,
+    table: ScoreTable | None = None,
 ) -> dict[str, Any]:
     """The scores of ``cityseg evaluate``, NaN where undefined.
 
     Args:
-        conf: (NUM_IDS, NUM_IDS) label-id confusion matrix (:func:`id_confusion`), or a
-            (NUM_CLASSES, NUM_CLASSES) trainId one (:func:`confusion`).
-        instances: :attr:`Counts.instances` sums, or None (iIoU NaN).
+        conf: (num_ids, num_ids) confusion matrix of ``table`` (Cityscapes: label ids,
+            :func:`id_confusion`), or a (K, K) trainId one (:func:`confusion`).
+        instances: :attr:`Counts.instances` sums, or None (iIoU NaN); Cityscapes only.
         boundary: :attr:`Counts.boundary` sums, or None (boundary F1 NaN).
+        table: what is scored (default :data:`CITYSCAPES`).
 
     Returns:
         ``{"miou", "iiou", "category_miou", "category_iiou", "mean_dice", "pixel_accuracy",
         "mean_class_accuracy", "boundary_f1", "classes": {name: {"iou", "iiou", "dice",
-        "accuracy", "boundary_f1"}}, "categories": {name: {"iou", "iiou"}}}`` with Python floats.
-        Pixel accuracy is tp / all pixels of scored ground truth; a class's accuracy is
-        tp / (tp + fn) (its recall, NaN when absent from the ground truth), and the mean class
+        "accuracy", "boundary_f1"}}, "categories": {name: {"iou", "iiou"}}}`` with Python floats;
+        the iIoU keys only for the Cityscapes table, the category keys only where the table has
+        categories. Pixel accuracy is tp / all pixels of scored ground truth; a class's accuracy
+        is tp / (tp + fn) (its recall, NaN when absent from the ground truth), and the mean class
         accuracy their mean over the classes present. A void prediction counts as wrong.
     """
+    t = table or CITYSCAPES
+    k, ids = t.num_classes, t.eval_ids
     conf = np.asarray(conf, dtype=np.int64)
-    if conf.shape == (NUM_CLASSES, NUM_CLASSES):
-        conf = _lift(conf)
-    if conf.shape != (NUM_IDS, NUM_IDS):
-        expected = f"{(NUM_IDS, NUM_IDS)} or {(NUM_CLASSES, NUM_CLASSES)}"
+    if conf.shape == (k, k):
+        conf = _lift(conf, t)
+    if conf.shape != (t.num_ids, t.num_ids):
+        expected = f"{(t.num_ids, t.num_ids)} or {(k, k)}"
         raise ValueError(f"confusion matrix of shape {conf.shape}; expected {expected}")
-    scored = conf[EVAL_IDS]  # rows of scored gt classes; void gt rows are never used
-    tp = scored[np.arange(NUM_CLASSES), EVAL_IDS]
+    scored = conf[ids]  # rows of scored gt classes; void gt rows are never used
+    tp = scored[np.arange(k), ids]
     fn = scored.sum(1) - tp  # every prediction counts, void ones too
-    fp = scored[:, EVAL_IDS].sum(0) - tp  # predictions on scored gt only
+    fp = scored[:, ids].sum(0) - tp  # predictions on scored gt only
     iou = _ratio(tp, tp + fp + fn)
     dice = _ratio(2 * tp, 2 * tp + fp + fn)
     accuracy = _ratio(tp, tp + fn)
-    iiou = np.full(NUM_CLASSES, np.nan)
-    if instances is not None:
+    iiou = np.full(k, np.nan)
+    if instances is not None and t.official:
         cls = list(INSTANCE_CLASSES)
         tpw, fnw = instances[0, cls], instances[1, cls]
         iiou[cls] = _ratio(tpw, tpw + fp[cls] + fnw)
-    cat_iou, cat_iiou = _category_scores(conf, instances)
-    bf1 = boundary_f1(boundary) if boundary is not None else np.full(NUM_CLASSES, np.nan)
-    return {
+    cat_iou, cat_iiou = _category_scores(conf, instances, t)
+    bf1 = boundary_f1(boundary) if boundary is not None else np.full(k, np.nan)
+    out = {
         "miou": nan_mean(iou),
         "iiou": nan_mean(iiou),
         "category_miou": nan_mean(cat_iou),
@@ -508,30 +573,46 @@ def scores(
         "mean_class_accuracy": nan_mean(accuracy),
         "boundary_f1": nan_mean(bf1),
         "classes": {
-            name: {"iou": float(iou[t]), "iiou": float(iiou[t]), "dice": float(dice[t]),
-                   "accuracy": float(accuracy[t]), "boundary_f1": float(bf1[t])}
-            for t, name in enumerate(CLASS_NAMES)
+            name: {"iou": float(iou[i]), "iiou": float(iiou[i]), "dice": float(dice[i]),
+                   "accuracy": float(accuracy[i]), "boundary_f1": float(bf1[i])}
+            for i, name in enumerate(t.names)
         },
         "categories": {
-            name: {"iou": float(cat_iou[k]), "iiou": float(cat_iiou[k])} for k, name in enumerate(CATEGORIES)
+            name: {"iou": float(cat_iou[j]), "iiou": float(cat_iiou[j])} for j, name in enumerate(t.categories)
         },
     }
+    return _defined_keys(out, t)
 
 
-def _category_scores(conf: np.ndarray, instances: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _defined_keys(result: dict[str, Any], t: ScoreTable) -> dict[str, Any]:
+    """Drop the scores ``t`` does not define: iIoU outside Cityscapes, categories where it has none."""
+    if not t.official:
+        for key in ("iiou", "category_iiou"):
+            result.pop(key)
+        for entry in [*result["classes"].values(), *result["categories"].values()]:
+            entry.pop("iiou")
+    if not t.categories:
+        for key in ("categories", "category_miou", "category_iiou"):
+            result.pop(key, None)
+    return result
+
+
+def _category_scores(
+    conf: np.ndarray, instances: np.ndarray | None, t: ScoreTable
+) -> tuple[np.ndarray, np.ndarray]:
     """Category IoU and iIoU (official getIouScoreForCategory / getInstanceIouScoreForCategory)."""
-    iou = np.full(len(CATEGORIES), np.nan)
-    iiou = np.full(len(CATEGORIES), np.nan)
-    for k, ids in enumerate(CATEGORY_IDS):
+    iou = np.full(len(t.categories), np.nan)
+    iiou = np.full(len(t.categories), np.nan)
+    for k, ids in enumerate(t.category_ids):
         if not ids:
             continue
         ids = list(ids)
-        others = [i for i in EVAL_IDS if i not in ids]  # scored gt outside the category
+        others = [i for i in t.eval_ids if i not in ids]  # scored gt outside the category
         tp = conf[np.ix_(ids, ids)].sum()
         fn = conf[ids].sum() - tp
         fp = conf[np.ix_(others, ids)].sum()
         iou[k] = _ratio(tp, tp + fp + fn)
-        inst_ids = INSTANCE_CATEGORY_IDS[k]
+        inst_ids = INSTANCE_CATEGORY_IDS[k] if t.official else None
         if instances is not None and inst_ids is not None:
             tpw, fnw = instances[0, NUM_CLASSES + k], instances[1, NUM_CLASSES + k]
             fp_inst = conf[np.ix_(others, list(inst_ids))].sum()  # caravan/trailer columns included
@@ -558,20 +639,25 @@ def _fmt(value: float) -> str:
 def format_table(result: dict[str, Any], boundary_tolerance: int | None = None) -> str:
     """Terminal table: per class IoU, iIoU, Dice, accuracy, boundary F1, then averages and
     categories; ``boundary_tolerance`` (pixels), when given, is stated under it."""
-    width = max(len(n) for n in list(CLASS_NAMES) + list(CATEGORIES)) + 2
-    head = f"{'class':<{width}}  {'IoU':>5}  {'iIoU':>5}  {'Dice':>5}  {'Acc':>5}  {'BF1':>5}"
+    instances = "iiou" in result  # the columns of the scores this table defines (see scores())
+    width = max(len(n) for n in [*result["classes"], *result.get("categories", {}), "category"]) + 2
+    columns = [("IoU", "iou", "miou"), ("iIoU", "iiou", "iiou"), ("Dice", "dice", "mean_dice"),
+               ("Acc", "accuracy", "mean_class_accuracy"), ("BF1", "boundary_f1", "boundary_f1")]
+    columns = [c for c in columns if instances or c[0] != "iIoU"]
+    head = f"{'class':<{width}}  " + "  ".join(f"{c[0]:>5}" for c in columns)
     rule = "-" * len(head)
     lines = [head, rule]
     for name, s in result["classes"].items():
-        cells = "  ".join(_fmt(s[k]) for k in ("iou", "iiou", "dice", "accuracy", "boundary_f1"))
-        lines.append(f"{name:<{width}}  {cells}")
-    averages = ("miou", "iiou", "mean_dice", "mean_class_accuracy", "boundary_f1")
-    lines += [rule, f"{'average':<{width}}  " + "  ".join(_fmt(result[k]) for k in averages), ""]
-    lines += [f"{'category':<{width}}  {'IoU':>5}  {'iIoU':>5}", "-" * (width + 14)]
-    for name, s in result["categories"].items():
-        lines.append(f"{name:<{width}}  {_fmt(s['iou'])}  {_fmt(s['iiou'])}")
-    averages = f"{_fmt(result['category_miou'])}  {_fmt(result['category_iiou'])}"
-    lines += ["-" * (width + 14), f"{'average':<{width}}  {averages}", ""]
+        lines.append(f"{name:<{width}}  " + "  ".join(_fmt(s[c[1]]) for c in columns))
+    lines += [rule, f"{'average':<{width}}  " + "  ".join(_fmt(result[c[2]]) for c in columns), ""]
+    if "categories" in result:
+        keys = ("iou", "iiou") if instances else ("iou",)
+        sub = width + 7 * len(keys)
+        lines += [f"{'category':<{width}}  {'IoU':>5}" + (f"  {'iIoU':>5}" if instances else ""), "-" * sub]
+        for name, s in result["categories"].items():
+            lines.append(f"{name:<{width}}  " + "  ".join(_fmt(s[k]) for k in keys))
+        averages = "  ".join(_fmt(result[k]) for k in ("category_miou", "category_iiou")[: len(keys)])
+        lines += ["-" * sub, f"{'average':<{width}}  {averages}", ""]
     lines.append(f"pixel accuracy {_fmt(result['pixel_accuracy'])}, "
                  f"mean class accuracy {_fmt(result['mean_class_accuracy'])} (Acc: tp / ground-truth pixels)")
     if boundary_tolerance is not None:
@@ -579,25 +665,26 @@ def format_table(result: dict[str, Any], boundary_tolerance: int | None = None) 
     return "\n".join(lines)
 
 
-def train_confusion(conf: np.ndarray) -> np.ndarray:
-    """(NUM_CLASSES, NUM_CLASSES + 1) int64 view of a label-id confusion matrix for plots: rows
-    scored gt classes, columns predicted classes plus one column of predictions of void labels.
-    A (NUM_CLASSES, NUM_CLASSES) trainId matrix is taken too (its void column is zero)."""
+def train_confusion(conf: np.ndarray, table: ScoreTable | None = None) -> np.ndarray:
+    """(K, K + 1) int64 view of a confusion matrix of ``table`` (default Cityscapes: label ids)
+    for plots: rows scored gt classes, columns predicted classes plus one column of predictions of
+    void labels. A (K, K) trainId matrix is taken too (its void column is zero)."""
+    t = table or CITYSCAPES
     conf = np.asarray(conf)
-    if conf.shape == (NUM_CLASSES, NUM_CLASSES):
-        conf = _lift(conf)
-    scored = conf[EVAL_IDS]
-    classes = scored[:, EVAL_IDS]
+    if conf.shape == (t.num_classes, t.num_classes):
+        conf = _lift(conf, t)
+    scored = conf[t.eval_ids]
+    classes = scored[:, t.eval_ids]
     return np.concatenate([classes, (scored.sum(1) - classes.sum(1))[:, None]], axis=1)
 
 
-def confusion_json(conf: np.ndarray) -> dict[str, Any]:
+def confusion_json(conf: np.ndarray, table: ScoreTable | None = None) -> dict[str, Any]:
     """The :func:`train_confusion` table for the JSON: ``{"rows": ground-truth class names
     (trainId order), "columns": predicted class names + "(void)" (a void label id predicted),
     "counts": rows of ints}``. IoU, Dice and the accuracies of :func:`scores` follow from it."""
-    table = train_confusion(conf)
+    names = list((table or CITYSCAPES).names)
     return {
-        "rows": list(CLASS_NAMES),
-        "columns": [*CLASS_NAMES, "(void)"],
-        "counts": [[int(v) for v in row] for row in table],
+        "rows": names,
+        "columns": [*names, "(void)"],
+        "counts": [[int(v) for v in row] for row in train_confusion(conf, table)],
     }
