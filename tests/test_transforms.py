@@ -12,7 +12,13 @@ from torchvision.transforms.v2 import functional as F
 
 from cityseg import labels
 from cityseg.config import DataConfig
-from cityseg.data.transforms import FloatColorJitter, RandomScaleCrop, ResizeImage, build_transforms
+from cityseg.data.transforms import (
+    FloatColorJitter,
+    RandomScaleCrop,
+    ResizeImage,
+    build_transforms,
+    resample_aa_on_grid,
+)
 from cityseg.errors import CitysegError
 from cityseg.imaging import IMAGENET_MEAN, IMAGENET_STD
 
@@ -116,6 +122,73 @@ def test_both_mask_paths_agree_on_windows_ending_at_the_frame_edge():
         a = t.transform(tv_tensors.Mask(m8), params)
         b = t.transform(tv_tensors.Mask(m8.long()), params)
         assert torch.equal(a.long(), b), scaled
+
+
+# The kernel called directly (a private op, which src/ no longer calls): the oracle for the public route.
+AA_KERNEL = torch.ops.aten._upsample_bilinear2d_aa
+
+
+def aa_cases(n: int, seed: int) -> list[tuple[tuple[int, int], tuple[int, int], tuple[float, float]]]:
+    """``n`` random (region size, sample count, scales): scales 0.25-2.5, each axis asking for 0, 1 or 2
+    samples more than ``interpolate(scale_factor)`` makes, all three counts on both axes."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < n:
+        h, w = (int(v) for v in rng.integers(2, 48, size=2))
+        scales = (float(rng.uniform(0.25, 2.5)), float(rng.uniform(0.25, 2.5)))
+        extra = len(cases) % 3, len(cases) // 3 % 3
+        size = (max(1, int(h * scales[0]) + extra[0]), int(w * scales[1]) + extra[1])
+        # Windows the kernel can fill: every sample with a tap inside the region (the pipeline's
+        # always have one; beyond that the kernel returns 0), at least two wide (the CPU kernel
+        # mis-resamples one-pixel-wide columns, so the oracle itself is wrong there).
+        if size[1] < 2 or (AA_KERNEL(torch.ones(1, 1, h, w), list(size), False, *scales) == 0).any():
+            continue
+        cases.append(((h, w), size, scales))
+    return cases
+
+
+def plan_cases() -> list[tuple[tuple[int, int], tuple[int, int], tuple[float, float]]]:
+    """The regions RandomScaleCrop resamples for windows at the bottom-right edge, scales 0.5-2,
+    plus the axes the kernel copies: as many samples as pixels, and scales just above 1."""
+    t, cases = RandomScaleCrop(CROP), []
+    for k in range(30):
+        scaled = (int(H * (0.5 + 1.5 * k / 30)), int(W * (0.5 + 1.5 * k / 30)))
+        p = t.plan((H, W), scaled, scaled[0] - CROP[0], scaled[1] - CROP[1])
+        rows, cols = p["rows"], p["cols"]
+        region = (rows.src_hi - rows.src_lo, cols.src_hi - cols.src_lo)
+        cases.append((region, (rows.resample_len, cols.resample_len), (rows.scale, cols.scale)))
+    copied = [
+        ((34, 40), (34, 40), (0.9985, 0.97)),  # both axes keep their length: the kernel copies them
+        ((40, 300), (36, 298), (0.93, 1.002)),  # interpolate would copy the columns: padded further
+        ((40, 50), (38, 51), (0.97, 1.01)),  # the same, and one column short
+    ]
+    return cases + copied
+
+
+def test_resample_aa_on_grid_equals_the_kernel_on_float_images():
+    gen = torch.Generator().manual_seed(0)
+    for region, size, scales in aa_cases(300, seed=0) + plan_cases():
+        x = torch.rand(2, 3, *region, generator=gen) * 255
+        got = resample_aa_on_grid(x, size, scales)
+        want = AA_KERNEL(x, list(size), False, *scales)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-4, msg=f"{region} -> {size} at {scales}")
+
+
+def test_resample_aa_on_grid_on_uint8_is_the_uint8_kernel_up_to_its_rounding():
+    # Where interpolate(scale_factor) makes the samples by itself it is the same kernel, byte for
+    # byte. Where the region is padded, the fixed-point kernel (two roundings, precision set by its
+    # largest weight) is not reproduced, but both stay within 1 of the exact (float) resample.
+    gen = torch.Generator().manual_seed(0)
+    for region, size, scales in aa_cases(150, seed=1) + plan_cases():
+        x = torch.randint(0, 256, (1, 3, *region), dtype=torch.uint8, generator=gen)
+        got = resample_aa_on_grid(x, size, scales)
+        want = AA_KERNEL(x, list(size), False, *scales)
+        exact = AA_KERNEL(x.float(), list(size), False, *scales)
+        assert got.dtype == torch.uint8 and got.shape == want.shape
+        if all(n == length or n <= int(length * s) != length for n, length, s in zip(size, region, scales)):
+            assert torch.equal(got, want), (region, size, scales)
+        assert (got.float() - exact).abs().max() <= 1.05, (region, size, scales)
+        assert (got.int() - want.int()).abs().max() <= 2, (region, size, scales)
 
 
 def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
