@@ -9,10 +9,14 @@
   state dict or a backbone state dict, ``.pt``/``.pth`` or ``.safetensors``
   (:func:`build_starting_model`, :func:`load_pretrained`).
 
+* A Hugging Face transformers model, ``hf:REPO_OR_DIR`` (:mod:`cityseg.hf`): :func:`load_model` takes
+  the reference in place of a checkpoint path.
+
 Checkpoint keys: ``format`` ("cityseg"), ``version`` (1), ``config`` (``Config.to_dict()``), ``model``
 (state dict without ``module.``/``_orig_mod.`` prefixes), ``optimizer``, ``scheduler``,
 ``scaler``, ``epoch`` (completed epochs), ``step`` (optimiser steps), ``rng``, ``best_miou``,
-``metrics`` (the last epoch's record).
+``metrics`` (the last epoch's record); for an ``hf:`` model also ``hf_config`` (its transformers
+config as a dict, :func:`model_state`), so that it is rebuilt without its folder or the network.
 
 Everything in it is a tensor, a number, a string or a list/dict of those, so that
 ``torch.load(weights_only=True)`` (which refuses arbitrary pickled objects) can read it.
@@ -43,6 +47,7 @@ from cityseg import __version__, labels
 from cityseg.config import Config, config_from_dict, dataset_value
 from cityseg.datasets import load_dataset
 from cityseg.errors import CitysegError, first_line
+from cityseg.hf import HfSegmentation, from_config_dict, hf_ref, is_hf, load_hf
 from cityseg.models import PRETRAINED, build_model, check_model_name
 from cityseg.utils import atomic_path
 
@@ -245,28 +250,62 @@ def load_model_state(model: nn.Module, ckpt: dict[str, Any], path: str | Path, e
 
 
 def load_model(
-    path: str | Path, device: str | torch.device = "cpu", *, ckpt: dict[str, Any] | None = None
+    path: str | Path, device: str | torch.device = "cpu", dataset: str | dict | None = None, *,
+    ckpt: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, Config]:
     """Rebuild the model a checkpoint (``.pt`` or ``.safetensors``) was trained with, load its weights,
     return ``(model.eval(), Config)``.
 
     The model is built with ``pretrained="none"``: the checkpoint already holds every weight.
     ``ckpt``: the checkpoint of ``path`` when it has already been read (:func:`load_checkpoint`).
+    ``path`` may also be ``hf:REPO_OR_DIR``, a transformers model with its own weights
+    (:func:`load_hf_model`), whose classes must be those of ``dataset`` (``--dataset NAME|FILE``;
+    None: Cityscapes); for a checkpoint ``dataset`` is checked by :func:`with_dataset`.
     """
+    if is_hf(str(path)):
+        model, cfg = load_hf_model(str(path), dataset)
+        return model.to(device).eval(), cfg
     ckpt = load_checkpoint(path, map_location="cpu") if ckpt is None else ckpt
     require_model(ckpt, path)
     raw = dict(ckpt["config"])
     cfg = config_from_dict(raw, name=str(raw.pop("name", "checkpoint")))
-    model = build_model(
-        cfg.model.name,
-        num_classes=cfg.spec().num_classes,
-        pretrained="none",
-        aux_head=cfg.model.aux_head,
-        freeze=list(cfg.model.freeze),
-        output_stride=cfg.model.output_stride,
-    )
+    if is_hf(cfg.model.name) and isinstance(ckpt.get("hf_config"), dict):
+        model: nn.Module = from_config_dict(ckpt["hf_config"], str(path))
+    else:
+        model = build_model(
+            cfg.model.name,
+            num_classes=cfg.spec().num_classes,
+            pretrained="none",
+            aux_head=cfg.model.aux_head,
+            freeze=list(cfg.model.freeze),
+            output_stride=cfg.model.output_stride,
+            class_names=cfg.spec().class_names,
+        )
     load_model_state(model, ckpt, path, cfg.model.name)
     return model.to(device).eval(), cfg
+
+
+def load_hf_model(name: str, dataset: str | dict | None = None) -> tuple[nn.Module, Config]:
+    """``hf:REPO_OR_DIR`` with its own weights, and a default Config naming it (``model.name``) and
+    ``dataset`` (None: Cityscapes), whose class table the model's ``id2label`` must be.
+
+    Raises:
+        CitysegError: as :func:`cityseg.hf.load_hf`; transformers missing (names the extra).
+    """
+    cfg = config_from_dict({"model": {"name": name, "freeze": []}, "dataset": dataset_value(dataset)},
+                           name=Path(hf_ref(name)).name or "hf")
+    return load_hf(name, cfg.spec()), cfg
+
+
+def model_state(model: nn.Module) -> dict[str, Any]:
+    """The checkpoint entries of a trained model: ``model`` (its state dict, prefixes stripped) and,
+    for a transformers model, ``hf_config`` (its config as a dict: :func:`load_model` rebuilds the
+    architecture from it, so the checkpoint needs neither the model folder nor the network)."""
+    core = getattr(model, "_orig_mod", getattr(model, "module", model))
+    entries: dict[str, Any] = {"model": strip_prefixes(model.state_dict())}
+    if isinstance(core, HfSegmentation):
+        entries["hf_config"] = core.hf_config
+    return entries
 
 
 def with_dataset(cfg: Config, dataset: str | dict | None, path: str | Path) -> Config:
@@ -297,6 +336,7 @@ def build_starting_model(
     aux_head: bool = False,
     freeze: Sequence[str] = ("stem", "layer1"),
     output_stride: int = 8,
+    class_names: Sequence[str] | None = None,
 ) -> nn.Module:
     """The model a training run starts from: :func:`cityseg.models.build_model` (same arguments), where
     ``pretrained`` may also be the path of a weights file, loaded by :func:`load_pretrained`.
@@ -305,11 +345,11 @@ def build_starting_model(
         CitysegError: as build_model; the file is missing, unreadable or does not fit the model.
     """
     if pretrained in PRETRAINED:
-        return build_model(name, num_classes, pretrained, aux_head, freeze, output_stride)
+        return build_model(name, num_classes, pretrained, aux_head, freeze, output_stride, class_names)
     check_model_name(name)
     if not Path(pretrained).is_file():
         raise CitysegError(f"model.pretrained={pretrained!r}: no such file; expected imagenet, none or a weights file")
-    model = build_model(name, num_classes, "none", aux_head, freeze, output_stride)
+    model = build_model(name, num_classes, "none", aux_head, freeze, output_stride, class_names)
     load_pretrained(model, Path(pretrained), name)  # frozen parameters are loaded too (load_state_dict copies)
     return model
 
@@ -334,7 +374,7 @@ def load_pretrained(model: nn.Module, path: Path, model_name: str) -> None:
     elif isinstance(raw.get("state_dict"), dict):  # common wrapper of other training tools
         raw = raw["state_dict"]
     state = strip_prefixes({k: v for k, v in raw.items() if isinstance(v, torch.Tensor)})
-    if any(k.startswith("backbone.") for k in state):
+    if is_hf(model_name) or any(k.startswith("backbone.") for k in state):  # hf: models have no .backbone
         load_state(model, state, path)
     else:
         load_state(model.backbone, _to_backbone_keys(state, model.backbone), path, what="backbone")

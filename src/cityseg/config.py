@@ -68,7 +68,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "lraspp_mobilenet_v3_large"  # key of cityseg.models.MODELS
+    name: str = "lraspp_mobilenet_v3_large"  # key of cityseg.models.MODELS, or hf:REPO_OR_DIR (a transformers model)
     pretrained: str = "none"  # imagenet | none | PATH (cityseg checkpoint or backbone state dict)
     freeze: list[str] = field(default_factory=lambda: ["stem", "layer1"])  # backbone stages kept frozen (BN in eval)
     aux_head: bool = False  # auxiliary FCN head on the penultimate stage

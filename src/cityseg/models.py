@@ -19,6 +19,9 @@ Models (``MODELS`` keys):
 * ``cityseg_small``: a 1.4M-parameter residual encoder (to 1/32) with an FPN decoder, for training
   from scratch on real frames on the CPU (``configs/pairs.yaml``); stages named as cityseg_tiny's,
   plus layer4 (1/32).
+* ``hf:REPO_OR_DIR`` (not a key: any such name): a Hugging Face transformers segmentation model
+  (SegFormer, UperNet, DPT, ...) starting from its own weights, :mod:`cityseg.hf`. SegFormer's
+  stages are its patch embedding at 1/4 (stem) and its four encoder blocks (layer1-layer4).
 
 Backbone stages share one vocabulary, so a ``freeze`` list means the same depth in every model:
 
@@ -65,6 +68,7 @@ from torchvision.models.segmentation.lraspp import LRASPP
 
 from cityseg import labels
 from cityseg.errors import CitysegError, first_line
+from cityseg.hf import build_hf, hf_ref, is_hf
 
 #: ``pretrained`` values :func:`build_model` takes; a weights file is :func:`cityseg.checkpoint.build_starting_model`'s.
 PRETRAINED = ("none", "imagenet")
@@ -463,9 +467,13 @@ MODELS: dict[str, Builder] = {
 
 
 def check_model_name(name: str, what: str = "model") -> None:
-    """CitysegError naming ``what`` (e.g. ``config key model.name``) when ``name`` is not a key of :data:`MODELS`."""
+    """CitysegError naming ``what`` (e.g. ``config key model.name``) when ``name`` is neither a key of
+    :data:`MODELS` nor ``hf:REPO_OR_DIR``."""
+    if is_hf(name):
+        hf_ref(name)  # something after the prefix; whether it loads is known only when it is loaded
+        return
     if name not in MODELS:
-        raise CitysegError(f"{what}: {name!r} is not a model; valid: {', '.join(MODELS)}")
+        raise CitysegError(f"{what}: {name!r} is not a model; valid: {', '.join(MODELS)}, hf:REPO_OR_DIR")
 
 
 def build_model(
@@ -475,11 +483,13 @@ def build_model(
     aux_head: bool = False,
     freeze: Sequence[str] = ("stem", "layer1"),
     output_stride: int = 8,
+    class_names: Sequence[str] | None = None,
 ) -> nn.Module:
     """Build a segmentation model by name, with its ImageNet backbone if asked, and freeze early stages.
 
     Args:
-        name: a key of ``MODELS``.
+        name: a key of ``MODELS``, or ``hf:REPO_OR_DIR``: a transformers model with its own weights
+            (:func:`cityseg.hf.build_hf`; ``pretrained`` must be ``"none"``).
         num_classes: output channels of the classifier (and aux classifier).
         pretrained: ``"none"`` (random init) or ``"imagenet"`` (ImageNet backbone through
             torchvision's weights API or timm; downloads into their caches when online). Starting
@@ -488,6 +498,8 @@ def build_model(
         freeze: backbone stages whose parameters stay fixed (see the module docstring).
         output_stride: 8, 16 or 32 for the ResNet and ConvNeXt models; ignored by the others,
             whose stride is fixed.
+        class_names: the classes, in order (an ``hf:`` model keeps its classifier when they are its
+            own); None: only the count is known.
 
     Returns:
         The model in train mode, with ``requires_grad=False`` on the frozen stages.
@@ -500,9 +512,25 @@ def build_model(
     if pretrained not in PRETRAINED:
         raise CitysegError(f"pretrained={pretrained!r}: build_model takes none or imagenet "
                            "(weights files load through cityseg.checkpoint.build_starting_model)")
-    model, stages = MODELS[name](num_classes, aux_head, output_stride, pretrained == "imagenet")
+    if is_hf(name):
+        model, stages = _hf_model(name, num_classes, pretrained, aux_head, class_names)
+    else:
+        model, stages = MODELS[name](num_classes, aux_head, output_stride, pretrained == "imagenet")
     freeze_stages(model, stages, freeze, name)
     return model
+
+
+def _hf_model(
+    name: str, num_classes: int, pretrained: str, aux_head: bool, class_names: Sequence[str] | None
+) -> tuple[nn.Module, StageMap]:
+    """A transformers model (:func:`cityseg.hf.build_hf`): it starts from the weights it names, so
+    ``pretrained=imagenet`` (a backbone of our own models) means nothing for it."""
+    if pretrained != "none":
+        raise CitysegError(f"model.pretrained={pretrained} with {name}: a transformers model starts from its own "
+                           "weights; set model.pretrained=none (or the path of a cityseg checkpoint of it)")
+    if aux_head:
+        raise CitysegError(f"{name}: transformers models have no cityseg auxiliary head; set model.aux_head=false")
+    return build_hf(name, num_classes, class_names)
 
 
 def freeze_stages(model: nn.Module, stages: StageMap, names: Sequence[str], model_name: str) -> None:
@@ -512,6 +540,9 @@ def freeze_stages(model: nn.Module, stages: StageMap, names: Sequence[str], mode
         CitysegError: a name is not a stage of this model (the message lists the stages).
     """
     unknown = [n for n in names if n not in stages]
+    if unknown and not stages:
+        raise CitysegError(f"model.freeze={list(names)} for {model_name}: cityseg knows no backbone stages of this "
+                           "model; set model.freeze=[]")
     if unknown:
         raise CitysegError(
             f"unknown backbone stage {unknown[0]!r} in model.freeze for {model_name}; valid: {', '.join(stages)}"

@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import logging
 
+from cityseg.commands import add_dataset_argument
+
 HELP = "time inference paths (channels_last, bf16, onnxruntime, compile, int8) against eager fp32 torch"
 log = logging.getLogger("cityseg")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="deeplabv3_resnet50",
-                        help="model name (cityseg.models.MODELS; default deeplabv3_resnet50, random weights)")
-    parser.add_argument("--checkpoint", metavar="CKPT", help="a cityseg checkpoint to time and measure agreement on "
-                        "(its model replaces --model)")
+                        help="model name (cityseg.models.MODELS, random weights; or hf:REPO_OR_DIR with its own; "
+                        "default deeplabv3_resnet50)")
+    parser.add_argument("--checkpoint", metavar="CKPT", help="a cityseg checkpoint or hf:REPO_OR_DIR to time and "
+                        "measure agreement on (its model replaces --model)")
+    add_dataset_argument(parser, "cityscapes; with --checkpoint hf:..., the classes the model must predict")
     parser.add_argument("--size", default="2048x1024", metavar="WxH", help="input size (default 2048x1024)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="default: cpu")
     parser.add_argument("--paths", metavar="P,P,...", help="paths to time (default: every one available); "
@@ -89,8 +93,8 @@ def _model(args: argparse.Namespace):
     if args.checkpoint:
         from cityseg.checkpoint import load_model
 
-        model, cfg = load_model(args.checkpoint, "cpu")
-        return model, f"{cfg.model.name} ({args.checkpoint})"
+        model, cfg = load_model(args.checkpoint, "cpu", args.dataset)
+        return model, cfg.model.name if cfg.model.name == args.checkpoint else f"{cfg.model.name} ({args.checkpoint})"
     import torch
 
     from cityseg.models import build_model

@@ -29,7 +29,8 @@ _CHECKPOINT_FLAGS = ("data", "dataset", "split", "mode", "crop", "stride", "scal
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--pred-dir", metavar="DIR", help="label-id prediction PNGs (searched recursively)")
-    source.add_argument("--checkpoint", metavar="CKPT", help="cityseg checkpoint to run on --data")
+    source.add_argument("--checkpoint", metavar="CKPT", help="cityseg checkpoint (or hf:REPO_OR_DIR, a Hugging Face "
+                        "transformers model) to run on --data")
     parser.add_argument("--gt-dir", metavar="DIR", help="with --pred-dir: ground truth, <frame>_gtFine_labelIds.png "
                         "(searched recursively), each scored against the one prediction <frame>.png or "
                         "<frame>_*.png; iIoU when *_gtFine_instanceIds.png lie beside them")

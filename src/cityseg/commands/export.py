@@ -14,7 +14,9 @@ log = logging.getLogger("cityseg")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="cityseg checkpoint")
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT",
+                        help="cityseg checkpoint (.pt or .safetensors), or hf:REPO_OR_DIR (a Hugging Face "
+                        "transformers model)")
     parser.add_argument("--onnx", metavar="FILE", help="output .onnx file (written atomically)")
     parser.add_argument("--safetensors", metavar="FILE",
                         help="output .safetensors file: the weights, with the model name, config and dataset in "
@@ -32,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     from cityseg.checkpoint import load_checkpoint, load_model, save_safetensors, with_dataset
     from cityseg.errors import CitysegError
+    from cityseg.hf import is_hf
     from cityseg.inference.onnx import DEFAULT_OPSET, export_onnx
     from cityseg.utils import writable_file
 
@@ -45,11 +48,16 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("--onnx", args.onnx), ("--safetensors", args.safetensors)):
         if path:
             writable_file(path, flag)
-    ckpt = load_checkpoint(args.checkpoint)
-    model, cfg = load_model(args.checkpoint, "cpu", ckpt=ckpt)  # also proves the weights fit the model
+    hf = is_hf(args.checkpoint)
+    ckpt = None if hf else load_checkpoint(args.checkpoint)
+    model, cfg = load_model(args.checkpoint, "cpu", args.dataset, ckpt=ckpt)  # also proves the weights fit
     cfg = with_dataset(cfg, args.dataset, args.checkpoint)
-    log.info(f"cityseg export: {cfg.model.name} from {args.checkpoint}")
+    source = "" if cfg.model.name == args.checkpoint else f" from {args.checkpoint}"  # hf:REPO names itself
+    log.info(f"cityseg export: {cfg.model.name}{source}")
     if args.safetensors:
+        if hf:
+            raise CitysegError(f"--safetensors: {args.checkpoint} is a transformers model; save it with its own "
+                               "save_pretrained, or fine-tune it (cityseg train --set model.name=...) first")
         save_safetensors(args.safetensors, {**ckpt, "config": cfg.to_dict(), "dataset": cfg.spec().to_dict()})
         log.info(f"wrote {args.safetensors} ({Path(args.safetensors).stat().st_size / 1e6:.1f} MB, weights only)")
     if args.onnx:

@@ -21,7 +21,8 @@ TTA_SCALES = (0.75, 1.0, 1.25)  # --tta without --scales: the usual Cityscapes m
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", metavar="CKPT", help="cityseg checkpoint")
+    source.add_argument("--checkpoint", metavar="CKPT",
+                        help="cityseg checkpoint, or hf:REPO_OR_DIR (a Hugging Face transformers model)")
     source.add_argument("--onnx", metavar="FILE", help="model written by `cityseg export` (run with onnxruntime)")
     add_dataset_argument(parser, "the model's; with another, it must have the model's classes")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively) or globs")

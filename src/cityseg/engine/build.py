@@ -29,6 +29,7 @@ from cityseg.datasets import load_dataset
 from cityseg.engine import distributed as D
 from cityseg.engine.schedule import SCHEDULES
 from cityseg.errors import CitysegError
+from cityseg.hf import is_hf, read_config
 from cityseg.losses import build_loss
 from cityseg.models import check_model_name
 
@@ -173,6 +174,7 @@ def build_train_model(cfg: Config, dev: torch.device) -> tuple[nn.Module, nn.Mod
         aux_head=cfg.model.aux_head,
         freeze=list(cfg.model.freeze),
         output_stride=cfg.model.output_stride,
+        class_names=cfg.spec().class_names,
     )
     if D.is_dist() and cfg.model.sync_bn and dev.type == "cuda":  # SyncBatchNorm has no CPU kernel
         core = nn.SyncBatchNorm.convert_sync_batchnorm(core)
@@ -195,18 +197,26 @@ OPTIMIZERS = ("adamw", "sgd")
 
 def check_names(cfg: Config) -> None:
     """CitysegError naming the key when ``model.name``, ``optim.name`` or ``sched.name`` is not one
-    cityseg knows: checked before any data is drawn or read, so a typo fails in a second."""
+    cityseg knows: checked before any data is drawn or read, so a typo fails in a second (for an
+    ``hf:`` model: its config is read, so a missing folder or an unsupported architecture too)."""
     check_model_name(cfg.model.name, "config key model.name")
+    if is_hf(cfg.model.name):
+        read_config(cfg.model.name)
     for key, value, valid in (("optim.name", cfg.optim.name, OPTIMIZERS), ("sched.name", cfg.sched.name, SCHEDULES)):
         if value not in valid:
             raise CitysegError(f"config key {key}: {value!r} is unknown; valid: {', '.join(valid)}")
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW or SGD over the trainable parameters; the head's rate is ``head_lr_mult`` x the backbone's."""
+    """AdamW or SGD over the trainable parameters; the head's rate is ``head_lr_mult`` x the backbone's.
+
+    The backbone is the parameters under ``backbone.``, or under the model's ``backbone_prefixes``
+    where it has them (a transformers model: :class:`cityseg.hf.HfSegmentation`).
+    """
     o = cfg.optim
-    backbone = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.")]
-    head = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+    prefixes = tuple(getattr(model, "backbone_prefixes", ("backbone.",)))
+    backbone = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(prefixes)]
+    head = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(prefixes)]
     groups = [{"params": backbone, "lr": o.lr}, {"params": head, "lr": o.lr * o.head_lr_mult}]
     groups = [g for g in groups if g["params"]]
     if o.name == "adamw":

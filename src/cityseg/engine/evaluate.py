@@ -58,7 +58,7 @@ def evaluate_checkpoint(
     """Load a checkpoint and :func:`evaluate` it with its config, changed by the options.
 
     Args:
-        path: a cityseg checkpoint.
+        path: a cityseg checkpoint, or ``hf:REPO_OR_DIR`` (a transformers model).
         device: auto | cpu | cuda.
         overrides: ``section.key=value`` changes of the checkpoint's config.
         data, split: the folder and split (default: the config's ``data.root`` or the
@@ -76,7 +76,7 @@ def evaluate_checkpoint(
         ``counts.scores(metrics.table_for(cfg.spec()))`` (:func:`evaluate` logs which).
     """
     dev = resolve_device(device)
-    model, cfg = load_model(path, dev)
+    model, cfg = load_model(path, dev, dataset)
     cfg = with_dataset(cfg, dataset, path)
     if overrides:
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), list(overrides)), name=cfg.name)

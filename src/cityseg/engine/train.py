@@ -37,9 +37,9 @@ from cityseg.checkpoint import (
     is_safetensors,
     load_checkpoint,
     load_model_state,
+    model_state,
     restore_rng,
     save_checkpoint,
-    strip_prefixes,
 )
 from cityseg.config import Config
 from cityseg.device import resolve_device
@@ -487,7 +487,7 @@ def save_state(
         ckpt = {
             "config": cfg.to_dict(),
             "dataset": cfg.spec().to_dict(),  # the class table, readable without cityseg's built-ins
-            "model": strip_prefixes(core.state_dict()),
+            **model_state(core),  # the weights (and an hf: model's transformers config)
             "optimizer": optimizer.state_dict(),
             "scheduler": schedule.state_dict(),
             "scaler": engine.scaler.state_dict() if engine.scaler is not None else None,

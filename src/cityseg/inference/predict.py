@@ -352,11 +352,15 @@ class Predictor:
         *,
         work: int | None = None,
         calibration: str | Path | None = None,
+        dataset: Any = None,
         **options,
     ) -> Predictor:
-        """Load a cityseg checkpoint, ``.pt`` or ``.safetensors`` (CitysegError if it is not one) -> Predictor;
-        see :meth:`from_model` (``precision="int8"`` caches its int8 model beside the checkpoint)."""
-        model, cfg = load_model(path, "cpu")
+        """Load a cityseg checkpoint, ``.pt`` or ``.safetensors`` (CitysegError if it is not one), or an
+        ``hf:REPO_OR_DIR`` model -> Predictor; see :meth:`from_model` (``precision="int8"`` caches its
+        int8 model beside the checkpoint). ``dataset``: the classes to predict (a name or description
+        file), which must be the model's (None: the checkpoint's own; Cityscapes for ``hf:``)."""
+        model, cfg = load_model(path, "cpu", dataset)
+        cfg = with_dataset(cfg, dataset, path)
         predictor = cls.from_model(model, device, precision, runtime, work=work, calibration=calibration,
                                    checkpoint=path, **options)
         predictor.spec = cfg.spec()
@@ -456,7 +460,7 @@ def load_predictor(
             raise CitysegError("--onnx runs with onnxruntime in fp32; drop --precision bf16 / --runtime")
         model, cfg = None, Config()
     else:
-        model, cfg = load_model(checkpoint, "cpu")
+        model, cfg = load_model(checkpoint, "cpu", dataset)
         cfg = with_dataset(cfg, dataset, checkpoint)
     if overrides:
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), list(overrides)), name=cfg.name)
