@@ -315,6 +315,17 @@ def plot_class_iou(ious: ArrayLike, out_png: str | os.PathLike, spec: DatasetSpe
     return _save(fig, out_png)
 
 
+def plot_scores(counts: Any, out_dir: str | os.PathLike, result: dict[str, Any] | None = None) -> None:
+    """``confusion.png`` (row-normalised) and ``iou.png`` of :class:`cityseg.metrics.Counts` in ``out_dir``,
+    with its table's class names and colours (``result``: its scores, when already computed)."""
+    from cityseg import metrics
+
+    table = counts.table or metrics.CITYSCAPES
+    result = counts.scores() if result is None else result
+    plot_confusion(metrics.train_confusion(counts.conf, table), Path(out_dir) / "confusion.png", table)
+    plot_class_iou([c["iou"] for c in result["classes"].values()], Path(out_dir) / "iou.png", table)
+
+
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:

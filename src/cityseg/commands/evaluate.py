@@ -104,21 +104,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def report(counts: Any, json_path: str | None, plots_dir: str | None) -> dict[str, Any]:
-    """Print the table, write the JSON (scores, :func:`cityseg.metrics.confusion_json`) and plots if asked."""
-    import json
-
+    """Print the table, write the JSON (:func:`cityseg.metrics.write_json`) and plots if asked."""
     from cityseg import metrics
-    from cityseg.utils import atomic_path
 
-    result, table = counts.scores(), counts.table or metrics.CITYSCAPES
+    result = counts.scores()
     log.info(metrics.format_table(result, counts.boundary_tolerance))
     if json_path:
-        data = {**metrics.json_ready(result), "confusion_matrix": metrics.confusion_json(counts.conf, table)}
-        with atomic_path(json_path) as tmp:
-            tmp.write_text(json.dumps(data, indent=2) + "\n")
+        metrics.write_json(counts, json_path, result)
     if plots_dir:
         from cityseg import viz  # imports torch: only when plots are asked for
 
-        viz.plot_confusion(metrics.train_confusion(counts.conf, table), Path(plots_dir) / "confusion.png", table)
-        viz.plot_class_iou([c["iou"] for c in result["classes"].values()], Path(plots_dir) / "iou.png", table)
+        viz.plot_scores(counts, plots_dir, result)
     return result

@@ -24,7 +24,9 @@ ground truth and prediction) is NaN and left out of every average.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -621,6 +623,17 @@ def _category_scores(
 
 
 # --- output -----------------------------------------------------------------------------------
+
+
+def write_json(counts: Counts, path: str | os.PathLike, result: dict[str, Any] | None = None) -> None:
+    """Write the scores (``result``, default ``counts.scores()``; NaN as null) and the confusion matrix
+    (:func:`confusion_json`) of ``counts`` as JSON, atomically."""
+    from cityseg.utils import atomic_path
+
+    result = counts.scores() if result is None else result
+    data = {**json_ready(result), "confusion_matrix": confusion_json(counts.conf, counts.table)}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def json_ready(result: dict[str, Any]) -> dict[str, Any]:
