@@ -106,7 +106,7 @@ def adopt_dataset(cfg: Config, root: Path) -> Config:
     if folder.classes == ours.classes:
         return cfg
     if cfg.dataset == "cityscapes":
-        log.info("%s: prepared for dataset %s (%d classes); training on its class table", root, folder.name,
+        log.info("%s: prepared for dataset %s (%d classes); using its class table", root, folder.name,
                  folder.num_classes)
         return dataclasses.replace(cfg, dataset=dataset_value(str(found)))
     raise CitysegError(f"{root}: prepared for dataset {folder.name!r} ({folder.num_classes} classes), but the config's "
