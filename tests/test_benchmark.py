@@ -13,12 +13,7 @@ from cityseg.inference.benchmark import run_benchmark
 from cityseg.inference.runtime import BASELINE, PATHS, default_path
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_torch")  # conftest: one thread, restored after
 
 
 def test_benchmark_cli_json_schema(tmp_path, monkeypatch):

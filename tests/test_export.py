@@ -19,12 +19,7 @@ from cityseg.inference.onnx import export_onnx, onnx_bytes, wrap_for_export  # n
 from cityseg.inference.predict import Predictor, to_input  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_torch")  # conftest: one thread, restored after
 
 
 def tiny_model() -> torch.nn.Module:

@@ -25,12 +25,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 DATASET = load_dataset("cityscapes").to_dict()  # the description every checkpoint carries
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_torch")  # conftest: one thread, restored after
 
 
 def tiny_state() -> dict:
