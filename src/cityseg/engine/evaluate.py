@@ -153,8 +153,9 @@ def _dataset(cfg: Config) -> tuple[CityscapesDataset, bool]:
     root = data_root(cfg.data)
     spec = adopt_dataset(cfg, root).spec()
     # CityscapesDataset names any frame that lacks an instanceIds map when asked for instances
-    with_instances = metrics.table_for(spec).official and layout.has_instances(root, cfg.data.val_split)
-    if not with_instances and metrics.table_for(spec).official:
+    official = metrics.table_for(spec).official  # iIoU exists for the Cityscapes table only
+    with_instances = official and layout.has_instances(root, cfg.data.val_split)
+    if not with_instances and official:
         log.warning(f"no *{layout.INSTANCE_SUFFIX} files in {root}: iIoU is not computed")
     transform = build_transforms(cfg.data, train=False)
     dataset = CityscapesDataset(root, cfg.data.val_split, transform=transform, with_instances=with_instances,
