@@ -124,6 +124,59 @@ def test_dice_perfect_prediction_is_near_zero():
     assert DiceLoss(smooth=0.0)(logits, target).item() == pytest.approx(0.0, abs=1e-6)
 
 
+# --- OHEM: cross-entropy on the hard pixels ----------------------------------------------------------
+
+C = (0.3, 0.2, -0.4)  # labelled 1: p = 0.35 (A's true class has p = 0.23, B's 0.94)
+
+
+def _nll(z: tuple[float, ...], label: int) -> float:
+    return -math.log(_softmax(z)[label])
+
+
+def test_ohem_keeps_pixels_below_the_probability_hand_computed():
+    logits, target = _logits(A, B, C), _target(0, 2, 1)
+    assert _softmax(A)[0] < 0.7 and _softmax(B)[2] > 0.7 and _softmax(C)[1] < 0.7
+    value = CrossEntropy(ohem=0.7, ohem_min_kept=0.01)(logits, target)
+    assert value.item() == pytest.approx((_nll(A, 0) + _nll(C, 1)) / 2, rel=1e-6)
+    w = [2.0, 1.0, 0.5]
+    weighted = CrossEntropy(w, ohem=0.7, ohem_min_kept=0.01)(logits, target)
+    expected = (w[0] * _nll(A, 0) + w[1] * _nll(C, 1)) / (w[0] + w[1])
+    assert weighted.item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(("min_kept", "kept"), [(1 / 3, "A"), (0.5, "AC"), (0.9, "ABC")])
+def test_ohem_keeps_the_hardest_share_when_too_few_are_hard(min_kept, kept):
+    """No pixel has p < 0.1, so the ceil(min_kept * 3) hardest are kept: A (p 0.23), then C, then B."""
+    nll = {"A": _nll(A, 0), "B": _nll(B, 2), "C": _nll(C, 1)}
+    value = CrossEntropy(ohem=0.1, ohem_min_kept=min_kept)(_logits(A, B, C), _target(0, 2, 1))
+    assert value.item() == pytest.approx(sum(nll[k] for k in kept) / len(kept), rel=1e-6)
+
+
+def test_ohem_gives_easy_pixels_no_gradient_and_ignores_void():
+    logits = _logits(A, B, (1e4, -1e4, 0.0), C).requires_grad_()
+    value = CrossEntropy(ohem=0.7, ohem_min_kept=0.01)(logits, _target(0, 2, IGN, 1))
+    value.backward()
+    assert value.item() == pytest.approx((_nll(A, 0) + _nll(C, 1)) / 2, rel=1e-6)
+    assert torch.all(logits.grad[..., [1, 2]] == 0) and torch.all(logits.grad[..., [0, 3]].abs().sum(1) > 0)
+
+
+def test_ohem_of_one_is_plain_cross_entropy():
+    logits, target = _random_case(seed=3)
+    torch.testing.assert_close(CrossEntropy(ohem=1.0)(logits, target), CrossEntropy()(logits, target))
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"ohem": 0.0}, "loss.ohem=0.0"), ({"ohem": 1.5}, "loss.ohem=1.5"),
+                                                 ({"ohem": 0.7, "ohem_min_kept": 0.0}, "loss.ohem_min_kept=0.0")])
+def test_ohem_rejects_values_out_of_range(kwargs, message):
+    with pytest.raises(CitysegError, match=message):
+        CrossEntropy(**kwargs)
+
+
+def test_build_loss_passes_ohem():
+    loss = build_loss(LossConfig(ce=1.0, focal=0.0, dice=0.0, ohem=0.7, ohem_min_kept=0.25))
+    assert (loss.losses["ce"].ohem, loss.losses["ce"].ohem_min_kept) == (0.7, 0.25)
+
+
 # --- ignore handling --------------------------------------------------------------------------------
 
 
@@ -142,7 +195,9 @@ def test_ignored_pixels_change_nothing(loss):
     assert torch.all(logits.grad[..., [0, 2, 4]].abs().sum(1) > 0)
 
 
-@pytest.mark.parametrize("loss", [*ALL_LOSSES, CrossEntropy([1, 2, 3, 4, 5]), FocalLoss(1.5, [1, 1, 2, 2, 3])])
+@pytest.mark.parametrize(
+    "loss", [*ALL_LOSSES, CrossEntropy([1, 2, 3, 4, 5]), CrossEntropy(ohem=0.7), FocalLoss(1.5, [1, 1, 2, 2, 3])]
+)
 def test_all_ignored_gives_zero_without_nan(loss):
     logits = torch.randn(2, 5, 4, 4, requires_grad=True)
     value = loss(logits, torch.full((2, 4, 4), IGN))

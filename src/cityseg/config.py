@@ -84,6 +84,8 @@ class LossConfig:
     focal_gamma: float = 2.0  # Lin et al. 2017
     focal_alpha: list[float] | None = None  # per-class alpha (19 values) or None
     class_weights: list[float] | None = None  # per-class cross-entropy weights (19 values) or None
+    ohem: float | None = None  # cross-entropy on hard pixels only: true-class probability below this (BiSeNet: 0.7)
+    ohem_min_kept: float = 1 / 16  # ... but at least this share of the valid pixels, the hardest first
     aux_weight: float = 0.4  # weight of the auxiliary head's loss (same terms)
 
 
@@ -221,6 +223,8 @@ RANGES: dict[str, Range] = {
     "loss.focal_alpha": Range(0),
     "loss.class_weights": Range(0),
     "loss.aux_weight": Range(0),
+    "loss.ohem": Range(0, 1, low_open=True),
+    "loss.ohem_min_kept": Range(0, 1, low_open=True),
     "optim.lr": Range(0, 10, low_open=True),
     "optim.weight_decay": Range(0, 10),
     "optim.momentum": Range(0, 1),

@@ -12,6 +12,7 @@ come out of ``build_loss(cfg.loss)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -55,29 +56,52 @@ def _check_classes(vector: torch.Tensor | None, logits: torch.Tensor, name: str)
 
 
 class CrossEntropy(nn.Module):
-    """Pixel-wise cross-entropy, ignoring ``IGNORE_INDEX``, with optional class weights.
+    """Pixel-wise cross-entropy, ignoring ``IGNORE_INDEX``, with optional class weights and
+    online hard example mining (OHEM).
 
     The value is ``sum_i w[y_i] * -log p_i(y_i) / sum_i w[y_i]`` over valid pixels ``i`` -- the
     weighted mean of ``torch.nn.functional.cross_entropy`` -- and 0 when no pixel is valid.
+
+    With ``ohem=t`` the sums run over the hard pixels only: those whose true-class probability
+    ``p_i(y_i)`` is below ``t``, or, when fewer than ``ohem_min_kept`` of the valid pixels are that
+    hard, the ``ceil(ohem_min_kept * valid)`` pixels of lowest ``p_i(y_i)`` (ties at the cut are
+    all kept). This is the OHEM cross-entropy of BiSeNet and the real-time Cityscapes models after
+    it (t = 0.7, at least 1/16 of the pixels): easy road and sky pixels stop drowning the rare
+    classes and the borders once they are learned.
 
     Shape:
         logits: (N, C, H, W) float. target: (N, H, W) int64 in ``[0, C)`` or ``IGNORE_INDEX``.
         Returns a float32 scalar.
     """
 
-    def __init__(self, class_weights: Sequence[float] | None = None) -> None:
+    def __init__(
+        self, class_weights: Sequence[float] | None = None, ohem: float | None = None, ohem_min_kept: float = 1 / 16
+    ) -> None:
         super().__init__()
         self.register_buffer("weight", _class_vector(class_weights, "loss.class_weights"), persistent=False)
+        if ohem is not None and not 0 < ohem <= 1:
+            raise CitysegError(f"loss.ohem={ohem}: give a probability in (0, 1], or null for plain cross-entropy")
+        if not 0 < ohem_min_kept <= 1:
+            raise CitysegError(f"loss.ohem_min_kept={ohem_min_kept}: give a share of the pixels in (0, 1]")
+        self.ohem, self.ohem_min_kept = ohem, ohem_min_kept
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with torch.autocast(logits.device.type, enabled=False):
             _check_classes(self.weight, logits, "class_weights")
-            per_pixel = F.cross_entropy(
-                logits.float(), target, weight=self.weight, ignore_index=IGNORE_INDEX, reduction="none"
-            )
+            nll = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="none")
             valid, safe = _valid_target(target)
-            w = valid.float() if self.weight is None else self.weight[safe] * valid
-            return _safe_divide(per_pixel.sum(), w.sum())
+            keep = valid if self.ohem is None else self._hard(nll.detach(), valid)
+            w = keep.float() if self.weight is None else self.weight[safe] * keep
+            return _safe_divide((w * nll).sum(), w.sum())
+
+    def _hard(self, nll: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The OHEM mask: valid pixels with ``p(y) < ohem``, or the hardest ``min_kept`` share."""
+        hard = valid & (nll > -math.log(self.ohem))
+        n_min = math.ceil(self.ohem_min_kept * int(valid.sum()))
+        if int(hard.sum()) >= n_min:
+            return hard
+        cut = torch.topk(nll.masked_fill(~valid, -1.0).flatten(), n_min).values[-1]
+        return valid & (nll >= cut)
 
 
 class FocalLoss(nn.Module):
@@ -209,7 +233,7 @@ LOSSES: dict[str, type[nn.Module]] = {"ce": CrossEntropy, "focal": FocalLoss, "d
 def build_loss(cfg: LossConfig, num_classes: int = labels.NUM_CLASSES) -> WeightedSum:
     """The training loss of a config: ``ce``, ``focal`` and ``dice`` terms with their weights.
 
-    Terms with weight 0 are left out. ``class_weights`` go to cross-entropy, ``focal_gamma`` and
+    Terms with weight 0 are left out. ``class_weights`` and ``ohem`` go to cross-entropy, ``focal_gamma`` and
     ``focal_alpha`` to the focal loss. The auxiliary head's ``aux_weight`` is applied by the
     training loop, which calls the same loss on ``out["aux"]``.
 
@@ -228,7 +252,7 @@ def build_loss(cfg: LossConfig, num_classes: int = labels.NUM_CLASSES) -> Weight
         names = ", ".join(f"loss.{n}" for n in LOSSES)
         raise CitysegError(f"loss weights {names} are all 0; give at least one a weight")
     make = {
-        "ce": lambda: CrossEntropy(cfg.class_weights),
+        "ce": lambda: CrossEntropy(cfg.class_weights, cfg.ohem, cfg.ohem_min_kept),
         "focal": lambda: FocalLoss(cfg.focal_gamma, cfg.focal_alpha),
         "dice": lambda: DiceLoss(),
     }
