@@ -12,7 +12,7 @@ Two measurements:
   onnxruntime fp32 and onnxruntime int8, interleaved round by round; argmax agreement with
   the baseline on that frame. Random weights make the agreement figure a weak signal (near-tied
   logits flip easily): it is pessimistic for a trained model's confident pixels.
-* accuracy: the trained ``cityseg_small`` checkpoint (``--checkpoint``), calibrated on
+* accuracy: a trained checkpoint (``--checkpoint``, e.g. the pairs recipe's ``cityseg_small``), calibrated on
   ``--calib`` train frames, measured on ``--frames`` val frames at their size: argmax agreement
   with eager fp32 and the val mIoU of each.
 
@@ -36,9 +36,9 @@ import torch
 
 from cityseg.imaging import normalize
 
-DATA = Path("/work/main/data/pairs")
+DATA = Path("data/pairs")  # --data: a prepared pairs folder (cityseg prepare ... --format pairs)
 KEEP_ENDS = True
-CKPT = Path("/work/main/runs/pairs192/checkpoints/best.pt")
+CKPT = Path("runs/pairs192/checkpoints/best.pt")  # --checkpoint: a model trained on DATA
 
 
 def frames(split: str, n: int) -> list[torch.Tensor]:
@@ -160,12 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib", type=int, default=16, help="calibration frames (default 16)")
     parser.add_argument("--frames", type=int, default=50, help="val frames for the accuracy part (default 50)")
     parser.add_argument("--skip", choices=["speed", "accuracy"], action="append", default=[])
+    parser.add_argument("--data", type=Path, default=DATA, help=f"prepared pairs folder (default {DATA})")
+    parser.add_argument("--checkpoint", type=Path, default=CKPT, help=f"trained model for the accuracy part (default {CKPT})")
     parser.add_argument("--json")
     parser.add_argument("--quantise-ends", action="store_true", help="quantise the first and last convolutions too")
     parser.add_argument("--all-ops", action="store_true", help="quantise onnxruntime's default operator set")
     args = parser.parse_args(argv)
-    global KEEP_ENDS
-    KEEP_ENDS = not args.quantise_ends
+    global KEEP_ENDS, DATA, CKPT
+    KEEP_ENDS, DATA, CKPT = not args.quantise_ends, args.data, args.checkpoint
     if args.all_ops:
         from cityseg.inference import int8
 
