@@ -154,6 +154,7 @@ def accuracy(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global KEEP_ENDS, DATA, CKPT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="1024x512")
     parser.add_argument("--repeats", type=int, default=3)
@@ -166,7 +167,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantise-ends", action="store_true", help="quantise the first and last convolutions too")
     parser.add_argument("--all-ops", action="store_true", help="quantise onnxruntime's default operator set")
     args = parser.parse_args(argv)
-    global KEEP_ENDS, DATA, CKPT
     KEEP_ENDS, DATA, CKPT = not args.quantise_ends, args.data, args.checkpoint
     if args.all_ops:
         from cityseg.inference import int8
