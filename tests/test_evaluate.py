@@ -395,9 +395,8 @@ def test_save_pred_makes_city_folders_for_cityscapes_names_only(tmp_path):
 # --- checkpoint -----------------------------------------------------------------------------------
 
 
-def test_checkpoint_scores_equal_pred_dir_scores_of_its_saved_predictions(tmp_path):
-    """--checkpoint runs the model and scores with the Evaluator; --save-pred writes label-id PNGs; scoring
-    those with --pred-dir must give the same numbers (one scoring code for both)."""
+def _tiny_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
+    """(a random cityseg_tiny checkpoint, a Cityscapes-layout folder of 3 val frames of 128x64)."""
     for module in ("cityseg.inference.predict", "cityseg.data.formats", "cityseg.models"):
         pytest.importorskip(module, reason=f"{module} (another area) not written yet")
     torch = pytest.importorskip("torch")
@@ -424,6 +423,13 @@ def test_checkpoint_scores_equal_pred_dir_scores_of_its_saved_predictions(tmp_pa
                         output_stride=cfg.model.output_stride)
     ckpt = tmp_path / "model.pt"
     save_checkpoint(ckpt, {"config": cfg.to_dict(), "model": model.state_dict(), "epoch": 1, "step": 1})
+    return ckpt, root
+
+
+def test_checkpoint_scores_equal_pred_dir_scores_of_its_saved_predictions(tmp_path):
+    """--checkpoint runs the model and scores with the Evaluator; --save-pred writes label-id PNGs; scoring
+    those with --pred-dir must give the same numbers (one scoring code for both)."""
+    ckpt, root = _tiny_checkpoint(tmp_path)
     saved, a, b = tmp_path / "pred", tmp_path / "a.json", tmp_path / "b.json"
     assert run_cli("--checkpoint", str(ckpt), "--data", str(root), "--device", "cpu", "--save-pred", str(saved),
                    "--json", str(a), "--workers", "0") == 0
@@ -433,6 +439,49 @@ def test_checkpoint_scores_equal_pred_dir_scores_of_its_saved_predictions(tmp_pa
     ja, jb = json.loads(a.read_text()), json.loads(b.read_text())
     for key in ("miou", "iiou", "category_miou", "category_iiou", "mean_dice", "pixel_accuracy", "boundary_f1"):
         assert (ja[key] is None and jb[key] is None) or ja[key] == pytest.approx(jb[key], abs=1e-12), key
+
+
+def test_checkpoint_precision_and_runtime_choose_the_path(tmp_path, caplog):
+    """The default is the exact eager fp32 model; --precision/--runtime pick a torch path by the work."""
+    ckpt, root = _tiny_checkpoint(tmp_path)
+    from cityseg.engine import evaluate as ev
+    from cityseg.inference import runtime
+
+    chosen = []
+    real = runtime.build_runner
+    def spy(path, model, device, **kw):  # noqa: E306
+        chosen.append(path)
+        return real(path, model, device, **kw)
+
+    outs = {}
+    for precision, runtime_ in (("fp32", "torch"), ("fp32", "auto"), ("auto", "auto")):
+        ev.build_runner = spy
+        try:
+            counts, _, n = ev.evaluate_checkpoint(ckpt, "cpu", data=str(root), workers=0, precision=precision,
+                                                  runtime=runtime_)
+        finally:
+            ev.build_runner = real
+        outs[precision, runtime_] = counts.scores()["pixel_accuracy"]
+        assert n == 3
+    # 3 frames of one size: far below COMPILE_PAYS_FROM, so eager; the exact default builds no runner
+    bf16 = "bf16" in runtime.available_paths(__import__("torch").device("cpu"))
+    assert chosen == ["channels_last", "bf16" if bf16 else "channels_last"]
+    assert outs["fp32", "auto"] == pytest.approx(outs["fp32", "torch"], abs=1e-3)  # channels_last fp32: same maths
+    assert "evaluate: eager" in caplog.text and "3 forward passes per input shape" in caplog.text
+
+
+def test_checkpoint_precision_refuses_paths_it_cannot_feed(tmp_path, capsys):
+    ckpt, root = _tiny_checkpoint(tmp_path)
+    from cityseg.engine.evaluate import fast_model
+    from cityseg.errors import CitysegError
+
+    with pytest.raises(CitysegError, match="valid precisions fp32, auto, bf16, runtimes torch, auto, compile"):
+        fast_model(None, [], {}, None, "int8", "auto")
+    with pytest.raises(SystemExit):  # argparse's own choices check: usage, then the error line
+        main(["evaluate", "--checkpoint", str(ckpt), "--data", str(root), "--precision", "int8"])
+    assert "invalid choice: 'int8' (choose from 'fp32', 'auto', 'bf16')" in capsys.readouterr().err
+    assert "--precision applies to --checkpoint" in _error(
+        capsys, "--pred-dir", str(root), "--gt-dir", str(root), "--precision", "bf16")
 
 
 def test_checkpoint_and_pred_dir_flags_do_not_mix(synthetic_tree, capsys):

@@ -1,12 +1,8 @@
-"""``cityseg evaluate``: official Cityscapes scores of prediction PNGs or of a checkpoint.
-
-Two sources, one scoring code (:mod:`cityseg.metrics`):
-
-* ``--pred-dir P --gt-dir G``: label-id PNGs matched to the ground truth by frame name, scored by
-  a pool of processes (:mod:`cityseg.metrics.pred_dir`). Without ``--plots`` this path never
-  imports torch.
-* ``--checkpoint CKPT --data D``: runs the model and scores it with the Evaluator training
-  validates with (:mod:`cityseg.engine.evaluate`).
+"""``cityseg evaluate``: official Cityscapes scores of prediction PNGs or of a checkpoint, by one
+scoring code (:mod:`cityseg.metrics`): ``--pred-dir P --gt-dir G`` matches label-id PNGs to the
+ground truth by frame name and scores them in a pool of processes (:mod:`cityseg.metrics.pred_dir`;
+without ``--plots`` it never imports torch); ``--checkpoint CKPT --data D`` runs the model and scores
+it with the Evaluator training validates with (:mod:`cityseg.engine.evaluate`).
 """
 
 from __future__ import annotations
@@ -23,7 +19,7 @@ log = logging.getLogger("cityseg")
 
 # options that only make sense with --checkpoint (argparse attribute names)
 _CHECKPOINT_FLAGS = ("data", "dataset", "split", "mode", "crop", "stride", "scales", "flip", "save_pred", "set",
-                     "device")
+                     "device", "precision", "runtime")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
                        help="override a value of the checkpoint's config (e.g. data.val_size=1024x512), repeatable")
     model.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (cuda if any)")
+    model.add_argument("--precision", choices=["fp32", "auto", "bf16"], help="fp32 (default: the exact scores); auto: "
+                       "bf16 where the hardware has it natively, chosen with --runtime by the work as predict does")
+    model.add_argument("--runtime", choices=["torch", "auto", "compile"], help="torch (default: eager); auto: "
+                       "torch.compile once the frames of one size make compiling pay; compile: always")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         counts, elapsed, n = evaluate_checkpoint(
             args.checkpoint, args.device or "auto", args.set, data=args.data, split=args.split, mode=args.mode,
             crop=args.crop, stride=args.stride, scales=args.scales, flip=bool(args.flip), workers=args.workers,
-            boundary_tolerance=args.boundary_tolerance, save_pred=args.save_pred, dataset=args.dataset)
+            boundary_tolerance=args.boundary_tolerance, save_pred=args.save_pred, dataset=args.dataset,
+            precision=args.precision or "fp32", runtime=args.runtime or "torch")
     report(counts, args.json, args.plots)
     log.info(f"scored {n} frames in {elapsed:.1f} s")
     return 0

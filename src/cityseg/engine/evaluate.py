@@ -29,7 +29,9 @@ from cityseg.data.synthetic import data_root
 from cityseg.data.transforms import build_transforms
 from cityseg.device import resolve_device
 from cityseg.engine.evaluator import Evaluator
-from cityseg.inference.predict import predict_logits
+from cityseg.errors import CitysegError
+from cityseg.inference.predict import passes_per_shape, predict_logits
+from cityseg.inference.runtime import build_runner, path_reason, select_path
 from cityseg.datasets import DatasetSpec
 from cityseg.engine.build import adopt_dataset
 from cityseg.labels import train_ids_to_label_ids
@@ -54,6 +56,8 @@ def evaluate_checkpoint(
     boundary_tolerance: int | None = None,
     save_pred: str | Path | None = None,
     dataset: str | None = None,
+    precision: str = "fp32",
+    runtime: str = "torch",
 ) -> tuple[metrics.Counts, float, int]:
     """Load a checkpoint and :func:`evaluate` it with its config, changed by the options.
 
@@ -70,6 +74,8 @@ def evaluate_checkpoint(
         save_pred: also write label-id PNGs there (:func:`cityseg.layout.prediction_path`).
         dataset: the data's dataset (name or description file) when it is not the checkpoint's;
             it must have the classes the model predicts (:func:`cityseg.checkpoint.with_dataset`).
+        precision, runtime: the inference path (:func:`fast_model`); the default, eager fp32 NCHW
+            torch, gives the exact scores. ``"auto"`` chooses by the work as ``cityseg predict`` does.
 
     Returns:
         (summed :class:`cityseg.metrics.Counts`, seconds, number of frames); score them with
@@ -100,13 +106,50 @@ def evaluate_checkpoint(
         cfg.data.workers = workers
     if boundary_tolerance is not None:
         cfg.eval.boundary_tolerance = boundary_tolerance
-    return evaluate(model, cfg, dev, Path(save_pred) if save_pred else None)
+    return evaluate(model, cfg, dev, Path(save_pred) if save_pred else None, precision, runtime)
+
+
+#: ``evaluate --precision/--runtime`` choices: torch paths only, since the Evaluator's loader
+#: gives ImageNet-normalised float images (score int8 or onnxruntime output with ``--pred-dir``).
+PRECISIONS, RUNTIMES = ("fp32", "auto", "bf16"), ("torch", "auto", "compile")
+
+
+def fast_model(
+    model: nn.Module, dataset: CityscapesDataset, infer: dict, device: torch.device, precision: str, runtime: str
+) -> nn.Module:
+    """``model`` as it is for eager fp32 torch (the exact scores, what training logs without amp),
+    else a runner (:func:`cityseg.inference.runtime.build_runner`) on the path ``precision`` and
+    ``runtime`` select for this split's work: its frames times the passes ``infer`` makes per frame
+    (:func:`cityseg.inference.predict.passes_per_shape`), taking every frame to have the first
+    frame's size (true of Cityscapes splits; a split of mixed sizes compiles once per size).
+    ``"auto"`` is eager bf16 where the hardware has it natively (0.002-0.03 points of mIoU from
+    fp32 on trained checkpoints, BENCHMARKS.md), compiled from ~60 passes of one shape.
+    """
+    if precision not in PRECISIONS or runtime not in RUNTIMES:
+        raise CitysegError(f"evaluate --precision {precision} --runtime {runtime}: valid precisions "
+                           f"{', '.join(PRECISIONS)}, runtimes {', '.join(RUNTIMES)}")
+    if (precision, runtime) == ("fp32", "torch") or len(dataset) == 0:
+        return model
+    height, width = dataset[0]["image"].shape[-2:]
+    options = {k: infer[k] for k in ("mode", "crop", "stride", "scales", "flip")}
+    work = max(passes_per_shape([(width, height)] * len(dataset), **options).values())
+    path = select_path(device, precision, runtime, work)
+    if path == "onnxruntime":  # default_path's fp32 pick without a C++ compiler: takes pixels, not normalised
+        path = "channels_last"
+    log.info(f"evaluate: {path_reason(path, work, runtime)}")
+    return build_runner(path, model, device)
 
 
 def evaluate(
-    model: nn.Module, cfg: Config, device: torch.device, save_pred: Path | None = None
+    model: nn.Module,
+    cfg: Config,
+    device: torch.device,
+    save_pred: Path | None = None,
+    precision: str = "fp32",
+    runtime: str = "torch",
 ) -> tuple[metrics.Counts, float, int]:
-    """Score ``model`` (in eval mode, on ``device``) on the ``data.val_split`` of the config's data.
+    """Score ``model`` (in eval mode, on ``device``) on the ``data.val_split`` of the config's data,
+    run on the path :func:`fast_model` picks for ``precision`` and ``runtime``.
 
     iIoU is scored when the split has instanceIds maps (a note on stderr when it has none);
     boundary F1 unless ``eval.boundary_tolerance`` is negative. Predictions at another size than
@@ -128,6 +171,7 @@ def evaluate(
         "scales": list(cfg.eval.scales),
         "flip": bool(cfg.eval.flip),
     }
+    model = fast_model(model, dataset, infer, device, precision, runtime)
     start = time.perf_counter()
     # disable=None: no bar when stderr is not a terminal (logs, benchmarks)
     bar = tqdm(total=len(dataset), unit="frame", desc="evaluate", disable=logs.bar_disable(), file=sys.stderr)
