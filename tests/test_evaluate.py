@@ -441,30 +441,28 @@ def test_checkpoint_scores_equal_pred_dir_scores_of_its_saved_predictions(tmp_pa
         assert (ja[key] is None and jb[key] is None) or ja[key] == pytest.approx(jb[key], abs=1e-12), key
 
 
-def test_checkpoint_precision_and_runtime_choose_the_path(tmp_path, caplog):
+def test_checkpoint_precision_and_runtime_choose_the_path(tmp_path, caplog, monkeypatch):
     """The default is the exact eager fp32 model; --precision/--runtime pick a torch path by the work."""
     ckpt, root = _tiny_checkpoint(tmp_path)
+    import torch
     from cityseg.engine import evaluate as ev
     from cityseg.inference import runtime
 
     chosen = []
-    real = runtime.build_runner
-    def spy(path, model, device, **kw):  # noqa: E306
-        chosen.append(path)
-        return real(path, model, device, **kw)
 
+    def spy(path, model, device, **kw):
+        chosen.append(path)
+        return runtime.build_runner(path, model, device, **kw)
+
+    monkeypatch.setattr(ev, "build_runner", spy)
     outs = {}
     for precision, runtime_ in (("fp32", "torch"), ("fp32", "auto"), ("auto", "auto")):
-        ev.build_runner = spy
-        try:
-            counts, _, n = ev.evaluate_checkpoint(ckpt, "cpu", data=str(root), workers=0, precision=precision,
-                                                  runtime=runtime_)
-        finally:
-            ev.build_runner = real
+        counts, _, n = ev.evaluate_checkpoint(ckpt, "cpu", data=str(root), workers=0, precision=precision,
+                                              runtime=runtime_)
         outs[precision, runtime_] = counts.scores()["pixel_accuracy"]
         assert n == 3
     # 3 frames of one size: far below COMPILE_PAYS_FROM, so eager; the exact default builds no runner
-    bf16 = "bf16" in runtime.available_paths(__import__("torch").device("cpu"))
+    bf16 = "bf16" in runtime.available_paths(torch.device("cpu"))
     assert chosen == ["channels_last", "bf16" if bf16 else "channels_last"]
     assert outs["fp32", "auto"] == pytest.approx(outs["fp32", "torch"], abs=1e-3)  # channels_last fp32: same maths
     assert "evaluate: eager" in caplog.text and "3 forward passes per input shape" in caplog.text
