@@ -318,6 +318,31 @@ def test_predict_cli_sliding_tta_matches_api(tmp_path, checkpoint):
     np.testing.assert_array_equal(np.asarray(Image.open(out / "trainIds" / "a.png")), probs.argmax(1)[0].numpy())
 
 
+def test_predict_follows_the_checkpoints_eval_section_unless_told(tmp_path, checkpoint, capsys):
+    from cityseg.checkpoint import load_checkpoint, save_checkpoint
+
+    saved = load_checkpoint(checkpoint)
+    saved["config"]["eval"].update(scales=[0.5, 1.0], flip=True)
+    tta = tmp_path / "tta.pt"
+    save_checkpoint(tta, saved)
+    img = _write(tmp_path / "a.png", rgb(48, 80))
+    x = to_input([rgb(48, 80)])
+    expected = {
+        (): predict_logits(tiny_model(), x, scales=[0.5, 1.0], flip=True),  # the recipe's own TTA
+        ("--no-tta",): predict_logits(tiny_model(), x),
+        ("--tta",): predict_logits(tiny_model(), x, scales=[0.75, 1.0, 1.25], flip=True),
+    }
+    for flags, probs in expected.items():
+        out = tmp_path / ("out" + "".join(flags))
+        assert main(["predict", "--checkpoint", str(tta), str(img), "--out", str(out), "--precision", "fp32",
+                     "--runtime", "torch", *flags]) == 0
+        np.testing.assert_array_equal(np.asarray(Image.open(out / "trainIds" / "a.png")), probs.argmax(1)[0].numpy())
+    assert "whole image, scales 0.5,1 + flip;" in capsys.readouterr().out
+    predictor = Predictor.from_checkpoint(tta, device="cpu", precision="fp32", runtime="torch")
+    assert predictor.options["scales"] == (0.5, 1.0) and predictor.options["flip"]
+    assert not Predictor.from_checkpoint(tta, device="cpu", flip=False).options["flip"]  # an option given wins
+
+
 def test_predict_cli_two_images_run_eager_by_default(tmp_path, checkpoint, capsys, monkeypatch):
     monkeypatch.setattr(runtime, "_has_compiler", lambda: True)  # compile would be available: still not chosen
     for i in range(2):

@@ -582,6 +582,33 @@ def test_time_budget_ends_the_run_and_counts_across_resume(synth_root, tmp_path,
     assert [r["epoch"] for r in read_metrics(out)][-1] <= 2
 
 
+def test_crop_stages_grow_the_training_crop_over_the_run(synth_root, tmp_path, capsys, monkeypatch):
+    shapes = []
+    compute_loss = T.compute_loss
+    monkeypatch.setattr(T, "compute_loss", lambda c, o, t, w: shapes.append(tuple(t.shape[-2:])) or compute_loss(c, o, t, w))
+    out = tmp_path / "run"  # 2 steps per epoch, 4 epochs: a quarter of the run each
+    assert main(tiny_args(synth_root, out, "--set", "train.epochs=4", "--set", "data.crop_stages=[32x16,48x24]")) == 0
+    # shares by the fraction done at an epoch's start: 0 and 0.25 -> 32x16, 0.5 -> 48x24, 0.75 -> crop_size 64x32
+    assert shapes == [(16, 32)] * 4 + [(24, 48)] * 2 + [(32, 64)] * 2
+    printed = capsys.readouterr().out
+    assert "epoch 3: training crops now 48x24" in printed and "epoch 4: training crops now 64x32" in printed
+    assert not (out / "eval_val.json").exists()  # eval is one plain pass: nothing more to score
+
+
+def test_a_recipe_with_test_time_augmentation_scores_its_best_checkpoint_that_way(synth_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(tiny_args(synth_root, out, "--set", "eval.flip=true", "--set", "eval.scales=[0.75,1.0]")) == 0
+    final = json.loads((out / "eval_val.json").read_text())
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("best checkpoint with its"))
+    assert "eval.scales 0.75,1 + flip (whole): val mIoU" in line and f"{final['miou']:.4f}" in line
+    scores = tmp_path / "scores.json"  # what cityseg evaluate gives for the best checkpoint (its eval section)
+    assert main(["evaluate", "--checkpoint", str(out / "checkpoints" / "best.pt"), "--data", str(synth_root),
+                 "--device", "cpu", "--json", str(scores)]) == 0
+    assert json.loads(scores.read_text())["miou"] == pytest.approx(final["miou"], abs=1e-12)
+    plain = max(r["val_miou"] for r in read_metrics(out))  # per-epoch validation stays one plain pass
+    assert load_checkpoint(out / "checkpoints" / "best.pt")["best_miou"] == pytest.approx(plain)
+
+
 @pytest.mark.slow
 def test_sigterm_stops_like_ctrl_c(synth_root, tmp_path):
     """``kill`` (SIGTERM) mid-run: exit status 130, the --resume hint, a loadable last.pt."""

@@ -17,7 +17,9 @@ from cityseg.data.transforms import (
     RandomScaleCrop,
     ResizeImage,
     build_transforms,
+    crop_at,
     resample_aa_on_grid,
+    set_crop,
 )
 from cityseg.errors import CitysegError
 from cityseg.imaging import IMAGENET_MEAN, IMAGENET_STD
@@ -319,6 +321,7 @@ def test_val_transform_resizes_the_image_only():
     "field, value, key",
     [
         ("crop_size", "512", "data.crop_size"),
+        ("crop_stages", ["32x16", "big"], r"data.crop_stages\[1\]"),
         ("scale_range", [2.0, 0.5], "data.scale_range"),
         ("scale_range", [0.5], "data.scale_range"),
         ("color_jitter", -0.1, "data.color_jitter"),
@@ -328,3 +331,20 @@ def test_bad_config_values_name_the_key(field, value, key):
     cfg = DataConfig(**{field: value})
     with pytest.raises(CitysegError, match=key):
         build_transforms(cfg, train=True)
+
+
+def test_crop_stages_share_the_run_equally_and_end_on_crop_size():
+    cfg = DataConfig(crop_size="96x48", crop_stages=["32x16", "64x32"])
+    fractions = [0.0, 0.33, 0.34, 0.66, 0.67, 0.99, 1.0, 1.5]
+    assert [crop_at(cfg, f) for f in fractions] == [(16, 32)] * 2 + [(32, 64)] * 2 + [(48, 96)] * 4
+    assert {crop_at(DataConfig(crop_size="96x48"), f) for f in fractions} == {(48, 96)}
+
+
+def test_set_crop_changes_what_the_training_transform_crops():
+    cfg = DataConfig(crop_size="64x32", crop_stages=["32x16"], scale_range=[1.0, 1.0])
+    t = build_transforms(cfg, train=True)
+    item = synthetic_item()
+    assert t(dict(item))["mask"].shape == (16, 32)  # the first stage
+    assert set_crop(t, crop_at(cfg, 0.5)) and not set_crop(t, (32, 64))
+    out = t(dict(item))
+    assert out["image"].shape == (3, 32, 64) and out["mask"].shape == (32, 64)

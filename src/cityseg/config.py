@@ -55,6 +55,9 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     crop_size: str = "256x128"  # WIDTHxHEIGHT of training crops
+    # progressive resizing: smaller WIDTHxHEIGHT crops for the first equal shares of the run (by the
+    # budget's fraction, as the LR schedule), crop_size for the last share; [] keeps crop_size throughout
+    crop_stages: list[str] = field(default_factory=list)
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])  # random scale before cropping
     hflip: bool = True
     color_jitter: float = 0.2  # brightness/contrast/saturation strength; 0 disables
@@ -143,6 +146,12 @@ class EvalConfig:
     scales: list[float] = field(default_factory=lambda: [1.0])  # multi-scale TTA
     flip: bool = False  # horizontal-flip TTA
     boundary_tolerance: int = 2  # pixels; boundary F1 counts a boundary pixel matched within this distance
+
+    def single_pass(self) -> bool:
+        """True when inference is one whole-image pass: what validation during training runs. Else
+        the checkpoint's own inference (``evaluate --checkpoint``, ``predict``) does more, and
+        training scores its best checkpoint that way once at the end."""
+        return self.mode == "whole" and [float(s) for s in self.scales] == [1.0] and not self.flip
 
 
 @dataclass

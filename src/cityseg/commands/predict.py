@@ -39,8 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="execution engine for --checkpoint (default auto: eager torch for a few frames, "
                         "torch.compile when enough forward passes share one input shape for compiling to pay, "
                         "see BENCHMARKS.md)")
-    parser.add_argument("--tta", action="store_true", help=f"flip + multi-scale test-time augmentation "
-                        f"(scales {','.join(map(str, TTA_SCALES))} unless --scales)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"flip + multi-scale test-time augmentation (scales {','.join(map(str, TTA_SCALES))} "
+                        "unless --scales); --no-tta: one pass at scale 1, no flip. Default: the checkpoint's eval "
+                        "section (eval.scales, eval.flip), as `cityseg evaluate --checkpoint` scores it")
     parser.add_argument("--scales", metavar="S,S,...", help="multi-scale inference, e.g. 0.75,1,1.25")
     parser.add_argument("--sliding", action="store_true", help="sliding-window inference")
     parser.add_argument("--crop", metavar="WxH", help="sliding-window size (default: the checkpoint's eval.crop_size)")
@@ -71,12 +73,14 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         log.error("no input image to segment")
         return 1
+    # --tta / --no-tta / neither: the standard set / one pass / the checkpoint's eval section
+    default_scales = {True: TTA_SCALES, False: (1.0,), None: None}[args.tta]
     predictor, _ = load_predictor(
         args.checkpoint, args.onnx, args.device, args.precision, args.runtime, args.set, sliding=args.sliding,
-        crop=args.crop, stride=args.stride, scales=args.scales, default_scales=TTA_SCALES if args.tta else (1.0,),
-        flip=bool(args.tta), batch_size=args.batch_size, crf=args.crf, sizes=outputs.image_sizes(files),
+        crop=args.crop, stride=args.stride, scales=args.scales, default_scales=default_scales, flip=args.tta,
+        batch_size=args.batch_size, crf=args.crf, sizes=outputs.image_sizes(files),
         calibration=args.calibration, dataset=args.dataset)
-    log.info(f"cityseg predict: {len(files)} images, {predictor.describe()}")
+    log.info(f"cityseg predict: {len(files)} images, {predictor.describe_inference()}; {predictor.describe()}")
     if predictor.path.startswith("compile"):
         log.info("cityseg predict: compiling for the first image of each size (a one-off minute or two on a small CPU, "
                  "cached on disk for later runs; --runtime torch skips it)")

@@ -441,12 +441,47 @@ class ResizeImage(v2.Transform):
         return F.resize(inpt, self.size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
 
 
+def crop_sizes(cfg: DataConfig) -> list[tuple[int, int]]:
+    """The training crops ``(height, width)`` of the run's equal shares: ``data.crop_stages`` then
+    ``data.crop_size`` (one entry without stages).
+
+    Raises:
+        CitysegError: a size that does not parse, naming its key.
+    """
+    texts = [(f"data.crop_stages[{i}]", text) for i, text in enumerate(cfg.crop_stages or [])]
+    sizes = [parse_size(text, key) for key, text in [*texts, ("data.crop_size", cfg.crop_size)]]
+    return [(h, w) for w, h in sizes]
+
+
+def crop_at(cfg: DataConfig, fraction: float) -> tuple[int, int]:
+    """The training crop ``(height, width)`` for a run ``fraction`` (0..1) done: progressive resizing.
+
+    Why: on the CPU a 128x128 crop trains at ~1.9x the images per second of 192x192 (55 vs 29 on
+    2 cores, cityseg_small, bf16), so early epochs on small crops buy more passes over the data,
+    and the last share on ``crop_size`` gives the model its full context before the schedule ends
+    (fast.ai's progressive resizing; EfficientNetV2's progressive learning).
+    """
+    sizes = crop_sizes(cfg)
+    return sizes[min(int(max(fraction, 0.0) * len(sizes)), len(sizes) - 1)]
+
+
+def set_crop(transform: v2.Compose, size: tuple[int, int]) -> bool:
+    """Make the :class:`RandomScaleCrop` of a :func:`build_transforms` training transform crop
+    ``size`` (height, width) from now on; True when that changed it. DataLoader workers that are not
+    persistent (cityseg's) copy the dataset each epoch, so a change between epochs reaches them."""
+    crop = next(t for t in transform.transforms if isinstance(t, RandomScaleCrop))
+    changed = crop.size != tuple(size)
+    crop.size = (int(size[0]), int(size[1]))
+    return changed
+
+
 def build_transforms(cfg: DataConfig, train: bool) -> v2.Compose:
     """The training (augmenting) or validation transform described by the ``data`` config section.
 
     Args:
-        cfg: ``Config.data``; reads ``crop_size``, ``scale_range``, ``hflip``, ``color_jitter``
-            (training) and ``val_size`` (validation).
+        cfg: ``Config.data``; reads ``crop_size`` (the first of ``crop_stages`` when set: see
+            :func:`set_crop`), ``scale_range``, ``hflip``, ``color_jitter`` (training) and
+            ``val_size`` (validation).
         train: True for the augmenting training transform.
 
     Returns:
@@ -466,7 +501,7 @@ def build_transforms(cfg: DataConfig, train: bool) -> v2.Compose:
             resize.append(ResizeImage((h, w)))
         return v2.Compose([*resize, to_tensors, normalise])
 
-    w, h = parse_size(cfg.crop_size, "data.crop_size")
+    h, w = crop_sizes(cfg)[0]
     scale_range = list(cfg.scale_range)
     if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
         raise CitysegError(f"data.scale_range: {cfg.scale_range} is not [min, max] with 0 < min <= max")

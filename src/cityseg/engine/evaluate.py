@@ -30,7 +30,7 @@ from cityseg.data.transforms import build_transforms
 from cityseg.device import resolve_device
 from cityseg.engine.evaluator import Evaluator
 from cityseg.errors import CitysegError
-from cityseg.inference.predict import passes_per_shape, predict_logits
+from cityseg.inference.predict import eval_options, passes_per_shape, predict_logits
 from cityseg.inference.runtime import build_runner, path_reason, select_path
 from cityseg.datasets import DatasetSpec
 from cityseg.engine.build import adopt_dataset
@@ -164,13 +164,7 @@ def evaluate(
     tolerance = cfg.eval.boundary_tolerance
     evaluator = Evaluator(spec.num_classes, device, boundary_tolerance=None if tolerance < 0 else tolerance,
                           instances=with_instances, table=metrics.table_for(spec))
-    infer = {
-        "mode": cfg.eval.mode,
-        "crop": parse_size(cfg.eval.crop_size, "eval.crop_size"),
-        "stride": parse_size(cfg.eval.stride, "eval.stride"),
-        "scales": list(cfg.eval.scales),
-        "flip": bool(cfg.eval.flip),
-    }
+    infer = eval_options(cfg)
     model = fast_model(model, dataset, infer, device, precision, runtime)
     start = time.perf_counter()
     # disable=None: no bar when stderr is not a terminal (logs, benchmarks)

@@ -42,6 +42,7 @@ from cityseg.checkpoint import (
     save_checkpoint,
 )
 from cityseg.config import Config
+from cityseg.data.transforms import crop_at, set_crop
 from cityseg.device import resolve_device
 from cityseg.engine import distributed as D
 from cityseg.engine.build import (
@@ -234,6 +235,9 @@ def _train(
             started = time.perf_counter()
             if isinstance(train_loader.sampler, DistributedSampler):
                 train_loader.sampler.set_epoch(epoch)
+            crop = crop_at(cfg.data, agreed(budget.fraction(state.step)))
+            if set_crop(train_loader.dataset.transform, crop):
+                log.info(f"epoch {epoch}: training crops now {crop[1]}x{crop[0]} (data.crop_stages)")
             bar = log.progress(f"epoch {epoch}/{cfg.train.epochs}", steps)
             train_loss = train_one_epoch(
                 model, criterion, optimizer, schedule, train_loader, engine, state, steps, bar, log, budget, stop
@@ -273,9 +277,38 @@ def _train(
     try:
         if panel is not None:
             log.panels(panel[1], epoch=panel[0])
-        return log.finish(state)
+        summary = log.finish(state)
+        summary.update(score_best(cfg, out, root, dev, log))
+        return summary
     finally:
         log.close_logfile()
+
+
+def score_best(cfg: Config, out: Path, root: Path, dev: torch.device, log: RunLog) -> dict[str, Any]:
+    """Score the best checkpoint once as its config's ``eval`` section infers (multi-scale, flip,
+    sliding) when that is more than validation's one whole-image pass; ``{}`` otherwise.
+
+    Writes ``OUT/eval_val.json`` (as ``cityseg evaluate --json``) and returns ``{"best_miou_eval": ...}``:
+    the figure ``cityseg evaluate --checkpoint`` and ``cityseg predict`` give for that checkpoint,
+    while the per-epoch val mIoU (which picks the best checkpoint) stays one cheap pass.
+    """
+    best = out / "checkpoints" / "best.pt"
+    if cfg.eval.single_pass() or not best.is_file() or not D.is_main_process():
+        return {}
+    recipe = f"eval.scales {','.join(f'{s:g}' for s in cfg.eval.scales)}{' + flip' if cfg.eval.flip else ''}"
+    if D.is_dist():  # the Evaluator would wait for the other processes' counts
+        log.info(f"score the best checkpoint with its {recipe}: cityseg evaluate --checkpoint {best}")
+        return {}
+    from cityseg.engine.evaluate import evaluate_checkpoint
+
+    counts, seconds, frames = evaluate_checkpoint(best, dev.type, data=str(root))
+    result = counts.scores()
+    metrics.write_json(counts, out / "eval_val.json", result)
+    log.info(f"best checkpoint with its {recipe} ({cfg.eval.mode}): val mIoU {nan_to_zero(result['miou']):.4f}, "
+             f"pixel accuracy {result['pixel_accuracy']:.3f}, mean class accuracy "
+             f"{nan_to_zero(result['mean_class_accuracy']):.3f} ({frames} frames, {seconds:.0f} s; "
+             f"{out / 'eval_val.json'})")
+    return {"best_miou_eval": nan_to_zero(result["miou"])}
 
 
 def train_one_epoch(

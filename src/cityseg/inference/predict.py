@@ -358,9 +358,11 @@ class Predictor:
         """Load a cityseg checkpoint, ``.pt`` or ``.safetensors`` (CitysegError if it is not one), or an
         ``hf:REPO_OR_DIR`` model -> Predictor; see :meth:`from_model` (``precision="int8"`` caches its
         int8 model beside the checkpoint). ``dataset``: the classes to predict (a name or description
-        file), which must be the model's (None: the checkpoint's own; Cityscapes for ``hf:``)."""
+        file), which must be the model's (None: the checkpoint's own; Cityscapes for ``hf:``).
+        Inference options not given follow the checkpoint's ``eval`` section (:func:`eval_options`)."""
         model, cfg = load_model(path, "cpu", dataset)
         cfg = with_dataset(cfg, dataset, path)
+        options = {**eval_options(cfg), **options}
         predictor = cls.from_model(model, device, precision, runtime, work=work, calibration=calibration,
                                    checkpoint=path, **options)
         predictor.spec = cfg.spec()
@@ -407,12 +409,31 @@ class Predictor:
             return crf_labels(probs, image, self.crf)
         return probs.argmax(0).astype(np.uint8)
 
+    def describe_inference(self) -> str:
+        """What every image gets, e.g. ``whole image, scales 0.75,1,1.25 + flip``."""
+        o = self.options
+        mode = "whole image" if o["mode"] == "whole" else f"sliding {o['crop'][0]}x{o['crop'][1]} windows"
+        scales = f", scales {','.join(f'{s:g}' for s in o['scales'])}" if list(o["scales"]) != [1.0] else ""
+        return mode + scales + (" + flip" if o["flip"] else "")
+
     def describe(self) -> str:
         """One line: why the path, the path and the runner (e.g. ``eager bf16: at most 2 passes of one
         shape, compiling pays from ~40 (bf16: torch bf16 channels_last on cpu)``)."""
         describe = getattr(self.runner, "describe", None)
         path = f"{self.path}: {describe() if describe else type(self.runner).__name__}"
         return f"{self.reason} ({path})" if self.reason else path
+
+
+def eval_options(cfg: Config) -> dict[str, Any]:
+    """The inference options (``mode``, ``crop``, ``stride``, ``scales``, ``flip``) of a config's
+    ``eval`` section, as :func:`predict_logits` takes them: how a checkpoint infers unless told otherwise."""
+    return {
+        "mode": cfg.eval.mode,
+        "crop": parse_size(cfg.eval.crop_size, "eval.crop_size"),
+        "stride": parse_size(cfg.eval.stride, "eval.stride"),
+        "scales": [float(s) for s in cfg.eval.scales],
+        "flip": bool(cfg.eval.flip),
+    }
 
 
 def load_predictor(
@@ -427,8 +448,8 @@ def load_predictor(
     crop: str | None = None,
     stride: str | None = None,
     scales: str | None = None,
-    default_scales: Sequence[float] = (1.0,),
-    flip: bool = False,
+    default_scales: Sequence[float] | None = None,
+    flip: bool | None = None,
     batch_size: int = 1,
     crf: bool = False,
     sizes: Sequence[tuple[int, int]] | None = None,
@@ -439,7 +460,10 @@ def load_predictor(
 
     ``overrides`` (``section.key=value``) change the config; ``crop``, ``stride`` (``"WxH"``) and
     ``scales`` (``"0.75,1"``) are the command line's texts, None taking the config's ``eval.crop_size``
-    and ``eval.stride`` and ``default_scales``; ``crf`` refines with the config's ``crf`` section.
+    and ``eval.stride`` and ``default_scales``. Whatever is not given (``sliding`` False, ``scales``
+    and ``default_scales`` None, ``flip`` None) follows the checkpoint's ``eval`` section, so a recipe
+    that infers with flip + multi-scale predicts as ``cityseg evaluate --checkpoint`` scores it.
+    ``crf`` refines with the config's ``crf`` section.
     ``sizes``: the (width, height) of every image to come, which with ``runtime="auto"`` chooses
     eager or compiled by the passes per input shape (:func:`passes_per_shape`); None: eager.
     ``dataset`` (``--dataset``): the classes to predict, which must be the model's (None: the model's own).
@@ -464,16 +488,17 @@ def load_predictor(
         cfg = with_dataset(cfg, dataset, checkpoint)
     if overrides:
         cfg = config_from_dict(apply_overrides(cfg.to_dict(), list(overrides)), name=cfg.name)
-    chosen_scales = parse_scales(scales) if scales else list(default_scales)
-    options = {
-        "mode": "sliding" if sliding else "whole",
-        "crop": parse_size(crop or cfg.eval.crop_size, "--crop"),
-        "stride": parse_size(stride or cfg.eval.stride, "--stride"),
-        "scales": chosen_scales,
-        "flip": flip,
-        "batch_size": batch_size,
-        "crf": cfg.crf if crf else None,
-    }
+    options = {**eval_options(cfg), "batch_size": batch_size, "crf": cfg.crf if crf else None}
+    if sliding:
+        options["mode"] = "sliding"
+    if crop:
+        options["crop"] = parse_size(crop, "--crop")
+    if stride:
+        options["stride"] = parse_size(stride, "--stride")
+    if scales or default_scales is not None:
+        options["scales"] = parse_scales(scales) if scales else list(default_scales)
+    if flip is not None:
+        options["flip"] = flip
     if onnx:
         predictor = Predictor.from_onnx(onnx, device="cuda" if device == "cuda" else "cpu", dataset=dataset, **options)
         return predictor, dataclasses.replace(cfg, dataset=predictor.spec.to_dict())
