@@ -119,7 +119,8 @@ def fast_model(
 ) -> nn.Module:
     """``model`` as it is for eager fp32 torch (the exact scores, what training logs without amp),
     else a runner (:func:`cityseg.inference.runtime.build_runner`) on the path ``precision`` and
-    ``runtime`` select for this split's work: its frames times the passes ``infer`` makes per frame
+    ``runtime`` select for this split's work: its frames times the passes ``infer`` (the config's
+    :func:`~cityseg.inference.predict.eval_options`) makes per frame
     (:func:`cityseg.inference.predict.passes_per_shape`), taking every frame to have the first
     frame's size (true of Cityscapes splits; a split of mixed sizes compiles once per size).
     ``"auto"`` is eager bf16 where the hardware has it natively (0.002-0.03 points of mIoU from
@@ -131,8 +132,7 @@ def fast_model(
     if (precision, runtime) == ("fp32", "torch") or len(dataset) == 0:
         return model
     height, width = dataset[0]["image"].shape[-2:]
-    options = {k: infer[k] for k in ("mode", "crop", "stride", "scales", "flip")}
-    work = max(passes_per_shape([(width, height)] * len(dataset), **options).values())
+    work = max(passes_per_shape([(width, height)] * len(dataset), **infer).values())
     path = select_path(device, precision, runtime, work)
     if path == "onnxruntime":  # default_path's fp32 pick without a C++ compiler: takes pixels, not normalised
         path = "channels_last"
