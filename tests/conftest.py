@@ -47,3 +47,27 @@ def synth_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
     generate(root, train=8, val=4, size=(64, 32), seed=0, workers=1, progress=False)
     return root
+
+
+@pytest.fixture
+def hf_cache_with(monkeypatch, tmp_path):
+    """``hf_cache_with(state_dict)``: make huggingface_hub's download answer every request from the Hugging
+    Face cache with a safetensors file of ``state_dict``; returns the list of (repo, filename,
+    local_files_only) asked for."""
+    import huggingface_hub
+    from safetensors.torch import save_file
+
+    asked: list[tuple[str, str, bool]] = []
+
+    def install(state_dict) -> list[tuple[str, str, bool]]:
+        path = tmp_path / "hf-cached-model.safetensors"
+        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path))
+
+        def cached(repo, filename, local_files_only=False, **kwargs):
+            asked.append((repo, filename, local_files_only))
+            return str(path)
+
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", cached)
+        return asked
+
+    return install

@@ -22,7 +22,8 @@ from cityseg.models import (
 )
 
 C = labels.NUM_CLASSES
-NO_AUX = {"lraspp_mobilenet_v3_large"}  # torchvision's LR-ASPP has no auxiliary head
+# torchvision's LR-ASPP has no auxiliary head
+NO_AUX = {"lraspp_mobilenet_v3_large", *(f"lraspp_efficientnet_lite{i}" for i in range(3))}
 
 
 @pytest.fixture(autouse=True)
@@ -64,12 +65,14 @@ FROZEN_PREFIX = {  # one parameter prefix of the "layer1" stage of each model
     "lraspp_mobilenet_v3_large": "backbone.3.",
     "cityseg_tiny": "backbone.layer1.",
     "cityseg_small": "backbone.layer1.",
+    **{f"{head}_efficientnet_lite{i}": "backbone.blocks.1." for head in ("deeplabv3", "lraspp", "fpn") for i in range(3)},
 }
 
 
 # ResNet-101 differs from ResNet-50 (tested at output stride 8) only in depth; at stride 32 its
 # 64x64 pass costs a fifth as much.
-EXTRA_KWARGS = {"deeplabv3_resnet101": {"output_stride": 32}}
+EXTRA_KWARGS = {"deeplabv3_resnet101": {"output_stride": 32},
+                **{f"deeplabv3_efficientnet_lite{i}": {"output_stride": 16} for i in (1, 2)}}
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -317,20 +320,10 @@ def test_imagenet_offline_timm(no_network):
     assert "timm/convnext_tiny.fb_in1k" in msg and "model.safetensors" in msg and str(no_network / "hf") in msg
 
 
-def test_imagenet_timm_file_from_cache(no_network, monkeypatch, tmp_path):
+def test_imagenet_timm_file_from_cache(no_network, hf_cache_with):
     timm = pytest.importorskip("timm")
-    import huggingface_hub
-    from safetensors.torch import save_file
-
     net = timm.create_model("convnext_tiny")
-    save_file(net.state_dict(), str(tmp_path / "model.safetensors"))
-    asked = []
-
-    def cached(repo, filename, local_files_only=False, **kwargs):
-        asked.append((repo, filename, local_files_only))
-        return str(tmp_path / "model.safetensors")
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", cached)
+    asked = hf_cache_with(net.state_dict())
     model = build_model("deeplabv3_convnext_tiny", pretrained="imagenet")
     assert asked == [("timm/convnext_tiny.fb_in1k", "model.safetensors", True)]
     assert torch.equal(model.backbone.stages_2.blocks[0].conv_dw.weight, net.stages[2].blocks[0].conv_dw.weight)

@@ -81,7 +81,10 @@ def test_export_writes_weights_and_metadata_only(files):
         meta, keys = f.metadata(), set(f.keys())
     state = tiny_state()
     assert meta == {"format": "cityseg", "version": str(C.VERSION), "cityseg_version": __version__,
-                    "model_name": "cityseg_tiny", "config": meta["config"], "dataset": meta["dataset"]}
+                    "model_name": "cityseg_tiny", "config": meta["config"], "dataset": meta["dataset"],
+                    "normalization": meta["normalization"]}
+    # a checkpoint without a recorded normalisation (written before models carried theirs) is ImageNet's
+    assert json.loads(meta["normalization"]) == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     assert json.loads(meta["config"]) == state["config"] and json.loads(meta["dataset"]) == DATASET
     assert keys == {k.removeprefix("module.") for k in state["model"]}  # prefixes stripped, no training state
     assert sorted(p.name for p in files["st"].parent.iterdir()) == ["model.onnx", "model.safetensors"]
@@ -89,7 +92,7 @@ def test_export_writes_weights_and_metadata_only(files):
 
 def test_load_checkpoint_gives_the_inference_part_of_the_pt(files):
     pt, st = C.load_checkpoint(files["pt"]), C.load_checkpoint(files["st"])
-    assert set(st) == {"format", "version", "model", "config", "dataset"}
+    assert set(st) == {"format", "version", "model", "config", "dataset", "normalization"}
     assert (st["format"], st["version"], st["config"], st["dataset"]) == ("cityseg", C.VERSION, pt["config"], DATASET)
     # the format is known by its content too, whatever the file is called
     renamed = files["st"].parent.parent / "weights.bin"

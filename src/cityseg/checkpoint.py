@@ -43,11 +43,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from cityseg import __version__, labels
+from cityseg import efficientnet_lite as lite
+from cityseg import labels
+from cityseg._version import __version__
 from cityseg.config import Config, config_from_dict, dataset_value
 from cityseg.datasets import load_dataset
 from cityseg.errors import CitysegError, first_line
 from cityseg.hf import HfSegmentation, from_config_dict, hf_ref, is_hf, load_hf
+from cityseg.imaging import IMAGENET, Normalization, model_normalization
 from cityseg.models import PRETRAINED, build_model, check_model_name
 from cityseg.utils import atomic_path
 
@@ -139,7 +142,8 @@ def save_safetensors(path: str | Path, ckpt: dict[str, Any]) -> None:
 
     require_model(ckpt, path)
     metadata = {"format": FORMAT, "version": str(VERSION), "cityseg_version": __version__,
-                "model_name": checkpoint_model_name(ckpt), "config": json.dumps(ckpt["config"])}
+                "model_name": checkpoint_model_name(ckpt), "config": json.dumps(ckpt["config"]),
+                "normalization": json.dumps(checkpoint_normalization(ckpt).to_dict())}
     if ckpt.get("dataset") is not None:
         metadata["dataset"] = json.dumps(ckpt["dataset"])
     with atomic_path(path) as tmp:
@@ -169,8 +173,9 @@ def _safetensors_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: 
     try:
         ckpt = {"format": FORMAT, "version": int(meta.get("version", "")), "model": tensors,
                 "config": json.loads(meta["config"])}
-        if "dataset" in meta:
-            ckpt["dataset"] = json.loads(meta["dataset"])
+        for key in ("dataset", "normalization"):
+            if key in meta:
+                ckpt[key] = json.loads(meta[key])
     except (KeyError, ValueError) as exc:
         raise CitysegError(f"{path}: damaged cityseg metadata ({type(exc).__name__}: {first_line(exc)}); "
                            "export the checkpoint again with cityseg export --safetensors") from None
@@ -247,6 +252,7 @@ def load_model_state(model: nn.Module, ckpt: dict[str, Any], path: str | Path, e
         target.load_state_dict(strip_prefixes(ckpt["model"]), strict=True)
     except RuntimeError as exc:
         raise CitysegError(f"{path}: weights do not fit model {expected_name!r} ({first_line(exc)})") from None
+    check_normalization(ckpt, target, path)  # after loading: an hf: model's input map is in its state dict
 
 
 def load_model(
@@ -297,12 +303,35 @@ def load_hf_model(name: str, dataset: str | dict | None = None) -> tuple[nn.Modu
     return load_hf(name, cfg.spec()), cfg
 
 
+def checkpoint_normalization(ckpt: dict[str, Any]) -> Normalization:
+    """The input normalisation a checkpoint records; ImageNet's for one written before checkpoints
+    recorded it (every model then took ImageNet-normalised input)."""
+    value = ckpt.get("normalization")
+    return IMAGENET if value is None else Normalization.from_dict(value)
+
+
+def check_normalization(ckpt: dict[str, Any], model: nn.Module, path: str | Path) -> None:
+    """CitysegError when the checkpoint's recorded normalisation is not the one its rebuilt model applies
+    (a file edited by hand, or a model whose normalisation changed since)."""
+    try:
+        saved = checkpoint_normalization(ckpt)
+    except (KeyError, TypeError, ValueError):
+        raise CitysegError(f"{path}: damaged 'normalization' entry {ckpt.get('normalization')!r}; "
+                           "valid: {'mean': [r, g, b], 'std': [r, g, b]}") from None
+    if saved != model_normalization(model):
+        raise CitysegError(f"{path}: the checkpoint says its model takes mean/std {saved.mean}/{saved.std}, but "
+                           f"{checkpoint_model_name(ckpt)} normalises with {model_normalization(model).mean}/"
+                           f"{model_normalization(model).std}")
+
+
 def model_state(model: nn.Module) -> dict[str, Any]:
     """The checkpoint entries of a trained model: ``model`` (its state dict, prefixes stripped) and,
-    for a transformers model, ``hf_config`` (its config as a dict: :func:`load_model` rebuilds the
+    ``normalization`` (the input mean/std its weights want, for readers of the file: the model applies
+    it itself, :class:`cityseg.imaging.Renormalize`) and, for a transformers model, ``hf_config`` (its config as a dict: :func:`load_model` rebuilds the
     architecture from it, so the checkpoint needs neither the model folder nor the network)."""
     core = getattr(model, "_orig_mod", getattr(model, "module", model))
-    entries: dict[str, Any] = {"model": strip_prefixes(model.state_dict())}
+    entries: dict[str, Any] = {"model": strip_prefixes(model.state_dict()),
+                               "normalization": model_normalization(core).to_dict()}
     if isinstance(core, HfSegmentation):
         entries["hf_config"] = core.hf_config
     return entries
@@ -376,6 +405,10 @@ def load_pretrained(model: nn.Module, path: Path, model_name: str) -> None:
     state = strip_prefixes({k: v for k, v in raw.items() if isinstance(v, torch.Tensor)})
     if is_hf(model_name) or any(k.startswith("backbone.") for k in state):  # hf: models have no .backbone
         load_state(model, state, path)
+    elif lite.variant_of(model_name):  # exact: every backbone tensor, or one line naming both variants
+        weights, classifier = lite.backbone_state(state, model.backbone, lite.variant_of(model_name), str(path))
+        load_state(model.backbone, weights, path, what="backbone")
+        log.info("%s: %d tensors of the ImageNet classifier ignored (%s)", path, len(classifier), _examples(classifier))
     else:
         load_state(model.backbone, _to_backbone_keys(state, model.backbone), path, what="backbone")
 

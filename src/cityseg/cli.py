@@ -11,7 +11,8 @@ import argparse
 import importlib
 import sys
 
-from cityseg import __version__, logs
+from cityseg import logs
+from cityseg._version import __version__
 from cityseg.errors import CitysegError
 
 #: subcommand -> module under cityseg.commands

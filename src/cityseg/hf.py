@@ -37,7 +37,8 @@ from torch import nn
 
 from cityseg.datasets import DatasetSpec
 from cityseg.errors import CitysegError, first_line
-from cityseg.imaging import IMAGENET_MEAN, IMAGENET_STD
+from cityseg.imaging import IMAGENET_MEAN, IMAGENET_STD, Normalization, affine_normalization
+from cityseg.imaging import input_affine as imaging_input_affine
 from cityseg.utils import require
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,13 @@ class HfSegmentation(nn.Module):
         return {"out": F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)}
 
     @property
+    def normalization(self) -> Normalization:
+        """The processor's normalisation (:func:`cityseg.imaging.model_normalization` reads it), read back
+        from the input map, which travels in the state dict (a checkpoint rebuilt from its transformers
+        config alone still has it)."""
+        return affine_normalization(self.scale.flatten(), self.shift.flatten())
+
+    @property
     def hf_config(self) -> dict[str, Any]:
         """The transformers config as a plain dict (``config.to_dict()``): rebuilds the model without its folder."""
         return self.model.config.to_dict()
@@ -125,15 +133,16 @@ def input_affine(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel ``(scale, shift)``, (3,) float32, mapping cityseg's input to the processor's.
 
-    cityseg's input is ``x = (v / 255 - m_in) / s_in`` of the pixel values ``v``; the processor gives
-    ``(v * rescale - mean) / std``. Substituting ``v = 255 (x s_in + m_in)`` makes it
-    ``x * scale + shift``. Computed in float64 so that ImageNet's statistics give exactly 1 and ~0.
+    The processor gives ``(v * rescale - mean) / std`` of the pixel values ``v``: the normalisation
+    ``mean / (255 rescale)``, ``std / (255 rescale)`` of 0-1 pixels (:func:`cityseg.imaging.input_affine`).
     """
-    m_in, s_in = torch.tensor(IMAGENET_MEAN, dtype=torch.float64), torch.tensor(IMAGENET_STD, dtype=torch.float64)
-    mean_t, std_t = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
-    scale = 255 * rescale * s_in / std_t
-    shift = (255 * rescale * m_in - mean_t) / std_t
-    return scale.float(), shift.float()
+    return imaging_input_affine(processor_normalization(mean, std, rescale))
+
+
+def processor_normalization(mean: Sequence[float], std: Sequence[float], rescale: float = 1 / 255) -> Normalization:
+    """An image processor's ``(v * rescale - mean) / std`` of 0-255 values as a normalisation of 0-1 pixels."""
+    unit = 255 * rescale
+    return Normalization(tuple(float(m) / unit for m in mean), tuple(float(s) / unit for s in std))
 
 
 def _encoder_names(model: nn.Module) -> list[str]:

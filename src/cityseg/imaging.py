@@ -10,11 +10,88 @@ inference code hands it RGB values 0-255 instead (a runner's ``input_space``, se
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from torch import nn
 
 #: RGB mean and std (0-1 scale) of ImageNet; every model expects inputs normalised with them.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """A model's input normalisation: RGB ``mean`` and ``std`` on the 0-1 scale, from its weights."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
+
+    @classmethod
+    def from_dict(cls, value: dict) -> Normalization:
+        return cls(tuple(float(v) for v in value["mean"]), tuple(float(v) for v in value["std"]))
+
+
+#: torchvision's and timm's ResNet/ConvNeXt/MobileNet weights, cityseg's own models, and every checkpoint
+#: written before models carried their normalisation.
+IMAGENET = Normalization(IMAGENET_MEAN, IMAGENET_STD)
+
+
+def input_affine(target: Normalization) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(scale, shift)``, (3,) float32, mapping cityseg's ImageNet-normalised input to ``target``'s.
+
+    cityseg's input is ``x = (p - m_in) / s_in`` of the 0-1 pixel values ``p``; ``target`` wants
+    ``(p - mean) / std``. Substituting ``p = x s_in + m_in`` makes it ``x * scale + shift``.
+    Computed in float64, so that ImageNet's own statistics give exactly 1 and 0.
+    """
+    m_in, s_in = torch.tensor(IMAGENET_MEAN, dtype=torch.float64), torch.tensor(IMAGENET_STD, dtype=torch.float64)
+    mean, std = torch.tensor(target.mean, dtype=torch.float64), torch.tensor(target.std, dtype=torch.float64)
+    return (s_in / std).float(), ((m_in - mean) / std).float()
+
+
+def affine_normalization(scale: torch.Tensor, shift: torch.Tensor, digits: int = 6) -> Normalization:
+    """Inverse of :func:`input_affine`: the normalisation a ``(3,)`` scale and shift map to, rounded to
+    ``digits`` decimals (float32 maps do not give back the decimal statistics exactly)."""
+    m_in, s_in = torch.tensor(IMAGENET_MEAN, dtype=torch.float64), torch.tensor(IMAGENET_STD, dtype=torch.float64)
+    std = s_in / scale.double().cpu()
+    mean = m_in - shift.double().cpu() * std
+    return Normalization(tuple(round(float(v), digits) for v in mean), tuple(round(float(v), digits) for v in std))
+
+
+class Renormalize(nn.Module):
+    """First layer of a model whose weights want another normalisation than ImageNet's.
+
+    Every image enters every cityseg model ImageNet-normalised (:func:`normalize`, the one input
+    convention of the pipeline, the ONNX graphs and the runtimes); this layer turns that into the
+    model's own ``(x - mean) / std`` by one per-channel affine map, so the normalisation travels
+    inside the model: training, evaluation, every runtime (ONNX and int8 export the layer with the
+    graph) and the Predictor follow it without being told. Its constants are not saved in the state
+    dict: they follow from the architecture (``normalization`` attribute of the model).
+
+    Shape:
+        x: (N, 3, H, W) float, ImageNet-normalised. Returns the same shape in the model's normalisation.
+    """
+
+    def __init__(self, target: Normalization) -> None:
+        super().__init__()
+        self.target = target
+        scale, shift = input_affine(target)
+        self.register_buffer("scale", scale.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", shift.view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
+def model_normalization(model: nn.Module) -> Normalization:
+    """The input normalisation ``model``'s weights want (its ``normalization`` attribute; ImageNet's
+    for models without one, among them every model built before models carried theirs)."""
+    return getattr(model, "normalization", IMAGENET)
+
 
 #: Input spaces of a model runner: ImageNet-normalised float32, or float32 RGB values 0-255.
 NORMALIZED = "normalized"

@@ -19,6 +19,11 @@ Models (``MODELS`` keys):
 * ``cityseg_small``: a 1.4M-parameter residual encoder (to 1/32) with an FPN decoder, for training
   from scratch on real frames on the CPU (``configs/pairs.yaml``); stages named as cityseg_tiny's,
   plus layer4 (1/32).
+* ``deeplabv3_efficientnet_liteN`` / ``lraspp_efficientnet_liteN`` / ``fpn_efficientnet_liteN``
+  (N = 0, 1, 2): timm's ``tf_efficientnet_liteN`` (:mod:`cityseg.efficientnet_lite`) under the seed's
+  ASPP head, torchvision's LR-ASPP head, or :class:`FPNSegmenter` (cityseg_small's decoder, down to
+  1/2). Their weights want inputs in [-1, 1]: the model converts the ImageNet-normalised input
+  itself (a :class:`~cityseg.imaging.Renormalize` first layer; ``model.normalization``).
 * ``hf:REPO_OR_DIR`` (not a key: any such name): a Hugging Face transformers segmentation model
   (SegFormer, UperNet, DPT, ...) starting from its own weights, :mod:`cityseg.hf`. SegFormer's
   stages are its patch embedding at 1/4 (stem) and its four encoder blocks (layer1-layer4).
@@ -35,6 +40,10 @@ layer3     layer3               stages.2                7-12                    
 layer4     layer4               stages.3                13-16                          --
 =========  ===================  ======================  =============================  =================
 
+EfficientNet-Lite (timm ``blocks.i``): stem = conv_stem, bn1, blocks.0 (1/2); layer1 = blocks.1 (1/4);
+layer2 = blocks.2 (1/8); layer3 = blocks.3-4 (1/16); layer4 = blocks.5-6 (1/32)
+(:data:`cityseg.efficientnet_lite.STAGE_BLOCKS`).
+
 Frozen stages get ``requires_grad=False``; call ``set_frozen_bn_eval(model)`` after every
 ``model.train()`` so that their BatchNorm layers keep their running statistics.
 """
@@ -42,6 +51,7 @@ Frozen stages get ``requires_grad=False``; call ``set_frozen_bn_eval(model)`` af
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -66,9 +76,11 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 from torchvision.models.segmentation.fcn import FCNHead
 from torchvision.models.segmentation.lraspp import LRASPP
 
+from cityseg import efficientnet_lite as lite
 from cityseg import labels
 from cityseg.errors import CitysegError, first_line
 from cityseg.hf import build_hf, hf_ref, is_hf
+from cityseg.imaging import IMAGENET, Normalization, Renormalize
 
 #: ``pretrained`` values :func:`build_model` takes; a weights file is :func:`cityseg.checkpoint.build_starting_model`'s.
 PRETRAINED = ("none", "imagenet")
@@ -111,12 +123,14 @@ def _timm_backbone(output_stride: int, imagenet: bool) -> nn.Module:
     kwargs = dict(features_only=True, out_indices=(2, 3), output_stride=output_stride)
     if imagenet:
         # timm loads the file (and maps its keys) itself; we only choose where it comes from
-        kwargs |= dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(_fetch_timm_weights())))
+        file = _fetch_timm_weights(CONVNEXT_TIMM_NAME, "deeplabv3_convnext_tiny")
+        kwargs |= dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(file)))
     return timm.create_model(CONVNEXT_TIMM_NAME, **kwargs)
 
 
-def _fetch_timm_weights(filename: str = "model.safetensors") -> Path:
-    """Path of the timm weights file in the Hugging Face cache, downloading it when missing.
+def _fetch_timm_weights(timm_name: str, model_name: str, filename: str = "model.safetensors") -> Path:
+    """Path of a timm weights file (``timm/<timm_name>`` on the Hugging Face Hub) in the Hugging Face
+    cache, downloading it when missing.
 
     Raises:
         CitysegError: the file is neither cached nor downloadable; says where to put it.
@@ -124,7 +138,7 @@ def _fetch_timm_weights(filename: str = "model.safetensors") -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.constants import HF_HUB_CACHE
 
-    repo = f"timm/{CONVNEXT_TIMM_NAME}"
+    repo = f"timm/{timm_name}"
     try:  # the cache first: no request at all, so an offline machine with the file is not slowed down
         return Path(hf_hub_download(repo, filename, local_files_only=True))
     except FileNotFoundError:  # huggingface_hub's LocalEntryNotFoundError: not cached yet
@@ -133,10 +147,10 @@ def _fetch_timm_weights(filename: str = "model.safetensors") -> Path:
         return Path(hf_hub_download(repo, filename))
     except Exception as exc:  # huggingface_hub raises several unrelated types when offline
         raise CitysegError(
-            f"cannot get the ImageNet weights of deeplabv3_convnext_tiny ({type(exc).__name__}): {filename} of "
+            f"cannot get the ImageNet weights of {model_name} ({type(exc).__name__}): {filename} of "
             f"https://huggingface.co/{repo} must be in the Hugging Face cache {HF_HUB_CACHE} "
             f"(`huggingface-cli download {repo}` where there is network, then copy that cache), "
-            f"or set model.pretrained to the path of the downloaded {filename}"
+            f"or set model.pretrained to the path of a weights file"
         ) from None
 
 
@@ -195,15 +209,22 @@ class TimmDeepLab(nn.Module):
         upsampled from the backbone's output stride to the input size.
     """
 
-    def __init__(self, backbone: nn.Module, classifier: nn.Module, aux_classifier: nn.Module | None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        classifier: nn.Module,
+        aux_classifier: nn.Module | None,
+        normalization: Normalization | None = None,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.classifier = classifier
         self.aux_classifier = aux_classifier
+        self.input_norm = _input_norm(self, normalization)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         size = x.shape[-2:]
-        stage3, stage4 = self.backbone(x)
+        stage3, stage4 = self.backbone(self.input_norm(x))[-2:]  # the last two levels (ConvNeXt: its only two)
         out = {"out": _upsample(self.classifier(stage4), size)}
         if self.aux_classifier is not None:
             out["aux"] = _upsample(self.aux_classifier(stage3), size)
@@ -271,6 +292,86 @@ def lraspp_mobilenet_v3_large(
     backbone = IntermediateLayerGetter(features, return_layers={str(low): "low", str(high): "high"})
     model = LRASPP(backbone, features[low].out_channels, features[high].out_channels, num_classes)
     return model, _mobilenet_stages(idx)
+
+
+# --- EfficientNet-Lite (timm) --------------------------------------------------------------------
+
+
+def _input_norm(model: nn.Module, normalization: Normalization | None) -> nn.Module:
+    """The first layer of ``model`` for a backbone that wants ``normalization`` (recorded as the model's
+    ``normalization``, which :func:`cityseg.imaging.model_normalization` reads); Identity for ImageNet's."""
+    if normalization is None or normalization == IMAGENET:
+        return nn.Identity()
+    model.normalization = normalization
+    return Renormalize(normalization)
+
+
+def _lite_backbone(variant: str, output_stride: int, imagenet: bool) -> nn.Module:
+    """timm's ``tf_efficientnet_liteN`` as a features_only model returning its five levels (strides
+    2 ... 32, the last ones dilated for output stride 8 or 16), with its ImageNet weights from the
+    Hugging Face cache when asked."""
+    _check_stride(output_stride, variant)
+    file = str(_fetch_timm_weights(lite.hub_name(variant), f"the {variant} models")) if imagenet else None
+    return lite.create_backbone(variant, output_stride, file)
+
+
+def _deeplabv3_lite(
+    variant: str, num_classes: int, aux_head: bool, output_stride: int, imagenet: bool
+) -> tuple[nn.Module, StageMap]:
+    """The seed's DeepLabV3 ASPP head (torchvision's ``DeepLabHead``) on an EfficientNet-Lite's last level;
+    aux FCN head on the stride-16 level."""
+    backbone = _lite_backbone(variant, output_stride, imagenet)
+    c3, c4 = backbone.feature_info.channels()[-2:]
+    classifier = DeepLabHead(c4, num_classes, atrous_rates=_aspp_rates(output_stride))
+    aux = FCNHead(c3, num_classes) if aux_head else None
+    return TimmDeepLab(backbone, classifier, aux, lite.normalization(variant)), lite.stage_prefixes()
+
+
+class TimmLRASPP(LRASPP):
+    """torchvision's LR-ASPP head on a five-level timm backbone: ``low`` is the stride-8 level, ``high``
+    the last (as torchvision's MobileNetV3 model takes C2 and C5).
+
+    Shape:
+        x: (N, 3, H, W) float. Returns ``{"out": (N, C, H, W)}``.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, normalization: Normalization | None = None) -> None:
+        channels = backbone.feature_info.channels()
+        super().__init__(backbone, channels[2], channels[-1], num_classes)
+        self.input_norm = _input_norm(self, normalization)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.backbone(self.input_norm(x))
+        return {"out": _upsample(self.classifier({"low": feats[2], "high": feats[-1]}), x.shape[-2:])}
+
+
+def _lraspp_lite(
+    variant: str, num_classes: int, aux_head: bool, output_stride: int, imagenet: bool
+) -> tuple[nn.Module, StageMap]:
+    """LR-ASPP (torchvision's head) on an EfficientNet-Lite; no aux head."""
+    if aux_head:
+        raise CitysegError(f"lraspp_{variant} has no auxiliary head; set model.aux_head=false")
+    backbone = _lite_backbone(variant, output_stride, imagenet)
+    return TimmLRASPP(backbone, num_classes, lite.normalization(variant)), lite.stage_prefixes()
+
+
+#: decoder width of fpn_efficientnet_lite*, and of the 1/2-resolution refinement before the classifier
+LITE_FPN_DECODER, LITE_FPN_REFINE = 64, 32
+
+
+def _fpn_lite(
+    variant: str, num_classes: int, aux_head: bool, output_stride: int, imagenet: bool
+) -> tuple[nn.Module, StageMap]:
+    """:class:`FPNSegmenter` on an EfficientNet-Lite: all five levels, decoded top-down to 1/2."""
+    backbone = _lite_backbone(variant, output_stride, imagenet)
+    model = FPNSegmenter(backbone, backbone.feature_info.channels(), num_classes, aux_head,
+                         LITE_FPN_DECODER, LITE_FPN_REFINE, lite.normalization(variant))
+    return model, lite.stage_prefixes()
+
+
+def _lite_models() -> dict[str, Builder]:
+    heads = {"deeplabv3": _deeplabv3_lite, "lraspp": _lraspp_lite, "fpn": _fpn_lite}
+    return {f"{head}_{variant}": partial(build, variant) for head, build in heads.items() for variant in lite.VARIANTS}
 
 
 # --- cityseg_tiny -------------------------------------------------------------------------------
@@ -393,39 +494,52 @@ class SmallEncoder(nn.Module):
         return [c0, c1, c2, c3, self.layer4(c3)]
 
 
-class CitysegSmall(nn.Module):
-    """An FPN-style encoder-decoder for from-scratch training on real frames on the CPU.
+class FPNSegmenter(nn.Module):
+    """An FPN-style decoder over a backbone's five levels (strides 2, 4, 8, 16, 32), for small CPU models.
 
-    Why it exists: ``cityseg_tiny`` (0.37M parameters, 1/16 deepest) is sized for the synthetic
-    demo and stalls near 0.3 mIoU on real Cityscapes pairs; the library models need ImageNet
-    weights to be worth their cost. This one (1.5M parameters) adds residual blocks and a 1/32
-    stage for context, and decodes top-down through 1/16, 1/8 and 1/4 into a 1/2-resolution
-    refinement, so thin classes (poles, signs) survive at 256x256. Plain 3x3/1x1 convolutions,
-    BatchNorm and ReLU only: the best-optimised CPU kernels, and fast under bf16 autocast.
-    Training cost at 256x256, batch 8, 2 cores: see benchmarks/bench_models.py.
+    The decoder goes top-down through 1/16, 1/8 and 1/4 (``decoder`` channels, additive skips from
+    1x1 laterals, an image-level context vector added at the top) into a 1/2-resolution refinement
+    that concatenates the stride-2 level, so thin classes (poles, signs) survive at 256x256. Plain
+    3x3/1x1 convolutions, BatchNorm and ReLU only: the best-optimised CPU kernels, and fast under bf16.
+
+    Args:
+        backbone: returns the five levels as a list, finest first.
+        channels: their channel counts.
+        refine: channels of the 1/2-resolution refinement (the classifier's input); None: ``channels[0]``.
+        normalization: the input normalisation the backbone's weights want (a :class:`Renormalize`
+            first layer); None: ImageNet's, nothing to convert.
 
     Shape:
         x: (N, 3, H, W) float (any H, W). Returns ``{"out": (N, C, H, W)}`` (+ ``"aux"`` from 1/8).
     """
 
     def __init__(
-        self, num_classes: int, aux_head: bool = False, widths: Sequence[int] = (32, 64, 128, 256), decoder: int = 64
+        self,
+        backbone: nn.Module,
+        channels: Sequence[int],
+        num_classes: int,
+        aux_head: bool = False,
+        decoder: int = 64,
+        refine: int | None = None,
+        normalization: Normalization | None = None,
     ) -> None:
         super().__init__()
-        self.backbone = SmallEncoder(widths)
-        w0, w1, w2, w3 = widths
-        self.context = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(w3, decoder, 1), nn.ReLU(inplace=True))
-        self.lateral = nn.ModuleList(ConvBNReLU(c, decoder, kernel=1) for c in (w0, w1, w2, w3))
+        self.backbone = backbone
+        c0, *levels = channels
+        refine = refine or c0
+        self.input_norm = _input_norm(self, normalization)
+        self.context = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(levels[3], decoder, 1), nn.ReLU(inplace=True))
+        self.lateral = nn.ModuleList(ConvBNReLU(c, decoder, kernel=1) for c in levels)
         self.fuse = nn.ModuleList(ConvBNReLU(decoder, decoder) for _ in range(3))
-        self.refine = ConvBNReLU(decoder + w0, w0)  # 1/2 resolution: the decoder and the stem's edges
-        self.classifier = nn.Conv2d(w0, num_classes, 1)
+        self.refine = ConvBNReLU(decoder + c0, refine)  # 1/2 resolution: the decoder and the stem's edges
+        self.classifier = nn.Conv2d(refine, num_classes, 1)
         self.aux_classifier = (
             nn.Sequential(ConvBNReLU(decoder, decoder), nn.Conv2d(decoder, num_classes, 1)) if aux_head else None
         )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         size = x.shape[-2:]
-        stem, *feats = self.backbone(x)  # 1/4, 1/8, 1/16, 1/32
+        stem, *feats = self.backbone(self.input_norm(x))  # 1/2; 1/4, 1/8, 1/16, 1/32
         d = self.lateral[3](feats[3]) + self.context(feats[3])
         aux = None
         for i in (2, 1, 0):
@@ -437,6 +551,22 @@ class CitysegSmall(nn.Module):
         if self.aux_classifier is not None:
             out["aux"] = _upsample(self.aux_classifier(aux), size)
         return out
+
+
+class CitysegSmall(FPNSegmenter):
+    """:class:`FPNSegmenter` on :class:`SmallEncoder`, for from-scratch training on real frames on the CPU.
+
+    Why it exists: ``cityseg_tiny`` (0.37M parameters, 1/16 deepest) is sized for the synthetic
+    demo and stalls near 0.3 mIoU on real Cityscapes pairs; the library models need ImageNet
+    weights to be worth their cost. This one (1.5M parameters) adds residual blocks and a 1/32
+    stage for context. Training cost at 256x256, batch 8, 2 cores: see benchmarks/bench_models.py.
+    """
+
+    def __init__(
+        self, num_classes: int, aux_head: bool = False, widths: Sequence[int] = (32, 64, 128, 256), decoder: int = 64
+    ) -> None:
+        w0, w1, w2, w3 = widths
+        super().__init__(SmallEncoder(widths), (w0, w0, w1, w2, w3), num_classes, aux_head, decoder)
 
 
 def cityseg_small(num_classes: int, aux_head: bool, output_stride: int, imagenet: bool) -> tuple[nn.Module, StageMap]:
@@ -460,6 +590,7 @@ MODELS: dict[str, Builder] = {
     "lraspp_mobilenet_v3_large": lraspp_mobilenet_v3_large,
     "cityseg_tiny": cityseg_tiny,
     "cityseg_small": cityseg_small,
+    **_lite_models(),  # deeplabv3_, lraspp_ and fpn_efficientnet_lite0/1/2
 }
 
 

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from cityseg.errors import CitysegError
+from cityseg.imaging import model_normalization
 from cityseg.inference.onnx import (DEFAULT_OPSET, check_classes, export_metadata, onnx_bytes, stamp_checksum,
                                     verify_onnx)
 from cityseg.utils import atomic_path, read_image, require
@@ -185,7 +186,7 @@ def quantize_model(model: nn.Module, frames: Sequence[torch.Tensor]) -> bytes:
     """``model`` exported (uint8 ``image`` in) and quantised on ``frames``, with cityseg's metadata and
     the checksum :func:`~cityseg.inference.onnx.verify_onnx` checks; serialised."""
     data, _ = onnx_bytes(model, DEFAULT_OPSET, exporter=EXPORTER)
-    return stamp_checksum(quantize_onnx(data, frames), export_metadata())
+    return stamp_checksum(quantize_onnx(data, frames), export_metadata(normalization=model_normalization(model)))
 
 
 # --- the cache -----------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from torch import nn
 
 from cityseg.datasets import DatasetSpec
 from cityseg.errors import CitysegError, first_line
-from cityseg.imaging import PIXELS, mean_std, normalize
+from cityseg.imaging import IMAGENET, PIXELS, Normalization, mean_std, model_normalization, normalize
 from cityseg.utils import atomic_path, read_image, require
 
 log = logging.getLogger(__name__)
@@ -157,14 +157,14 @@ METADATA_KEYS = ("cityseg.version", "cityseg.dataset", "cityseg.classes", "citys
                  "cityseg.input", "cityseg.config")
 
 
-def export_metadata(config: dict[str, Any] | None = None) -> dict[str, str]:
+def export_metadata(config: dict[str, Any] | None = None, normalization: Normalization = IMAGENET) -> dict[str, str]:
     """The :data:`METADATA_KEYS` of an export (JSON strings): the dataset of the checkpoint's config
     (its description, :meth:`~cityseg.datasets.DatasetSpec.to_dict`), its train classes and their
-    colours, the uint8 RGB NCHW input normalised inside the graph with ImageNet's mean and std, the
+    colours, the uint8 RGB NCHW input normalised inside the graph with the model's ``normalization``
+    (:func:`cityseg.imaging.model_normalization`: ImageNet's, or its weights' own), the
     cityseg version and the checkpoint's config."""
-    from cityseg import __version__
+    from cityseg._version import __version__
     from cityseg.datasets import IGNORE_INDEX, load_dataset
-    from cityseg.imaging import IMAGENET_MEAN, IMAGENET_STD
 
     spec = load_dataset((config or {}).get("dataset") or "cityscapes")
     values: dict[str, Any] = {
@@ -175,7 +175,7 @@ def export_metadata(config: dict[str, Any] | None = None) -> dict[str, str]:
         "cityseg.ignore_index": IGNORE_INDEX,
         "cityseg.input": {"name": "image", "dtype": "uint8", "layout": "NCHW", "channels": "RGB", "range": [0, 255],
                           "normalization": "inside the graph: (x / 255 - mean) / std",
-                          "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+                          **normalization.to_dict()},
         "cityseg.config": config or {},
     }
     return {key: json.dumps(value) for key, value in values.items()}
@@ -308,7 +308,7 @@ def export_onnx(
     for module in ("onnx", "onnxruntime") + (("onnxscript",) if exporter != "torchscript" else ()):
         require(module, "onnx", "ONNX export")
     data, used = onnx_bytes(model, opset, exporter)
-    data = stamp_checksum(data, export_metadata(config))
+    data = stamp_checksum(data, export_metadata(config, model_normalization(model)))
     wrapper = wrap_for_export(model)
     session = ort_session(data)
     images = [("random 320x192", _example(192, 320)[0].permute(1, 2, 0).numpy())]
