@@ -174,7 +174,7 @@ def test_resample_aa_on_grid_equals_the_kernel_on_float_images():
         got = resample_aa_on_grid(x, size, scales)
         want = AA_KERNEL(x, list(size), False, *scales)
         # 16 float32 ulps at 255: the two kernels sum the same taps in another order, and which SIMD
-        # path a call takes varies with memory alignment, so 1e-4 (6 ulps; 6.1e-5 seen) failed once in ~5 suites
+        # path a call takes varies with memory alignment, so 1e-4 (6 ulps; 6.1e-5 seen) failed once in four full runs
         torch.testing.assert_close(got, want, rtol=0, atol=2.5e-4, msg=f"{region} -> {size} at {scales}")
 
 
