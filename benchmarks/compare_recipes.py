@@ -79,20 +79,19 @@ def plot_panels(predictions: dict[str, list[np.ndarray]], frames: list, path: Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cityseg.datasets import load_dataset
+    from cityseg.labels import IGNORE_INDEX, colorize
     from cityseg.utils import read_image
 
-    palette = np.vstack([np.asarray(load_dataset("cityscapes").palette, dtype=np.uint8), np.zeros((1, 3), np.uint8)])
     cols = 2 + len(predictions)
     fig, axes = plt.subplots(len(frames), cols, figsize=(2.6 * cols, 2.6 * len(frames)), squeeze=False)
     for r, (stem, photo, gt) in enumerate(frames):
         truth = np.asarray(read_image(gt))
-        images = [read_image(photo, "RGB"), palette[np.minimum(truth, len(palette) - 1)]]
+        valid = truth != IGNORE_INDEX
+        images = [read_image(photo, "RGB"), colorize(truth)]
         titles = [f"val {stem}: photo", "truth"]
         for label, preds in predictions.items():
             pred = preds[r]
-            valid = truth < len(palette) - 1
-            images.append(palette[pred])
+            images.append(colorize(pred))
             titles.append(f"{label} ({(pred[valid] == truth[valid]).mean():.1%})")
         for ax, image, title in zip(axes[r], images, titles):
             ax.imshow(image)

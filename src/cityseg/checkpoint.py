@@ -318,17 +318,18 @@ def check_normalization(ckpt: dict[str, Any], model: nn.Module, path: str | Path
     except (KeyError, TypeError, ValueError):
         raise CitysegError(f"{path}: damaged 'normalization' entry {ckpt.get('normalization')!r}; "
                            "valid: {'mean': [r, g, b], 'std': [r, g, b]}") from None
-    if saved != model_normalization(model):
+    own = model_normalization(model)
+    if saved != own:
         raise CitysegError(f"{path}: the checkpoint says its model takes mean/std {saved.mean}/{saved.std}, but "
-                           f"{checkpoint_model_name(ckpt)} normalises with {model_normalization(model).mean}/"
-                           f"{model_normalization(model).std}")
+                           f"{checkpoint_model_name(ckpt)} normalises with {own.mean}/{own.std}")
 
 
 def model_state(model: nn.Module) -> dict[str, Any]:
     """The checkpoint entries of a trained model: ``model`` (its state dict, prefixes stripped) and,
     ``normalization`` (the input mean/std its weights want, for readers of the file: the model applies
-    it itself, :class:`cityseg.imaging.Renormalize`) and, for a transformers model, ``hf_config`` (its config as a dict: :func:`load_model` rebuilds the
-    architecture from it, so the checkpoint needs neither the model folder nor the network)."""
+    it itself, :class:`cityseg.imaging.Renormalize`) and, for a transformers model, ``hf_config`` (its
+    config as a dict: :func:`load_model` rebuilds the architecture from it, so the checkpoint needs
+    neither the model folder nor the network)."""
     core = getattr(model, "_orig_mod", getattr(model, "module", model))
     entries: dict[str, Any] = {"model": strip_prefixes(model.state_dict()),
                                "normalization": model_normalization(core).to_dict()}
@@ -405,8 +406,8 @@ def load_pretrained(model: nn.Module, path: Path, model_name: str) -> None:
     state = strip_prefixes({k: v for k, v in raw.items() if isinstance(v, torch.Tensor)})
     if is_hf(model_name) or any(k.startswith("backbone.") for k in state):  # hf: models have no .backbone
         load_state(model, state, path)
-    elif lite.variant_of(model_name):  # exact: every backbone tensor, or one line naming both variants
-        weights, classifier = lite.backbone_state(state, model.backbone, lite.variant_of(model_name), str(path))
+    elif variant := lite.variant_of(model_name):  # exact: every backbone tensor, or one line naming both variants
+        weights, classifier = lite.backbone_state(state, model.backbone, variant, str(path))
         load_state(model.backbone, weights, path, what="backbone")
         log.info("%s: %d tensors of the ImageNet classifier ignored (%s)", path, len(classifier), _examples(classifier))
     else:

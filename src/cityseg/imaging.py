@@ -20,7 +20,6 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
-
 @dataclass(frozen=True)
 class Normalization:
     """A model's input normalisation: RGB ``mean`` and ``std`` on the 0-1 scale, from its weights."""
@@ -78,7 +77,6 @@ class Renormalize(nn.Module):
 
     def __init__(self, target: Normalization) -> None:
         super().__init__()
-        self.target = target
         scale, shift = input_affine(target)
         self.register_buffer("scale", scale.view(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", shift.view(1, 3, 1, 1), persistent=False)
