@@ -34,7 +34,7 @@ test: $(VENV)/.installed-test
 
 # training the demo recipe on the 8 real fixture frames (several minutes; needs ../shared/fixtures)
 test-long: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -s -m long
+	$(BIN)/python -m pytest -q -s -m long -o faulthandler_timeout=3600
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info src/cityseg/data/_unfilter*.so

@@ -24,6 +24,25 @@ def _isolated_data_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CITYSEG_DATA_HOME", str(tmp_path_factory.getbasetemp() / "data_home"))
 
 
+@pytest.fixture(autouse=True)
+def _torch_settings_restored():
+    """Every test starts with the torch settings of the session: a test (or the train() it calls)
+    that changes the thread count or the deterministic-algorithms mode must not change what later
+    tests compute or how fast, whatever order they run in. (Module fixtures such as one_thread_torch
+    are set up first: their settings are what each of their tests returns to.)"""
+    import torch
+
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) != (
+            deterministic, warn_only):
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
 @pytest.fixture(scope="module")
 def one_thread_torch():
     """One intra-op thread (stable timings on a shared 2-core machine); undo train()'s global settings
@@ -37,6 +56,12 @@ def one_thread_torch():
     yield
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+@pytest.fixture
+def one_thread_own_cache(one_thread_torch, tmp_path, monkeypatch):
+    """:func:`one_thread_torch`, and the user cache (where int8 models are kept) in ``tmp_path``, never ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
 
 
 @pytest.fixture(scope="session")

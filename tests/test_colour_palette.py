@@ -22,7 +22,7 @@ TOY = {
         {"name": "wall", "color": [200, 20, 20], "ids": [2, 3]},
         {"name": "sky", "color": [20, 40, 220], "ids": [4]},
         {"name": "person", "color": [240, 200, 0], "ids": [5]},
-        {"name": "car", "color": [120, 0, 160]},  # no ids: label id 0
+        {"name": "car", "color": [120, 0, 160]},  # no ids: its own, 6 (the lowest that no class or void lists)
     ],
     "void": {"ids": [9, 0], "colors": [[0, 0, 0]]},
     "images": "{split}/images/{stem}.png",
@@ -123,7 +123,7 @@ def test_spec_palette_maps_colours_to_train_and_label_ids():
     assert pal.name == "toy5" and pal.n == 6 and pal.frame_size is None
     table = {tuple(c): (int(pal.train_ids[k]), int(pal.label_ids[k])) for k, c in enumerate(pal.colours.tolist())}
     assert table == {(10, 200, 30): (0, 1), (200, 20, 20): (1, 2), (20, 40, 220): (2, 4), (240, 200, 0): (3, 5),
-                     (120, 0, 160): (4, 0), (0, 0, 0): (IGNORE_INDEX, 9)}
+                     (120, 0, 160): (4, 6), (0, 0, 0): (IGNORE_INDEX, 9)}
     assert not pal.rare_void.any()  # black is the common void
     assert (pal.train_ids[colour._NO_COLOUR], pal.label_ids[colour._NO_COLOUR]) == (IGNORE_INDEX, 0)
     # the lookup table is built once per palette, and is not Cityscapes'
@@ -172,7 +172,7 @@ def test_toy_masks_are_read_through_formats_with_their_palette(tmp_path):
     Image.fromarray(_colours_of(spec, truth)).save(path)
     maps = formats.load_colour(path, palette=pal)
     assert (maps.train_ids == truth).all() and maps.stats.exact == maps.stats.pixels
-    assert (maps.label_ids == np.array([1, 2, 4, 5, 0] + [0] * 250 + [9], np.uint8)[truth]).all()
+    assert (maps.label_ids == np.array([1, 2, 4, 5, 6] + [0] * 250 + [9], np.uint8)[truth]).all()  # car: its own id
     named = tmp_path / "frame_gtFine_color.png"
     path.rename(named)
     assert (formats.read_label(named, palette=pal) == truth).all()

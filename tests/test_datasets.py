@@ -99,6 +99,11 @@ BAD = {
     "absolute pattern": (lambda r: r.update(images="/data/{split}/{stem}.png"), "images:"),
     "pattern above the root": (lambda r: r.update(labels="../{split}/{stem}.png"), "labels:"),
     "missing pattern": (lambda r: r.pop("images"), "images:"),
+    "unnamed field": (lambda r: r.update(labels="{split}/{}/{stem}.png"), "labels:"),
+    "fields of images and labels differ": (lambda r: r.update(images="{split}/{seq}/{stem}.png"), "images:"),
+    "no id left for a colour-only class": (
+        lambda r: r["classes"][1].pop("ids") and r["void"].update(ids=[v for v in range(255) if v != 1]),
+        "classes[1].ids:"),  # every id 0-254 is ground's or void's; 255 is never given
 }
 
 
@@ -112,6 +117,50 @@ def test_bad_descriptions(tmp_path, case):
     message = str(info.value)
     assert message.startswith(f"{path}: {expected}"), message
     assert "\n" not in message and ";" in message  # one line: the problem; what is valid
+
+
+def test_a_colour_only_class_gets_an_id_of_its_own(tmp_path):
+    raw = yaml.safe_load(TOY5)
+    raw["classes"] += [{"name": "sky", "color": [20, 40, 220]}, {"name": "boat", "color": [240, 200, 0]}]
+    spec = DatasetSpec.from_dict(raw)
+    assert [c.ids for c in spec.classes] == [(1,), (2, 3), (4,), (5,)] and spec.own_ids == (4, 5)  # lowest free
+    assert spec.train_ids_to_ids(np.array([0, 1, 2, 3, 255], np.uint8)).tolist() == [1, 2, 4, 5, 0]
+    assert spec.id_to_train_id[[4, 5]].tolist() == [2, 3]  # ... and they read back as the class
+    saved = DatasetSpec.from_dict(yaml.safe_load(yaml.safe_dump(spec.to_dict())))
+    assert saved == spec and saved.to_dict()["classes"][3]["ids"] == [5] and saved.own_ids == ()
+    raw["void"] = {"colors": [[0, 0, 0]]}  # no void id: 0 is void's in the maps cityseg writes
+    assert [c.ids for c in DatasetSpec.from_dict(raw).classes][2:] == [(4,), (5,)]
+    del raw["classes"][0]["ids"]
+    assert DatasetSpec.from_dict(raw).classes[0].ids == (1,) and DatasetSpec.from_dict(raw).own_ids == (1, 4, 5)
+
+
+def test_a_grey_label_holding_an_id_given_to_a_colour_only_class_is_refused(tmp_path):
+    raw = yaml.safe_load(TOY5)
+    raw["classes"].append({"name": "sky", "color": [20, 40, 220]})  # gets id 4
+    spec = DatasetSpec.from_dict(raw, "toy5")
+    (tmp_path / "train" / "labels").mkdir(parents=True)
+    path = tmp_path / "train" / "labels" / "a.png"
+    Image.fromarray(np.array([[1, 2], [4, 0]], np.uint8), "L").save(path)
+    with pytest.raises(CitysegError) as info:
+        read_train_ids(spec, path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: label id 4 ") and "'sky'" in message and "\n" not in message
+
+
+def test_frames_are_named_by_every_field(tmp_path):
+    raw = yaml.safe_load(TOY5)
+    raw.update(images="{split}/{seq}/images/{stem}.png", labels="{split}/{seq}/labels/{stem}.png")
+    spec = DatasetSpec.from_dict(raw)
+    for seq in ("a", "b_c", "b"):
+        for sub in ("images", "labels"):
+            (tmp_path / "train" / seq / sub).mkdir(parents=True)
+            Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "train" / seq / sub / "f0.png")
+    assert find_files(spec, tmp_path, "train") == {
+        f"{seq}_f0": tmp_path / "train" / seq / "labels" / "f0.png" for seq in ("a", "b", "b_c")}
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "train" / "b" / "labels" / "c_f0.png")
+    with pytest.raises(CitysegError) as info:  # b/c_f0 and b_c/f0 would both be b_c_f0
+        find_files(spec, tmp_path, "train")
+    assert "frame 'b_c_f0'" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_bad_files(tmp_path):

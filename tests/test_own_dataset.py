@@ -235,3 +235,101 @@ def test_stats_of_the_prepared_folder_gives_weights_for_its_classes(toy_run, tmp
     build_criterion(cfg)  # five weights fit toy5's five classes ...
     with pytest.raises(Exception, match="give one per class \\(19\\)"):
         build_criterion(load_config(None, [f"loss.class_weights={weights}"]))  # ... not Cityscapes' 19
+
+
+# --- a class described by its colour alone, end to end -------------------------------------------
+
+COLOUR_ONLY = {
+    "name": "boats",
+    "classes": [
+        {"name": "water", "color": [10, 200, 30], "ids": [1]},
+        {"name": "sky", "color": [20, 40, 220], "ids": [2]},
+        {"name": "boat", "color": [240, 200, 0]},  # its colour alone: reading the description gives it id 3
+    ],
+    "void": {"ids": [0], "colors": [[0, 0, 0]]},
+    "images": "{split}/images/{stem}.png",
+    "labels": "{split}/colour/{stem}.png",
+}
+BOAT_ID = 3  # the lowest id that no class or void lists
+
+
+def test_a_colour_only_class_keeps_its_pixels_from_prepare_to_predict(tmp_path):
+    """Colour labels of a description whose class ``boat`` has no ids: prepare writes boat's own id,
+    training and evaluation read it back (the confusion matrix has boat's ground-truth pixels), stats
+    counts it and predict writes it."""
+    palette = np.array([c["color"] for c in COLOUR_ONLY["classes"]], np.uint8)
+    src, rng, boat_pixels = tmp_path / "src", np.random.default_rng(2), 0
+    w, h = SIZE
+    for split, n in (("train", 4), ("val", 2)):
+        for i in range(n):
+            train_ids = np.full((h, w), 1, np.uint8)  # sky
+            train_ids[h // 2:] = 0  # water
+            x = int(rng.integers(0, w - 24))
+            train_ids[h // 2 - 8: h // 2 + 6, x: x + 24] = 2  # boat
+            boat_pixels += (split == "val") * int((train_ids == 2).sum())
+            colour = palette[train_ids]
+            photo = np.clip(colour.astype(int) + rng.integers(-20, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+            for sub, array in (("images", photo), ("colour", colour)):
+                (src / split / sub).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(src / split / sub / f"f{i}.png")
+    desc = tmp_path / "boats.yaml"
+    desc.write_text(yaml.safe_dump(COLOUR_ONLY, sort_keys=False))
+    prepared, run = tmp_path / "prepared", tmp_path / "run"
+    assert main(["prepare", str(src), str(prepared), "--dataset", str(desc), "--workers", "1", "-q"]) == 0
+    assert yaml.safe_load((prepared / "dataset.yaml").read_text())["classes"][2]["ids"] == [BOAT_ID]
+    stem = prepared / "gtFine" / "train" / "boats" / "f0_gtFine"
+    train_ids = np.asarray(Image.open(f"{stem}_labelTrainIds.png"))
+    assert (train_ids == 2).any()
+    assert (np.asarray(Image.open(f"{stem}_labelIds.png")) == np.array([1, 2, BOAT_ID], np.uint8)[train_ids]).all()
+
+    sets = [item for s in TRAIN for item in ("--set", s)]
+    assert main(["train", "--data", str(prepared), "--out", str(run), "--device", "cpu", "-q", *sets]) == 0
+    ckpt = run / "checkpoints" / "best.pt"
+    out = tmp_path / "scores.json"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(prepared), "--json", str(out), "-q"]) == 0
+    matrix = json.loads(out.read_text())["confusion_matrix"]
+    assert matrix["rows"] == ["water", "sky", "boat"]
+    assert sum(matrix["counts"][2]) == boat_pixels > 0  # every boat pixel of val is ground truth
+
+    from cityseg.datasets import load_dataset
+    from cityseg.stats import count_split
+
+    counts = count_split(load_dataset(prepared / "dataset.yaml"), prepared, "val", progress=False)
+    assert counts.pixels[2] == boat_pixels
+
+    pred = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(ckpt), str(src / "val" / "images" / "f0.png"), "--out", str(pred),
+                 "-q", "--runtime", "torch", "--precision", "fp32"]) == 0
+    predicted = np.asarray(Image.open(pred / "trainIds" / "f0.png"))
+    raw = np.asarray(Image.open(pred / "labelIds" / "f0.png"))
+    assert (raw == np.array([1, 2, BOAT_ID], np.uint8)[predicted]).all()
+
+
+def test_equal_stems_in_two_folders_stay_two_frames(tmp_path):
+    """``{split}/{seq}/...`` with frame f0 in both seq folders: prepare keeps both, under the names
+    ``a_f0`` and ``b_f0``, each image with its own folder's label."""
+    from cityseg.data.dataset import CityscapesDataset
+    from cityseg.datasets import load_dataset
+
+    spec = dict(TOY5, images="{split}/{seq}/images/{stem}.png", labels="{split}/{seq}/labels/{stem}.png")
+    src, w, h = tmp_path / "src", *SIZE
+    lut = np.zeros((256, 3), np.uint8)
+    for c in TOY5["classes"]:
+        lut[c["ids"]] = c["color"]
+    for seq, raw_id in (("a", 1), ("b", 4)):  # a: all ground, b: all sky
+        ids = np.full((h, w), raw_id, np.uint8)
+        ids[: h // 4, : w // 4] = 9  # car, in a corner of both
+        for sub, array in (("images", lut[ids]), ("labels", ids)):
+            (src / "train" / seq / sub).mkdir(parents=True)
+            Image.fromarray(array).save(src / "train" / seq / sub / "f0.png")
+    desc = tmp_path / "toy5seq.yaml"
+    desc.write_text(yaml.safe_dump(spec, sort_keys=False))
+    out = tmp_path / "prepared"
+    assert main(["prepare", str(src), str(out), "--dataset", str(desc), "--workers", "1", "-q"]) == 0
+    for seq, train_id in (("a", 0), ("b", 2)):
+        labels = np.asarray(Image.open(out / "gtFine" / "train" / "toy5" / f"{seq}_f0_gtFine_labelTrainIds.png"))
+        image = np.asarray(Image.open(out / "leftImg8bit" / "train" / "toy5" / f"{seq}_f0_leftImg8bit.png"))
+        assert (labels[h // 4:] == train_id).all() and (labels[: h // 4, : w // 4] == 4).all()
+        assert (image == np.asarray(Image.open(src / "train" / seq / "images" / "f0.png"))).all()
+    frames = CityscapesDataset(out, "train", spec=load_dataset(out / "dataset.yaml"))
+    assert sorted(frames.name(i) for i in range(len(frames))) == ["a_f0", "b_f0"]

@@ -18,9 +18,18 @@ Any other dataset is described by a YAML file (:func:`load_dataset`)::
     labels: "{split}/labels/{stem}.png"   # raw ids (8-bit grey) or colours (RGB), told apart by the file
 
 Patterns are relative to the data root; ``{split}`` is the split's name, ``{stem}`` the frame's
-name, and any other ``{word}`` (``{city}``) matches one name part of any value. A label pixel maps
-to train id ``i`` when its id (grey files) is in ``classes[i].ids`` or its colour (RGB files) is
-``classes[i].color``; void and unlisted ids and colours are ignored (:data:`IGNORE_INDEX`).
+name, and any other ``{word}`` (``{city}``) matches one name part of any value. Both patterns
+capture the same fields; a frame is named by all of them but ``{split}``, joined by ``_`` in the
+labels pattern's order (``{split}/{seq}/{stem}.png`` -> ``seq1_0001``), so equal stems in two
+folders stay two frames. A label pixel maps to train id ``i`` when its id (grey files) is in
+``classes[i].ids`` or its colour (RGB files) is ``classes[i].color``; void and unlisted ids and
+colours are ignored (:data:`IGNORE_INDEX`).
+
+A class described by its colour alone (no ``ids``) gets an id of its own when the description is
+read: the lowest id 0-254 that no class or void lists (0 only when void lists an id: otherwise 0
+is void's in the maps cityseg writes). It is the class's id in every label-id map cityseg writes
+(``prepare``'s labelIds, predictions) and the saved description lists it; a grey label file
+that holds it where the description did not list it is refused (:meth:`DatasetSpec.check_own_ids`).
 
 The config's ``dataset`` key holds the description (:class:`cityseg.config.Config`), so the run
 folder and every checkpoint know their classes; ``--dataset NAME|FILE`` sets it on the commands.
@@ -31,7 +40,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +58,7 @@ TOP_KEYS = ("name", "classes", "void", "images", "labels")
 CLASS_KEYS = ("name", "color", "ids", "category")
 VOID_KEYS = ("ids", "colors")
 _FIELD = re.compile(r"\{(\w*)\}")
+FRAME_SEPARATOR = "_"  # joins the fields that name a frame: {seq}/{stem} -> "<seq>_<stem>"
 
 
 @dataclass(frozen=True)
@@ -63,7 +73,12 @@ class ClassSpec:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset's class table and file layout. Train id ``i`` is ``classes[i]``."""
+    """A dataset's class table and file layout. Train id ``i`` is ``classes[i]``.
+
+    ``own_ids``: the ids that reading the description gave to classes described by their colour
+    alone (already in their ``ids``; not part of the table, so not compared and not saved: the saved
+    description lists them as ordinary ids).
+    """
 
     name: str
     classes: tuple[ClassSpec, ...]
@@ -71,6 +86,7 @@ class DatasetSpec:
     void_colors: tuple[Color, ...] = ()
     images: str = "{split}/images/{stem}.png"
     labels: str = "{split}/labels/{stem}.png"
+    own_ids: tuple[int, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -111,6 +127,26 @@ class DatasetSpec:
         for i, c in enumerate(self.classes):
             lut[i] = c.ids[0] if c.ids else lut[i]
         return lut[train_ids]
+
+    @property
+    def frame_fields(self) -> tuple[str, ...]:
+        """The fields that name a frame: every field of the labels pattern but ``split``, in its order."""
+        return pattern_fields(self.labels)
+
+    def check_own_ids(self, ids: np.ndarray, path: str | os.PathLike) -> None:
+        """CitysegError naming ``path`` when the raw ids of one of the dataset's own grey label files
+        hold an id given to a colour-only class (:attr:`own_ids`): the description did not list it,
+        so the file cannot mean that class by it."""
+        if not self.own_ids:
+            return
+        values = np.asarray(ids).ravel()
+        present = np.bincount(values[values <= 255].astype(np.intp), minlength=256)
+        for v in self.own_ids:
+            if present[v]:
+                owner = next(c.name for c in self.classes if v in c.ids)
+                raise CitysegError(f"{path}: label id {v} is listed by no class of {self.name}, and reading the "
+                                   f"description gave it to class {owner!r} (described by its colour alone); "
+                                   f"list ids for {owner!r}, or list {v} under void")
 
     def color_to_train_id(self) -> dict[Color, int]:
         """Every class and void colour -> train id (IGNORE_INDEX for void colours)."""
@@ -181,7 +217,25 @@ def _pattern(value: Any, source: str, key: str) -> str:
                                  "{stem} (the frame's name) and usually {split}, e.g. \"{split}/labels/{stem}.png\"")
     if value.startswith(("/", "\\")) or ".." in Path(value).parts:
         raise _fail(source, key, f"{value!r} leaves the data root; write a path relative to it, e.g. \"{{split}}/{key}/{{stem}}.png\"")
+    if "{}" in value:
+        raise _fail(source, key, f"{value!r} has an unnamed field {{}}; name it, e.g. {{seq}}")
     return value
+
+
+def _own_ids(classes: list[ClassSpec], taken: set[int], void_ids: tuple[int, ...], source: str) -> list[ClassSpec]:
+    """``classes`` with an id of its own for each class that lists none: the lowest id 0-254 not in
+    ``taken`` (0 only when void lists an id: otherwise 0 stands for void in written maps)."""
+    free = (v for v in range(0 if void_ids else 1, IGNORE_INDEX) if v not in taken)
+    out = []
+    for i, cls in enumerate(classes):
+        if not cls.ids:
+            own = next(free, None)
+            if own is None:
+                raise _fail(source, f"classes[{i}].ids", f"class {cls.name!r} lists no ids and every id 0-254 is "
+                                                         "taken; list one")
+            cls = ClassSpec(cls.name, cls.color, (own,), cls.category)
+        out.append(cls)
+    return out
 
 
 def _parse(raw: Any, source: str) -> DatasetSpec:
@@ -250,9 +304,15 @@ def _parse(raw: Any, source: str) -> DatasetSpec:
     for key in ("images", "labels"):
         if key not in raw:
             raise _fail(source, key, 'missing; write a path pattern with {split} and {stem}, e.g. "{split}/' + key + '/{stem}.png"')
+    images, labels_ = _pattern(raw["images"], source, "images"), _pattern(raw["labels"], source, "labels")
+    if set(pattern_fields(images)) != set(pattern_fields(labels_)):
+        shown = [" ".join(f"{{{f}}}" for f in pattern_fields(p)) for p in (images, labels_)]
+        raise _fail(source, "images", f"captures {shown[0]} but labels captures {shown[1]}; a frame is named by "
+                                      "its fields, so both patterns need the same ones")
+    filled = _own_ids(classes, set(seen_ids), void_ids, source)
     return DatasetSpec(
-        name=name.strip(), classes=tuple(classes), void_ids=void_ids, void_colors=tuple(void_colors),
-        images=_pattern(raw["images"], source, "images"), labels=_pattern(raw["labels"], source, "labels"),
+        name=name.strip(), classes=tuple(filled), void_ids=void_ids, void_colors=tuple(void_colors),
+        images=images, labels=labels_, own_ids=tuple(f.ids[0] for c, f in zip(classes, filled) if not c.ids),
     )
 
 
@@ -360,37 +420,61 @@ def pattern_glob(pattern: str, split: str) -> str:
     return _FIELD.sub(lambda m: split if m.group(1) == "split" else "*", pattern)
 
 
+def pattern_fields(pattern: str) -> tuple[str, ...]:
+    """The names of a pattern's fields but ``split``, each once, in order of first use."""
+    return tuple(dict.fromkeys(m.group(1) for m in _FIELD.finditer(pattern) if m.group(1) != "split"))
+
+
+def _group(name: str) -> str:
+    """The regex group of field ``name`` (``split`` keeps its name; a field may start with a digit)."""
+    return name if name == "split" else f"f_{name}"
+
+
 def pattern_regex(pattern: str, split: str | None) -> re.Pattern[str]:
-    """A path pattern -> a regex matching its paths (``/``-separated) in ``split``, with the group
-    ``stem`` (and the group ``split`` when ``split`` is None: any split)."""
-    out, pos, stem, seen_split = [], 0, False, False
+    """A path pattern -> a regex matching its paths (``/``-separated) in ``split``, with a group per
+    field (:func:`field_values` reads them; the group ``split`` only when ``split`` is None: any
+    split). A field used twice must match the same text both times."""
+    out, pos, seen = [], 0, set()
     for m in _FIELD.finditer(pattern):
         out.append(re.escape(pattern[pos:m.start()]))
-        if m.group(1) == "split" and split is None:
-            out.append("(?P=split)" if seen_split else "(?P<split>[^/]+)")
-            seen_split = True
-        elif m.group(1) == "split":
+        name = m.group(1)
+        if name == "split" and split is not None:
             out.append(re.escape(split))
-        elif m.group(1) == "stem":
-            out.append("(?P=stem)" if stem else "(?P<stem>[^/]+)")
-            stem = True
         else:
-            out.append("[^/]+")
+            out.append(f"(?P={_group(name)})" if name in seen else f"(?P<{_group(name)}>[^/]+)")
+            seen.add(name)
         pos = m.end()
     out.append(re.escape(pattern[pos:]))
     return re.compile("".join(out) + r"\Z")
 
 
+def field_values(match: re.Match[str], fields: tuple[str, ...]) -> tuple[str, ...]:
+    """The text that ``fields`` matched in a :func:`pattern_regex` match."""
+    return tuple(match.group(_group(f)) for f in fields)
+
+
 def find_files(spec: DatasetSpec, root: str | os.PathLike, split: str, which: str = "labels") -> dict[str, Path]:
-    """``which`` (``labels`` or ``images``) files of ``split`` under ``root``: frame stem -> path, sorted by stem."""
+    """``which`` (``labels`` or ``images``) files of ``split`` under ``root``: frame name -> path, sorted
+    by name. The name joins the values of :attr:`DatasetSpec.frame_fields` with ``_``, so equal stems
+    in two folders of ``{split}/{seq}/{stem}.png`` stay two frames.
+
+    Raises:
+        CitysegError: two files give one name (``a_b/c`` and ``a/b_c``), naming both.
+    """
     pattern = getattr(spec, which)
     root = Path(root)
     regex = pattern_regex(pattern, split)
-    found = {}
+    found: dict[str, Path] = {}
     for path in root.glob(pattern_glob(pattern, split)):
         m = regex.match(path.relative_to(root).as_posix())
         if m and path.is_file():
-            found[m.group("stem")] = path
+            name = FRAME_SEPARATOR.join(field_values(m, spec.frame_fields))
+            if name in found:
+                first, second = sorted((found[name], path))
+                raise CitysegError(f"{second}: names frame {name!r} of split {split!r} like {first} (the "
+                                   f"{' '.join('{' + f + '}' for f in spec.frame_fields)} of {which} {pattern!r} "
+                                   f"joined by {FRAME_SEPARATOR!r}); rename one")
+            found[name] = path
     return dict(sorted(found.items()))
 
 

@@ -108,6 +108,7 @@ def read_train_ids(spec: DatasetSpec, path: str | os.PathLike) -> np.ndarray:
                 return _colours_to_train_ids(spec, np.asarray(img.convert("RGB")))
             if img.mode in ("I;16", "I;16B", "I"):  # 16-bit grey: ids above 255 are no one's
                 ids = np.asarray(img).astype(np.int64)
+                spec.check_own_ids(ids, path)
                 out = np.full(ids.shape, IGNORE_INDEX, dtype=np.uint8)
                 small = ids <= 255
                 out[small] = spec.id_to_train_id[ids[small]]
@@ -115,6 +116,7 @@ def read_train_ids(spec: DatasetSpec, path: str | os.PathLike) -> np.ndarray:
             ids = np.asarray(img if img.mode in ("L", "P") else img.convert("L"))
     except (OSError, UnidentifiedImageError) as exc:
         raise CitysegError(f"{path}: cannot read the label image ({exc})") from None
+    spec.check_own_ids(ids, path)
     return spec.id_to_train_id[ids]
 
 

@@ -94,7 +94,7 @@ class Palette:
 
     Use :data:`CITYSCAPES` or :meth:`from_spec`; :meth:`from_table` builds the arrays. The derived
     tables are computed on first use and cached on the instance, the 16 MB :attr:`lut` included:
-    build it (:func:`confident_lut`) before forking workers so that they share it. Palettes compare
+    built once in ``cityseg prepare``'s process and handed to its workers. Palettes compare
     by identity.
 
     Attributes:
@@ -139,7 +139,8 @@ class Palette:
     def from_spec(cls, spec: DatasetSpec) -> Palette:
         """A dataset's class and void colours (:class:`cityseg.datasets.DatasetSpec`).
 
-        Class ``i``'s colour -> train id ``i`` and label id its first id (0 when it lists none); void
+        Class ``i``'s colour -> train id ``i`` and label id its first id (a class described by its
+        colour alone has one of its own, given when the description is read); void
         colours -> ignore and the first void id (0 when none). Black, when void, is the common void
         (no prior cost, like Cityscapes' unlabeled); other void colours are rare (COST_VOID).
         """
@@ -246,8 +247,8 @@ def confident_lut(palette: Palette | None = None) -> np.ndarray:
     """(2**24,) uint8: palette index of every confident RGB colour, _NO_COLOUR elsewhere.
 
     Built once per palette (a fraction of a second; :attr:`Palette.lut`) so that classifying an
-    image's confident pixels is one table lookup. Called before forking worker processes, it is
-    built once and shared by them (``cityseg prepare``).
+    image's confident pixels is one table lookup. ``cityseg prepare`` builds it once and hands it to
+    its worker processes (:func:`cityseg.data.prepare._init_worker`).
     """
     return _resolve(palette).lut
 

@@ -25,8 +25,10 @@ Sources:
   * ``dataset``: any dataset with a description (:mod:`cityseg.datasets`; ``kitti``, ``camvid`` or
     a YAML file): frames found by its ``images`` and ``labels`` patterns, labels mapped by its
     table (grey files: ids; RGB files: colours, recovered along blended borders as for
-    Cityscapes); written under the city folder named after the dataset, with the description
-    (patterns pointing at OUT's layout) in ``OUT/dataset.yaml``, which train and evaluate adopt.
+    Cityscapes); written under the city folder named after the dataset, each under its frame name
+    (every field the patterns capture but ``{split}``, joined by ``_``: ``<seq>_<stem>`` for
+    ``{split}/{seq}/{stem}.png``), with the description (patterns pointing at OUT's layout, every
+    class's ids listed) in ``OUT/dataset.yaml``, which train and evaluate adopt.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import numpy as np
 from cityseg import layout, logs
 from cityseg.data import formats
 from cityseg.data.colour import (
+    CITYSCAPES,
     MIN_PALETTE_SHARE,
     ColourStats,
     color_to_train_ids,
@@ -52,6 +55,7 @@ from cityseg.data.colour import (
 )
 from cityseg.datasets import IGNORE_INDEX, DatasetSpec, check_patterns, dataset_splits, find_files, load_dataset
 from cityseg.errors import CitysegError
+from cityseg.processes import WorkerPool
 from cityseg.utils import atomic_path, read_image, save_png
 
 log = logging.getLogger(__name__)
@@ -263,15 +267,17 @@ def _targets(out: Path, split: str, city: str, stem: str) -> tuple[Path, Path, P
 
 
 def discover_dataset(src: Path, out: Path, spec: DatasetSpec, splits: list[str] | None = None) -> list[Job]:
-    """The frames of a described dataset as jobs: every stem with an image and a label in each split
-    (``splits``, else those its patterns find; a pattern without ``{split}`` gives ``train``)."""
+    """The frames of a described dataset as jobs: every frame name (:func:`cityseg.datasets.find_files`)
+    with an image and a label in each split (``splits``, else those its patterns find; a pattern
+    without ``{split}`` gives ``train``), written under that name."""
     names = splits or dataset_splits(spec, src) or ["train"]
     jobs = []
     for split in names:
         images, found = find_files(spec, src, split, "images"), find_files(spec, src, split, "labels")
-        for stem, label in found.items():
-            if stem in images:
-                jobs.append(Job("dataset", images[stem], *_targets(out, split, spec.name, stem), label=label, spec=spec))
+        for frame, label in found.items():
+            if frame in images:
+                jobs.append(Job("dataset", images[frame], *_targets(out, split, spec.name, frame), label=label,
+                                spec=spec))
         missing = [s for s in found if s not in images]
         if missing:
             log.warning("%s: skipped %d frame(s) of split %r with a label but no image (e.g. %s; images: %r)",
@@ -386,12 +392,14 @@ def _convert_dataset(job: Job) -> ColourStats:
 def read_dataset_label(path: Path, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray, ColourStats]:
     """A described dataset's label file -> ((H, W) uint8 trainIds, raw ids, pixel counts). Grey (and
     palette-indexed) files hold ids, mapped by the table; RGB files hold colours, recovered along
-    blended borders with the dataset's palette (:mod:`cityseg.data.colour`)."""
+    blended borders with the dataset's palette (:mod:`cityseg.data.colour`). The raw ids of an RGB
+    file are each class's first id (a colour-only class's own one, :mod:`cityseg.datasets`)."""
     raw = read_image(path, None)
     if raw.ndim == 2:
         if raw.dtype != np.uint8 and raw.size and int(raw.max()) > 255:
             raise CitysegError(f"{path}: label id {int(raw.max())} is outside 0-255 (dataset {spec.name})")
         ids = raw.astype(np.uint8)
+        spec.check_own_ids(ids, path)
         train_ids = spec.id_to_train_id[ids]
         stats = ColourStats(pixels=ids.size, exact=int((train_ids != IGNORE_INDEX).sum()),
                             ignored=int((train_ids == IGNORE_INDEX).sum()))
@@ -508,13 +516,11 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto", s
     todo = [(job, link, force) for job in jobs]
     pool = None
     if workers > 1 and len(jobs) > 1:
-        import multiprocessing
-
-        confident_lut()  # build the colour table once; forked workers share it
-        if spec is not None and fmt == "dataset":
-            confident_lut(palette_of(spec))
-        pool = multiprocessing.Pool(min(workers, len(jobs)))
-        results = pool.imap_unordered(_run_job_star, todo, chunksize=1)
+        # Build the colour tables once, here; each worker adopts them (_init_worker).
+        lut_spec = spec if spec is not None and fmt == "dataset" else None
+        luts = [confident_lut()] + ([confident_lut(palette_of(lut_spec))] if lut_spec is not None else [])
+        pool = WorkerPool(min(workers, len(jobs)), f"prepare {src}", [__name__], _init_worker, (lut_spec, luts))
+        results = pool.map(_run_job_star, todo, ordered=False, describe=lambda args: str(args[0].source))
     else:
         results = map(_run_job_star, todo)
     try:
@@ -531,8 +537,15 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto", s
                 summary.stats = summary.stats + result.stats
     finally:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.close()  # after a bad file: the frames not started are dropped, those running finish
     summary.bad.sort(key=lambda r: str(r.source))
     return summary
 
+
+def _init_worker(spec: DatasetSpec | None, luts: list[np.ndarray]) -> None:
+    """Initializer of prepare's worker processes: adopt the parent's colour tables (16 MB each, a
+    third of a second to build) as those of the Cityscapes palette and of ``spec``'s, so that no
+    worker builds them again. Workers share no memory with the parent (:mod:`cityseg.processes`)."""
+    palettes = [CITYSCAPES] + ([palette_of(spec)] if spec is not None else [])
+    for palette, lut in zip(palettes, luts):
+        vars(palette)["lut"] = lut  # where the functools.cached_property Palette.lut keeps its value

@@ -232,10 +232,11 @@ def generate(out: str | os.PathLike, train: int, val: int, size: tuple[int, int]
                 stats.add_counts(counts)
                 bar.update()
         else:
-            import multiprocessing
+            from cityseg.processes import WorkerPool
 
-            with multiprocessing.get_context().Pool(min(workers, len(tasks))) as pool:
-                for counts in pool.imap_unordered(_write_task, tasks, chunksize=4):
+            with WorkerPool(min(workers, len(tasks)), f"synthetic data {out}", [__name__]) as pool:
+                for counts in pool.map(_write_task, tasks, ordered=False, chunksize=4,
+                                       describe=lambda task: f"{task[1]} frame {task[2]}"):
                     stats.add_counts(counts)
                     bar.update()
     with atomic_path(out / MARKER) as tmp:  # last: the folder is complete

@@ -6,7 +6,8 @@ Cityscapes names this is the official ``evalPixelLevelSemanticLabeling`` matchin
 takes other names, such as the numeric stems of a prepared pairs tree. iIoU needs
 ``*_gtFine_instanceIds.png`` beside every ground truth and is skipped, with a note, when there
 are none. Frames are scored by a pool of processes (decoding the PNGs is most of the work, see
-:func:`cityseg.data.png.read_map`) and their counts summed in frame order. NumPy only: this
+:func:`cityseg.data.png.read_map`; :class:`cityseg.processes.WorkerPool`) and their counts summed
+in frame order. NumPy only: this
 path never imports torch.
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import multiprocessing
 import os
 import sys
 import time
@@ -28,6 +28,7 @@ from cityseg.data.png import read_map
 from cityseg.errors import CitysegError
 from cityseg.labels import MAX_LABEL_ID
 from cityseg.layout import IMAGE_SUFFIX, INSTANCE_SUFFIX, LABEL_IDS_SUFFIX, frame_of_prediction, walk
+from cityseg.processes import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +55,20 @@ def evaluate_pred_dir(
     frames = find_frames(pred_dir, gt_dir)
     jobs = [(p, g, i, tolerance) for p, g, i in frames]
     workers = min(workers or _usable_cores(), len(jobs))
-    keep_freed_memory()
     total = metrics.Counts()
     # disable=None: no bar when stderr is not a terminal (logs, benchmarks)
     with tqdm(total=len(jobs), unit="frame", desc="evaluate", disable=logs.bar_disable(), file=sys.stderr) as bar:
-        if workers <= 1:
+        if workers <= 1:  # this process: its malloc settings are the caller's, left as they are
             for job in jobs:
                 total.add(score_frame(job))
                 bar.update()
         else:
-            # Ordered imap, one frame per task: balanced across processes, and the sums are added
-            # in frame order, so repeated runs give identical floats.
-            with multiprocessing.get_context().Pool(workers, initializer=keep_freed_memory) as pool:
-                for counts in pool.imap(score_frame, jobs, chunksize=1):
+            # In frame order, one frame per task: balanced across processes, and the sums are added
+            # in frame order, so repeated runs give identical floats. keep_freed_memory only in the
+            # workers, which end with the run.
+            what = f"evaluate --pred-dir {pred_dir} --gt-dir {gt_dir}"
+            with WorkerPool(workers, what, [__name__], initializer=keep_freed_memory) as pool:
+                for counts in pool.map(score_frame, jobs, chunksize=1, describe=lambda job: f"frame {job[1]}"):
                     total.add(counts)
                     bar.update()
     return total, time.perf_counter() - start, len(jobs)
@@ -209,6 +211,10 @@ def keep_freed_memory() -> None:
     default glibc returns such blocks to the kernel when they are freed, and the next frame pays
     a page fault (and a page of zeros from the kernel) for every 4 KiB again: 15-25% of the run
     time went to system time that way. No-op where the C library is not glibc.
+
+    The setting lasts as long as the process (glibc has no call that reads it back, so it cannot be
+    undone): it is the initializer of the worker processes of :func:`evaluate_pred_dir`, never
+    called in the process that asks for the evaluation.
     """
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
