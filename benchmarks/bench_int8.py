@@ -37,7 +37,6 @@ import torch
 from cityseg.imaging import normalize
 
 DATA = Path("data/pairs")  # --data: a prepared pairs folder (cityseg prepare ... --format pairs)
-KEEP_ENDS = True
 CKPT = Path("runs/pairs192/checkpoints/best.pt")  # --checkpoint: a model trained on DATA
 
 
@@ -49,15 +48,33 @@ def frames(split: str, n: int) -> list[torch.Tensor]:
     return [torch.from_numpy(np.array(read_image(p, "RGB"))).permute(2, 0, 1)[None].contiguous() for p in paths]
 
 
-def quantize(model: torch.nn.Module, calib: list[torch.Tensor], out_dir: Path) -> tuple[bytes, bytes, float]:
-    """(fp32 onnx bytes, int8 QDQ onnx bytes, seconds) for ``model`` calibrated on ``calib`` uint8 frames."""
-    from cityseg.inference.int8 import quantize_onnx
+def quantize(model: torch.nn.Module, calib: list[torch.Tensor], out_dir: Path,
+             args: argparse.Namespace) -> tuple[bytes, bytes, float]:
+    """(fp32 onnx bytes, int8 QDQ onnx bytes, seconds) for ``model`` calibrated on ``calib`` uint8 frames,
+    quantised as ``--quantise-ends`` and ``--all-ops`` say (printing the operators quantised)."""
+    from cityseg.inference.int8 import OP_TYPES, quantize_onnx
     from cityseg.inference.onnx import onnx_bytes
 
     start = time.perf_counter()
     data, _ = onnx_bytes(model, exporter="torchscript")
-    qdata = quantize_onnx(data, calib, out_dir, keep_ends=KEEP_ENDS)
-    return data, qdata, time.perf_counter() - start
+    qdata = quantize_onnx(data, calib, out_dir, keep_ends=not args.quantise_ends,
+                          op_types=None if args.all_ops else OP_TYPES)
+    seconds = time.perf_counter() - start
+    print("quantised operators: " + ", ".join(f"{op} {n}" for op, n in quantised_ops(qdata).items()), flush=True)
+    return data, qdata, seconds
+
+
+def quantised_ops(qdata: bytes) -> dict[str, int]:
+    """How many nodes of each operator type in the QDQ model read a DequantizeLinear output (run on int8)."""
+    import onnx
+
+    graph = onnx.load_from_string(qdata).graph
+    dequantised = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") and dequantised & set(node.input):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def timed(fn) -> tuple[float, torch.Tensor]:
@@ -79,7 +96,7 @@ def speed(args) -> dict:
     photo = frames("val", 1)[0]
     x = torch.nn.functional.interpolate(photo.float(), size=(h, w), mode="bilinear").round().clamp(0, 255).to(torch.uint8)
     with tempfile.TemporaryDirectory() as tmp:
-        data, qdata, qs = quantize(model, calib, Path(tmp))
+        data, qdata, qs = quantize(model, calib, Path(tmp), args)
     print(f"export + calibrate + quantise: {qs:.1f} s", flush=True)
     import copy
 
@@ -116,7 +133,7 @@ def accuracy(args) -> dict:
     model, _ = load_model(CKPT, "cpu")
     calib = frames("train", args.calib)
     with tempfile.TemporaryDirectory() as tmp:
-        data, qdata, qs = quantize(model, calib, Path(tmp))
+        data, qdata, qs = quantize(model, calib, Path(tmp), args)
     import copy
 
     runners = {
@@ -154,7 +171,7 @@ def accuracy(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global KEEP_ENDS, DATA, CKPT
+    global DATA, CKPT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="1024x512")
     parser.add_argument("--repeats", type=int, default=3)
@@ -167,12 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantise-ends", action="store_true", help="quantise the first and last convolutions too")
     parser.add_argument("--all-ops", action="store_true", help="quantise onnxruntime's default operator set")
     args = parser.parse_args(argv)
-    KEEP_ENDS, DATA, CKPT = not args.quantise_ends, args.data, args.checkpoint
-    if args.all_ops:
-        from cityseg.inference import int8
-
-        int8.OP_TYPES = None
-    out = {"size": args.size, "threads": torch.get_num_threads()}
+    DATA, CKPT = args.data, args.checkpoint
+    out = {"size": args.size, "threads": torch.get_num_threads(), "all_ops": args.all_ops,
+           "quantise_ends": args.quantise_ends}
     if "accuracy" not in args.skip:
         out["accuracy"] = accuracy(args)
         print(json.dumps(out["accuracy"], indent=1), flush=True)

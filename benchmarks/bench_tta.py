@@ -20,14 +20,14 @@ import statistics
 from pathlib import Path
 
 from cityseg.engine.evaluate import evaluate_checkpoint
+from cityseg.inference.options import InferenceChoices
 
 DEFAULT_SCALES = ["1", "0.75,1", "1,1.25", "0.75,1,1.25", "0.875,1,1.125", "0.75,1,1.25,1.5"]
 
 
 def score(checkpoint: Path, data: str, scales: str, flip: bool) -> dict:
     """val mIoU, pixel and mean class accuracy of ``checkpoint`` with those inference options."""
-    overrides = [] if flip else ["eval.flip=false"]  # a recipe's own eval.flip is not a setting here
-    counts, _, _ = evaluate_checkpoint(checkpoint, "cpu", overrides, data=data, scales=scales, flip=flip)
+    counts, _, _ = evaluate_checkpoint(checkpoint, "cpu", data=data, choices=InferenceChoices(scales=scales, flip=flip))
     result = counts.scores()
     return {k: result[k] for k in ("miou", "pixel_accuracy", "mean_class_accuracy")}
 

@@ -442,10 +442,16 @@ def test_checkpoint_scores_equal_pred_dir_scores_of_its_saved_predictions(tmp_pa
 
 
 def test_checkpoint_precision_and_runtime_choose_the_path(tmp_path, caplog, monkeypatch):
-    """The default is the exact eager fp32 model; --precision/--runtime pick a torch path by the work."""
+    """evaluate --checkpoint scores through a Predictor whose path runtime.choose_path picks: eager fp32
+    channels_last by default (training's maths), bf16 where the hardware has it with --precision auto."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("cityseg"), "propagate", True)  # a CLI test may have set it off
+    caplog.set_level("INFO")
     ckpt, root = _tiny_checkpoint(tmp_path)
     import torch
     from cityseg.engine import evaluate as ev
+    from cityseg.inference import predict as pr
     from cityseg.inference import runtime
 
     chosen = []
@@ -454,32 +460,70 @@ def test_checkpoint_precision_and_runtime_choose_the_path(tmp_path, caplog, monk
         chosen.append(path)
         return runtime.build_runner(path, model, device, **kw)
 
-    monkeypatch.setattr(ev, "build_runner", spy)
+    monkeypatch.setattr(pr, "build_runner", spy)
     outs = {}
     for precision, runtime_ in (("fp32", "torch"), ("fp32", "auto"), ("auto", "auto")):
         counts, _, n = ev.evaluate_checkpoint(ckpt, "cpu", data=str(root), workers=0, precision=precision,
                                               runtime=runtime_)
         outs[precision, runtime_] = counts.scores()["pixel_accuracy"]
         assert n == 3
-    # 3 frames of one size: far below COMPILE_PAYS_FROM, so eager; the exact default builds no runner
+    # 3 frames of one size: far below COMPILE_PAYS_FROM, so eager in every case
     bf16 = "bf16" in runtime.available_paths(torch.device("cpu"))
-    assert chosen == ["channels_last", "bf16" if bf16 else "channels_last"]
-    assert outs["fp32", "auto"] == pytest.approx(outs["fp32", "torch"], abs=1e-3)  # channels_last fp32: same maths
-    assert "evaluate: eager" in caplog.text and "3 forward passes per input shape" in caplog.text
+    assert chosen == ["channels_last", "channels_last", "bf16" if bf16 else "channels_last"]
+    assert outs["fp32", "auto"] == outs["fp32", "torch"]  # the same path: the same scores
+    assert "evaluate: whole image" in caplog.text and "3 forward passes per input shape" in caplog.text
 
 
-def test_checkpoint_precision_refuses_paths_it_cannot_feed(tmp_path, capsys):
+def test_checkpoint_precision_int8_needs_calibration_and_pred_dir_refuses_it(tmp_path, capsys):
     ckpt, root = _tiny_checkpoint(tmp_path)
-    from cityseg.engine.evaluate import fast_model
-    from cityseg.errors import CitysegError
-
-    with pytest.raises(CitysegError, match="valid precisions fp32, auto, bf16, runtimes torch, auto, compile"):
-        fast_model(None, [], {}, None, "int8", "auto")
+    err = _error(capsys, "--checkpoint", str(ckpt), "--data", str(root), "--precision", "int8")
+    assert "--calibration" in err and "int8" in err
     with pytest.raises(SystemExit):  # argparse's own choices check: usage, then the error line
-        main(["evaluate", "--checkpoint", str(ckpt), "--data", str(root), "--precision", "int8"])
-    assert "invalid choice: 'int8' (choose from 'fp32', 'auto', 'bf16')" in capsys.readouterr().err
+        main(["evaluate", "--checkpoint", str(ckpt), "--data", str(root), "--precision", "fp16"])
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err
     assert "--precision applies to --checkpoint" in _error(
         capsys, "--pred-dir", str(root), "--gt-dir", str(root), "--precision", "bf16")
+
+
+def test_checkpoint_flip_flags_turn_the_eval_sections_flip_on_and_off(tmp_path, capsys):
+    """evaluate --checkpoint: no flag keeps the checkpoint's eval section, --no-flip turns its flip off,
+    --flip on, and --tta / --sliding change it as predict's flags do."""
+    import torch
+
+    ckpt, root = _tiny_checkpoint(tmp_path)
+    saved = torch.load(ckpt, weights_only=True)
+    saved["config"]["eval"].update(scales=[0.5, 1.0], flip=True)
+    from cityseg.checkpoint import save_checkpoint
+
+    save_checkpoint(ckpt, saved)
+    said = {}
+    for flags in ((), ("--no-flip",), ("--no-tta",), ("--no-tta", "--flip"), ("--sliding", "--crop", "64x64",
+                                                                              "--stride", "32x32")):
+        assert run_cli("--checkpoint", str(ckpt), "--data", str(root), "--device", "cpu",
+                       "--workers", "0", *flags) == 0
+        said[flags] = next(line.split("evaluate: ")[1].split(";")[0] for line in capsys.readouterr().out.splitlines()
+                           if "evaluate: " in line)
+    assert said[()] == "whole image, scales 0.5,1 + flip"
+    assert said[("--no-flip",)] == "whole image, scales 0.5,1"
+    assert said[("--no-tta",)] == "whole image"
+    assert said[("--no-tta", "--flip")] == "whole image + flip"
+    assert said[("--sliding", "--crop", "64x64", "--stride", "32x32")] == "sliding 64x64 windows, scales 0.5,1 + flip"
+
+
+def test_checkpoint_scored_through_onnxruntime_agrees_with_torch(tmp_path):
+    """--runtime onnxruntime scores the same frames through the Predictor's pixel input (the normalised
+    validation tensors rounded back to pixels): the scores of fp32 torch, to float rounding."""
+    pytest.importorskip("onnxruntime")
+    from cityseg.engine.evaluate import evaluate_checkpoint
+
+    ckpt, root = _tiny_checkpoint(tmp_path)
+    scores = {}
+    for runtime_ in ("torch", "onnxruntime"):
+        counts, _, n = evaluate_checkpoint(ckpt, "cpu", data=str(root), workers=0, runtime=runtime_)
+        scores[runtime_] = counts.scores()
+        assert n == 3
+    assert scores["onnxruntime"]["pixel_accuracy"] == pytest.approx(scores["torch"]["pixel_accuracy"], abs=2e-3)
+    assert scores["onnxruntime"]["miou"] == pytest.approx(scores["torch"]["miou"], abs=1e-2)
 
 
 def test_checkpoint_and_pred_dir_flags_do_not_mix(synthetic_tree, capsys):

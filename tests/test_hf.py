@@ -93,12 +93,39 @@ def test_prediction_equals_transformers_forward_pass(which, request):
     assert predictor.spec.name == "cityscapes"
 
 
-def test_sliding_window_and_tta_work_as_for_any_model(segformer):
+def test_sliding_window_and_tta_equal_a_hand_built_average_of_transformers_passes(segformer):
+    """The expected probabilities are built here from transformers' own forward pass: per scale and flip,
+    the softmax of each 32x32 window (windows written out by hand), averaged where windows overlap, flipped
+    back, resized to the image; then the mean of the 4 passes."""
     image = rgb(40, 72, seed=3)
     predictor = Predictor.from_checkpoint(f"hf:{segformer}", device="cpu", precision="fp32", runtime="torch",
                                           mode="sliding", crop=(32, 32), stride=(24, 24), scales=(0.75, 1.0), flip=True)
-    out = predictor.predict(image)
-    assert out.shape == (40, 72) and out.dtype == np.uint8 and out.max() < labels.NUM_CLASSES
+    model = transformers.AutoModelForSemanticSegmentation.from_pretrained(segformer).eval()
+    processor = transformers.SegformerImageProcessor.from_pretrained(segformer)
+    pixels = processor(images=image, do_resize=False, return_tensors="pt").pixel_values
+    # (size, row starts, column starts, most windows on a pixel): at 0.75 the 30 rows take one window of
+    # 30x32; the last window is shifted back to end at the border (40 - 32 = 8, 54 - 32 = 22, 72 - 32 = 40)
+    grids = [((30, 54), [0], [0, 22], 2), ((40, 72), [0, 8], [0, 24, 40], 4)]
+    total = torch.zeros(1, labels.NUM_CLASSES, 40, 72)
+    with torch.no_grad():
+        for size, rows, cols, overlap in grids:
+            x = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False) if size != (40, 72) else pixels
+            for flipped in (False, True):
+                xi = x.flip(-1) if flipped else x
+                probs, count = torch.zeros(1, labels.NUM_CLASSES, *size), torch.zeros(1, 1, *size)
+                for y in rows:
+                    for c in cols:
+                        crop = xi[..., y : y + 32, c : c + 32]
+                        logits = F.interpolate(model(pixel_values=crop).logits, size=crop.shape[-2:], mode="bilinear",
+                                               align_corners=False)
+                        probs[..., y : y + 32, c : c + 32] += logits.softmax(1)
+                        count[..., y : y + 32, c : c + 32] += 1
+                assert count.min() == 1 and count.max() == overlap  # every pixel covered, windows overlap
+                probs = (probs / count).flip(-1) if flipped else probs / count
+                total += F.interpolate(probs, size=(40, 72), mode="bilinear", align_corners=False)
+    expected = total / 4
+    torch.testing.assert_close(predictor.probabilities([image]), expected, rtol=0, atol=1e-5)
+    assert np.array_equal(predictor.predict(image), expected.argmax(1)[0].numpy().astype(np.uint8))
 
 
 def test_input_affine_is_the_identity_for_imagenet_statistics():
@@ -271,3 +298,74 @@ def test_train_refuses_a_missing_model_folder_before_drawing_any_data(tmp_path, 
     assert capsys.readouterr().err.strip() == (f"cityseg train: error: hf:{tmp_path / 'nowhere'}: no such folder "
                                                "(a Hub model is hf:OWNER/NAME)")
     assert not out.exists()
+
+
+# --- safetensors exports and missing processors (issue 23, item 3) ----------------------------------
+
+
+@pytest.mark.parametrize("source", ["hf", "checkpoint"])
+def test_a_safetensors_export_of_an_hf_model_loads_offline_without_its_folder(segformer, tmp_path, monkeypatch,
+                                                                              capsys, source):
+    """Exported from ``hf:DIR`` directly or from a cityseg checkpoint of it (as training writes one), the
+    file carries the transformers config: it loads with the folder gone and the Hub unreachable."""
+    from cityseg.checkpoint import model_state, save_checkpoint
+    from cityseg.config import Config
+
+    folder = shutil.copytree(segformer, tmp_path / "model")
+    image = rgb(40, 56, seed=5)
+    options = dict(device="cpu", precision="fp32", runtime="torch")
+    expected = Predictor.from_checkpoint(f"hf:{folder}", **options).probabilities([image])
+    checkpoint = f"hf:{folder}"
+    if source == "checkpoint":
+        model, _ = load_model(f"hf:{folder}")
+        cfg = Config()
+        cfg.model.name, cfg.model.freeze = f"hf:{folder}", []
+        checkpoint = str(tmp_path / "best.pt")
+        save_checkpoint(checkpoint, {"config": cfg.to_dict(), **model_state(model), "epoch": 1, "step": 1})
+    out = tmp_path / "model.safetensors"
+    assert main(["export", "--checkpoint", checkpoint, "--safetensors", str(out)]) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(out), framework="pt") as f:
+        assert json.loads(f.metadata()["hf_config"])["model_type"] == "segformer"
+    shutil.rmtree(folder)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    predictor = Predictor.from_checkpoint(out, **options)
+    torch.testing.assert_close(predictor.probabilities([image]), expected, rtol=0, atol=1e-6)
+    (tmp_path / "in").mkdir()
+    from PIL import Image
+
+    Image.fromarray(image).save(tmp_path / "in" / "a.png")
+    assert main(["predict", "--checkpoint", str(out), str(tmp_path / "in"), "--out", str(tmp_path / "pred"),
+                 "--precision", "fp32", "--runtime", "torch"]) == 0
+    capsys.readouterr()
+    written = np.asarray(Image.open(tmp_path / "pred" / "trainIds" / "a.png"))
+    assert np.array_equal(written, expected.argmax(1)[0].numpy().astype(np.uint8))
+
+
+def test_a_folder_without_a_processor_warns_naming_the_assumed_statistics(plain_segformer, caplog, monkeypatch):
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("cityseg"), "propagate", True)  # a CLI test may have turned it off
+    caplog.set_level(logging.INFO, logger="cityseg")
+    model, _ = load_model(f"hf:{plain_segformer}")
+    assert torch.equal(model.scale, hf.input_affine([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])[0].view(1, 3, 1, 1))
+    records = [r for r in caplog.records if hf.PROCESSOR_FILE in r.getMessage()]
+    assert records and all(r.levelno == logging.WARNING and r.name == "cityseg.hf" for r in records)
+    assert len({r.getMessage() for r in records}) == 1  # one line (a handler left by a CLI test may repeat it)
+    assert "ImageNet's mean [0.485, 0.456, 0.406] and std [0.229, 0.224, 0.225]" in records[0].getMessage()
+
+
+def test_a_folder_without_a_processor_takes_the_configs_statistics(tmp_path, caplog, monkeypatch):
+    import logging
+
+    folder = save_segformer(tmp_path / "own", list(labels.CLASS_NAMES), seed=2)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "image_mean": PROCESSOR_MEAN,
+                                                    "image_std": PROCESSOR_STD}))
+    monkeypatch.setattr(logging.getLogger("cityseg"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="cityseg")
+    model, _ = load_model(f"hf:{folder}")
+    assert torch.equal(model.scale, hf.input_affine(PROCESSOR_MEAN, PROCESSOR_STD)[0].view(1, 3, 1, 1))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "normalising with the model config's mean [0.5, 0.4, 0.3] and std [0.2, 0.25, 0.3]" in caplog.text

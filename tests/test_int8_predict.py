@@ -26,14 +26,7 @@ pytest.importorskip("onnx")
 SIZE = (96, 64)  # W, H
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_and_own_cache(tmp_path, monkeypatch):
-    """One torch thread (a shared 2-core machine); the user cache in tmp_path, never ~/.cache."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_own_cache")
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -365,3 +367,59 @@ def test_predictor_without_a_workload_is_eager(monkeypatch):
     predictor = Predictor.from_model(PixelModel(), device="cpu")
     assert predictor.path in ("bf16", "channels_last")
     assert "workload not known" in predictor.describe()
+
+
+def test_flip_and_every_inference_choice_mean_one_thing_everywhere(tmp_path, checkpoint):
+    """None keeps the checkpoint's eval section, False turns off, True turns on: in the Python API's options,
+    in InferenceChoices (the command line's), and an explicit --scales/--flip wins over --tta/--no-tta."""
+    from cityseg.checkpoint import load_checkpoint, save_checkpoint
+    from cityseg.inference.options import TTA_SCALES, InferenceChoices
+
+    saved = load_checkpoint(checkpoint)
+    saved["config"]["eval"].update(scales=[0.5, 1.0], flip=True)
+    tta = tmp_path / "tta.pt"
+    save_checkpoint(tta, saved)
+
+    def options(**kw):
+        o = Predictor.from_checkpoint(tta, device="cpu", precision="fp32", runtime="torch", **kw).options
+        return o["mode"], o["scales"], o["flip"]
+
+    assert options() == options(flip=None) == options(choices=InferenceChoices()) == ("whole", (0.5, 1.0), True)
+    assert options(flip=False) == options(choices=InferenceChoices(flip=False)) == ("whole", (0.5, 1.0), False)
+    assert options(choices=InferenceChoices(tta=False)) == ("whole", (1.0,), False)
+    assert options(choices=InferenceChoices(tta=False, flip=True)) == ("whole", (1.0,), True)
+    assert options(choices=InferenceChoices(tta=True, scales="1")) == ("whole", (1.0,), True)
+    assert options(choices=InferenceChoices(tta=True)) == ("whole", TTA_SCALES, True)
+    assert options(choices=InferenceChoices(sliding=True))[0] == "sliding"
+    # the plain checkpoint (flip off) is turned on by the same words
+    plain = Predictor.from_checkpoint(checkpoint, device="cpu", choices=InferenceChoices(flip=True))
+    assert plain.options["flip"] and plain.config.eval.flip
+
+
+def test_predict_no_flip_keeps_the_checkpoints_scales(tmp_path, checkpoint):
+    from cityseg.checkpoint import load_checkpoint, save_checkpoint
+
+    saved = load_checkpoint(checkpoint)
+    saved["config"]["eval"].update(scales=[0.5, 1.0], flip=True)
+    tta = tmp_path / "tta.pt"
+    save_checkpoint(tta, saved)
+    img = _write(tmp_path / "a.png", rgb(48, 80))
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(tta), str(img), "--out", str(out), "--precision", "fp32",
+                 "--runtime", "torch", "--no-flip"]) == 0
+    probs = predict_logits(tiny_model(), to_input([rgb(48, 80)]), scales=[0.5, 1.0], flip=False)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "trainIds" / "a.png")), probs.argmax(1)[0].numpy())
+
+
+def test_predict_and_evaluate_take_the_same_inference_flags(capsys):
+    """One add_inference_arguments() for both commands: the same flags, spelled the same way."""
+    flags = {}
+    for command in ("predict", "evaluate"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        section = text[text.index("inference (default: the checkpoint's eval section)"):]
+        flags[command] = set(re.findall(r"(--[a-z][a-z0-9-]+)", section.split("\n\n")[0]))
+    assert flags["predict"] == flags["evaluate"]
+    assert {"--flip", "--no-flip", "--tta", "--no-tta", "--sliding", "--no-sliding", "--scales", "--crop", "--stride",
+            "--precision", "--runtime", "--calibration", "--batch-size", "--device"} <= flags["predict"]

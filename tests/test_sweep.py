@@ -157,6 +157,43 @@ def test_the_pruner_stops_a_trial_after_a_validation(synth_root, tmp_path):
     assert (out / "trials.csv").is_file() and not (out / "best.yaml").exists()
 
 
+def test_the_default_pruner_waits_for_epoch_2_and_5_finished_trials():
+    """The README's promise: a trial below the median is stopped from epoch 2 on, once 5 trials have finished."""
+    from cityseg.sweep import PRUNE_AFTER_TRIALS, PRUNE_FROM_EPOCH, median_pruner
+
+    assert (PRUNE_FROM_EPOCH, PRUNE_AFTER_TRIALS) == (2, 5)
+
+    def pruned_at(finished: int) -> list[int]:
+        study = optuna.create_study(direction="maximize", pruner=median_pruner())
+        dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+        for _ in range(finished):
+            study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=dist, value=0.5,
+                                                      intermediate_values={1: 0.5, 2: 0.5, 3: 0.5}))
+        trial, stops = study.ask(), []
+        for epoch in (1, 2, 3):  # far below the median at every epoch
+            trial.report(0.1, epoch)
+            if trial.should_prune():
+                stops.append(epoch)
+        return stops
+
+    assert pruned_at(PRUNE_AFTER_TRIALS) == [2, 3]
+    assert pruned_at(PRUNE_AFTER_TRIALS - 1) == []
+
+
+def test_trials_do_not_pay_for_the_closing_tta_score(synth_root, tmp_path):
+    """The objective is the one-pass val mIoU: a trial whose eval section asks for flip writes no eval_val.json,
+    while a plain train run of the same config does."""
+    sets = [*TINY, "eval.flip=true"]
+    cfg = load_config(None, sets)
+    cfg.data.root = str(synth_root)
+    out = tmp_path / "sweep"
+    run_sweep(cfg, out, 1, device="cpu", max_steps_per_epoch=1)
+    trial = out / "trials" / "0"
+    assert (trial / "metrics.jsonl").is_file() and not (trial / "eval_val.json").exists()
+    T.train(cfg, tmp_path / "run", device="cpu", max_steps_per_epoch=1)
+    assert (tmp_path / "run" / "eval_val.json").is_file()
+
+
 def test_missing_optuna_gives_the_install_hint(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
     assert main(["sweep", "--out", str(tmp_path / "s"), "--trials", "1"]) == 2

@@ -220,7 +220,7 @@ def test_force_clears_only_what_a_run_writes(tmp_path):
     from cityseg.engine.runlog import prepare_run_dir
 
     (tmp_path / "checkpoints").mkdir()
-    for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "notes.txt"):
+    for name in ("config.yaml", "metrics.jsonl", "eval_val.json", "checkpoints/last.pt", "notes.txt"):
         (tmp_path / name).write_text("x")
     with pytest.raises(CitysegError, match="already holds files"):
         prepare_run_dir(tmp_path, resume=False, force=False)

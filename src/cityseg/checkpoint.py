@@ -23,8 +23,10 @@ Everything in it is a tensor, a number, a string or a list/dict of those, so tha
 That is why the numpy and Python RNG states are converted to tensors and lists here.
 
 Safetensors metadata (all strings): ``format`` ("cityseg"), ``version`` (the checkpoint version),
-``cityseg_version``, ``model_name``, ``config`` (JSON), and ``dataset`` (JSON) when the checkpoint
-has one. The optimiser, schedule and RNG states are not exported: ``--resume`` needs the ``.pt``.
+``cityseg_version``, ``model_name``, ``config`` (JSON), ``normalization`` (JSON), ``dataset`` (JSON)
+when the checkpoint has one, and for an ``hf:`` model ``hf_config`` (JSON: its transformers config, from
+which :func:`load_model` rebuilds it without the model folder or the network). The optimiser,
+schedule and RNG states are not exported: ``--resume`` needs the ``.pt``.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from cityseg.datasets import load_dataset
 from cityseg.errors import CitysegError, first_line
 from cityseg.hf import HfSegmentation, from_config_dict, hf_ref, is_hf, load_hf
 from cityseg.imaging import IMAGENET, Normalization, model_normalization
+from cityseg.modelinfo import CONFIG_ATTR
 from cityseg.models import PRETRAINED, build_model, check_model_name
 from cityseg.utils import atomic_path
 
@@ -133,10 +136,11 @@ def save_safetensors(path: str | Path, ckpt: dict[str, Any]) -> None:
 
     The tensors lose their ``module.``/``_orig_mod.`` prefixes and are made contiguous; tensors that
     share memory (tied weights) are copied, which safetensors requires. The metadata (see the
-    module docstring) carries the model name, the config and the dataset description.
+    module docstring) carries the model name, the config, the dataset description and, for an
+    ``hf:`` model, its transformers config.
 
     Raises:
-        CitysegError: ``ckpt`` has no ``model`` weights or ``config``.
+        CitysegError: ``ckpt`` has no ``model`` weights or ``config``; an ``hf:`` model's has no ``hf_config``.
     """
     from safetensors.torch import save_file
 
@@ -144,8 +148,13 @@ def save_safetensors(path: str | Path, ckpt: dict[str, Any]) -> None:
     metadata = {"format": FORMAT, "version": str(VERSION), "cityseg_version": __version__,
                 "model_name": checkpoint_model_name(ckpt), "config": json.dumps(ckpt["config"]),
                 "normalization": json.dumps(checkpoint_normalization(ckpt).to_dict())}
-    if ckpt.get("dataset") is not None:
-        metadata["dataset"] = json.dumps(ckpt["dataset"])
+    for key in ("dataset", "hf_config"):  # hf_config: a transformers model is rebuilt from it, offline
+        if ckpt.get(key) is not None:
+            metadata[key] = json.dumps(ckpt[key])
+    if is_hf(metadata["model_name"]) and "hf_config" not in metadata:
+        raise CitysegError(f"{path}: the checkpoint of {metadata['model_name']} holds no transformers config "
+                           "(hf_config), without which the file cannot be loaded offline; save it with a "
+                           "current cityseg first")
     with atomic_path(path) as tmp:
         save_file(_unshared(strip_prefixes(ckpt["model"])), str(tmp), metadata=metadata)
 
@@ -173,7 +182,7 @@ def _safetensors_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: 
     try:
         ckpt = {"format": FORMAT, "version": int(meta.get("version", "")), "model": tensors,
                 "config": json.loads(meta["config"])}
-        for key in ("dataset", "normalization"):
+        for key in ("dataset", "normalization", "hf_config"):
             if key in meta:
                 ckpt[key] = json.loads(meta[key])
     except (KeyError, ValueError) as exc:
@@ -262,7 +271,8 @@ def load_model(
     """Rebuild the model a checkpoint (``.pt`` or ``.safetensors``) was trained with, load its weights,
     return ``(model.eval(), Config)``.
 
-    The model is built with ``pretrained="none"``: the checkpoint already holds every weight.
+    The model is built with ``pretrained="none"``: the checkpoint already holds every weight, and
+    records the config (:data:`cityseg.modelinfo.CONFIG_ATTR`; :func:`cityseg.modelinfo.model_config`).
     ``ckpt``: the checkpoint of ``path`` when it has already been read (:func:`load_checkpoint`).
     ``path`` may also be ``hf:REPO_OR_DIR``, a transformers model with its own weights
     (:func:`load_hf_model`), whose classes must be those of ``dataset`` (``--dataset NAME|FILE``;
@@ -270,7 +280,7 @@ def load_model(
     """
     if is_hf(str(path)):
         model, cfg = load_hf_model(str(path), dataset)
-        return model.to(device).eval(), cfg
+        return _recorded(model, cfg).to(device).eval(), cfg
     ckpt = load_checkpoint(path, map_location="cpu") if ckpt is None else ckpt
     require_model(ckpt, path)
     raw = dict(ckpt["config"])
@@ -288,7 +298,15 @@ def load_model(
             class_names=cfg.spec().class_names,
         )
     load_model_state(model, ckpt, path, cfg.model.name)
-    return model.to(device).eval(), cfg
+    return _recorded(model, cfg).to(device).eval(), cfg
+
+
+def _recorded(model: nn.Module, cfg: Config) -> nn.Module:
+    """``model`` with the config it was loaded with recorded on it (:data:`cityseg.modelinfo.CONFIG_ATTR`),
+    so what is made from the model alone (an int8 file, :func:`cityseg.inference.int8.int8_metadata`)
+    names the checkpoint's own dataset."""
+    setattr(model, CONFIG_ATTR, cfg.to_dict())
+    return model
 
 
 def load_hf_model(name: str, dataset: str | dict | None = None) -> tuple[nn.Module, Config]:

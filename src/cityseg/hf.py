@@ -10,7 +10,8 @@ returns ``.logits`` of shape (N, K, h, w). Loading goes through transformers' ow
 takes cityseg's input, (N, 3, H, W) float32 normalised with ImageNet's mean and std
 (:func:`cityseg.imaging.normalize`), maps it per channel to the normalisation of the model's image
 processor (``preprocessor_config.json``: ``image_mean``, ``image_std``, ``rescale_factor``;
-ImageNet's when the folder has none) and returns ``{"out": logits}`` upsampled bilinearly
+without one, the model config's ``image_mean``/``image_std`` where it has them, else ImageNet's
+with a warning that names them) and returns ``{"out": logits}`` upsampled bilinearly
 (``align_corners=False``) to the input size, as the processor's post-processing does. The
 processor's fixed resize is not applied: the model predicts at the input's own size like cityseg's
 models, so sliding windows and test-time augmentation work unchanged.
@@ -121,6 +122,15 @@ class HfSegmentation(nn.Module):
         from the input map, which travels in the state dict (a checkpoint rebuilt from its transformers
         config alone still has it)."""
         return affine_normalization(self.scale.flatten(), self.shift.flatten())
+
+    def classifier_convs(self) -> list[str]:
+        """Qualified names of the convolutions that write the class logits (the decode head's classifier
+        and, where the architecture has one, the auxiliary head's): the transformers model's convolutions
+        with ``config.num_labels`` output channels, the model's own class count
+        (:func:`cityseg.modelinfo.classifier_convs` asks for them)."""
+        count = self.model.config.num_labels
+        return [f"model.{name}" for name, m in self.model.named_modules()
+                if isinstance(m, nn.Conv2d) and m.out_channels == count]
 
     @property
     def hf_config(self) -> dict[str, Any]:
@@ -261,13 +271,27 @@ def check_architecture(config: Any, name: str) -> None:
                        f"AutoModelForSemanticSegmentation): {', '.join(SUPPORTED)}")
 
 
-def processor_stats(name: str) -> tuple[list[float], list[float], float]:
-    """``(mean, std, rescale)`` of the model's image processor (``preprocessor_config.json``);
-    ImageNet's mean/std and 1/255 when it has none. ``do_normalize: false`` means mean 0, std 1;
-    ``do_rescale: false`` a rescale of 1 (the processor then takes 0-255 values)."""
+def processor_stats(name: str, config: Any = None) -> tuple[list[float], list[float], float]:
+    """``(mean, std, rescale)`` of the model's image processor (``preprocessor_config.json``).
+    ``do_normalize: false`` means mean 0, std 1; ``do_rescale: false`` a rescale of 1 (the processor
+    then takes 0-255 values).
+
+    A model without a processor file takes the ``image_mean``/``image_std`` of its transformers
+    ``config`` where that has them (an info line says so); otherwise ImageNet's mean/std and 1/255,
+    with a warning naming them: a model trained on other statistics would predict worse, silently.
+    """
     path = _processor_file(hf_ref(name))
     if path is None:
-        log.info("%s: no %s; normalising with ImageNet's mean and std", name, PROCESSOR_FILE)
+        own = {key: getattr(config, key) for key in ("image_mean", "image_std", "rescale_factor")
+               if getattr(config, key, None) is not None} if config is not None else {}
+        if "image_mean" in own and "image_std" in own:
+            stats = _stats(own, f"{name}: config.json")
+            log.info("%s: no %s; normalising with the model config's mean %s and std %s", name, PROCESSOR_FILE,
+                     _rounded(stats[0]), _rounded(stats[1]))
+            return stats
+        log.warning("%s: no %s (the model's image processor); assuming ImageNet's mean %s and std %s on 0-1 "
+                    "pixels: if the model was trained with others, add its %s to the folder", name, PROCESSOR_FILE,
+                    _rounded(IMAGENET_MEAN), _rounded(IMAGENET_STD), PROCESSOR_FILE)
         return list(IMAGENET_MEAN), list(IMAGENET_STD), 1 / 255
     try:
         settings = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -276,6 +300,10 @@ def processor_stats(name: str) -> tuple[list[float], list[float], float]:
     if not isinstance(settings, dict):
         raise CitysegError(f"{name}: {PROCESSOR_FILE} is not a JSON object of processor settings")
     return _stats(settings, f"{name}: {PROCESSOR_FILE}")
+
+
+def _rounded(values: Sequence[float]) -> list[float]:
+    return [round(float(v), 4) for v in values]
 
 
 def _processor_file(ref: str) -> str | None:
@@ -371,7 +399,7 @@ def load_hf(name: str, spec: DatasetSpec) -> HfSegmentation:
     config = read_config(name)
     check_classes(config, spec, name)
     model = _from_hub(name, hf_ref(name), _model_loader())
-    return HfSegmentation(model.float(), *processor_stats(name))
+    return HfSegmentation(model.float(), *processor_stats(name, config))
 
 
 def build_hf(name: str, num_classes: int, class_names: Sequence[str] | None = None) -> tuple[HfSegmentation, StageMap]:
@@ -401,7 +429,7 @@ def build_hf(name: str, num_classes: int, class_names: Sequence[str] | None = No
         kwargs |= dict(num_labels=num_classes, id2label=dict(enumerate(wanted)),
                        label2id={n: i for i, n in enumerate(wanted)})
     model = _from_hub(name, hf_ref(name), _model_loader(**kwargs))
-    wrapped = HfSegmentation(model.float(), *processor_stats(name))
+    wrapped = HfSegmentation(model.float(), *processor_stats(name, config))
     return wrapped.train(), stage_map(wrapped.model)
 
 

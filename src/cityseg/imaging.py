@@ -124,3 +124,9 @@ def denormalize(x: torch.Tensor, dim: int = -3) -> torch.Tensor:
     0-1 scale (not clipped: a model input resampled with overshoot leaves it slightly)."""
     mean, std = mean_std(dim=dim, ndim=x.ndim, device=x.device)
     return x.float() * std + mean
+
+
+def to_pixels(x: torch.Tensor, dim: int = -3) -> torch.Tensor:
+    """Normalised float images -> uint8 RGB pixels (:func:`denormalize`, x 255, rounded, clipped): the
+    pixels a validation transform's output came from, exactly where nothing resampled them."""
+    return denormalize(x, dim).mul_(255).round_().clamp_(0, 255).to(torch.uint8)

@@ -81,6 +81,7 @@ from cityseg import labels
 from cityseg.errors import CitysegError, first_line
 from cityseg.hf import build_hf, hf_ref, is_hf
 from cityseg.imaging import IMAGENET, Normalization, Renormalize
+from cityseg.modelinfo import CLASSIFIER_ATTRS, CONFIG_ATTR, classifier_convs, model_config
 
 #: ``pretrained`` values :func:`build_model` takes; a weights file is :func:`cityseg.checkpoint.build_starting_model`'s.
 PRETRAINED = ("none", "imagenet")
@@ -706,11 +707,15 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 __all__ = [
+    "CLASSIFIER_ATTRS",
+    "CONFIG_ATTR",
     "MODELS",
     "PRETRAINED",
     "build_model",
     "check_model_name",
+    "classifier_convs",
     "count_parameters",
     "freeze_stages",
+    "model_config",
     "set_frozen_bn_eval",
 ]

@@ -187,6 +187,20 @@ def default_storage(out: Path) -> str:
     return f"sqlite:///{(out / 'study.db').absolute()}"
 
 
+#: The median pruner's start: trials report their val mIoU at epochs 1, 2, ..., and Optuna prunes a
+#: report at step ``n_warmup_steps`` or later, so a trial is first compared at this epoch (README)...
+PRUNE_FROM_EPOCH = 2
+#: ... once this many trials have finished
+PRUNE_AFTER_TRIALS = 5
+
+
+def median_pruner() -> optuna.pruners.MedianPruner:
+    """The default pruner: stop a trial whose val mIoU is below the median of the earlier trials' at
+    the same epoch, from :data:`PRUNE_FROM_EPOCH` on and after :data:`PRUNE_AFTER_TRIALS` finished trials."""
+    optuna = import_optuna()
+    return optuna.pruners.MedianPruner(n_startup_trials=PRUNE_AFTER_TRIALS, n_warmup_steps=PRUNE_FROM_EPOCH)
+
+
 def open_study(storage: str, name: str, seed: int, pruner: Any = None) -> optuna.Study:
     """Create or load the study ``name`` in ``storage`` (maximising val mIoU)."""
     optuna = import_optuna()
@@ -199,7 +213,7 @@ def open_study(storage: str, name: str, seed: int, pruner: Any = None) -> optuna
             study_name=name,
             direction="maximize",
             sampler=optuna.samplers.TPESampler(seed=seed),
-            pruner=pruner if pruner is not None else optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+            pruner=pruner if pruner is not None else median_pruner(),
             load_if_exists=True,
         )
     except Exception as exc:  # SQLAlchemy / Optuna errors of a bad URL or an unreachable server
@@ -282,7 +296,8 @@ def run_sweep(
         try:
             # force: a trial number is new to the study, so a folder of that name is a leftover
             summary = train(trial_cfg, run_dir, device=device, force=True,
-                            max_steps_per_epoch=max_steps_per_epoch, on_validation=report)  # fmt: skip
+                            max_steps_per_epoch=max_steps_per_epoch, on_validation=report,
+                            final_score=False)  # the objective is the one-pass val mIoU: no closing TTA score
         except NonFiniteLoss as exc:
             trial.set_user_attr("error", str(exc))
             raise

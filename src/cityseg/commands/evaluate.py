@@ -12,14 +12,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from cityseg.commands import add_dataset_argument
+from cityseg.commands import add_dataset_argument, add_inference_arguments, check_batch_size, inference_choices
 
 HELP = "score predictions (label-id PNGs or a checkpoint) with the official Cityscapes metrics"
 log = logging.getLogger("cityseg")
 
 # options that only make sense with --checkpoint (argparse attribute names)
-_CHECKPOINT_FLAGS = ("data", "dataset", "split", "mode", "crop", "stride", "scales", "flip", "save_pred", "set",
-                     "device", "precision", "runtime")
+_CHECKPOINT_FLAGS = ("data", "dataset", "split", "sliding", "crop", "stride", "scales", "flip", "tta", "save_pred",
+                     "set", "calibration")
+# ... and those with a default, which count as given when changed
+_CHOSEN_DEFAULTS = {"device": "auto", "precision": "fp32", "runtime": "torch", "batch_size": 1}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,21 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "else the synthetic data)")
     add_dataset_argument(model, "the checkpoint's")
     model.add_argument("--split", default=None, help="split to score (default: the checkpoint's data.val_split)")
-    model.add_argument("--mode", choices=["whole", "sliding"], help="inference mode (default: eval.mode)")
-    model.add_argument("--crop", metavar="WxH", help="sliding-window size (default: eval.crop_size)")
-    model.add_argument("--stride", metavar="WxH", help="sliding-window step (default: eval.stride)")
-    model.add_argument("--scales", metavar="S,S,...", help="multi-scale test-time augmentation, e.g. 0.75,1,1.25")
-    model.add_argument("--flip", action="store_true", default=None, help="add horizontally flipped passes")
     model.add_argument("--save-pred", metavar="DIR",
                        help="write label-id PNGs for the benchmark server as DIR/<city>/<frame>_leftImg8bit.png "
                        "(DIR/<frame>_leftImg8bit.png for names not of the form <city>_<seq>_<frame>)")
     model.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
                        help="override a value of the checkpoint's config (e.g. data.val_size=1024x512), repeatable")
-    model.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (cuda if any)")
-    model.add_argument("--precision", choices=["fp32", "auto", "bf16"], help="fp32 (default: the exact scores); auto: "
-                       "bf16 where the hardware has it natively, chosen with --runtime by the work as predict does")
-    model.add_argument("--runtime", choices=["torch", "auto", "compile"], help="torch (default: eager); auto: "
-                       "torch.compile once the frames of one size make compiling pay; compile: always")
+    add_inference_arguments(parser, exact_default=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     if args.pred_dir is not None:
         if args.gt_dir is None:
             raise CitysegError("--pred-dir needs --gt-dir (the folder with *_gtFine_labelIds.png)")
-        model_flags = [f for f in _CHECKPOINT_FLAGS if getattr(args, f)]
+        model_flags = [f for f in _CHECKPOINT_FLAGS if getattr(args, f) not in (None, [])]
+        model_flags += [f for f, default in _CHOSEN_DEFAULTS.items() if getattr(args, f) != default]
         if model_flags:
             raise CitysegError(f"--{model_flags[0].replace('_', '-')} applies to --checkpoint, not --pred-dir")
         from cityseg.metrics import DEFAULT_BOUNDARY_TOLERANCE
@@ -94,11 +88,12 @@ def run(args: argparse.Namespace) -> int:
             raise CitysegError("--gt-dir applies to --pred-dir; with --checkpoint give --data")
         from cityseg.engine.evaluate import evaluate_checkpoint
 
+        check_batch_size(args)
         counts, elapsed, n = evaluate_checkpoint(
-            args.checkpoint, args.device or "auto", args.set, data=args.data, split=args.split, mode=args.mode,
-            crop=args.crop, stride=args.stride, scales=args.scales, flip=bool(args.flip), workers=args.workers,
-            boundary_tolerance=args.boundary_tolerance, save_pred=args.save_pred, dataset=args.dataset,
-            precision=args.precision or "fp32", runtime=args.runtime or "torch")
+            args.checkpoint, args.device, args.set, data=args.data, split=args.split, choices=inference_choices(args),
+            workers=args.workers, boundary_tolerance=args.boundary_tolerance, save_pred=args.save_pred,
+            dataset=args.dataset, precision=args.precision, runtime=args.runtime, calibration=args.calibration,
+            batch_size=args.batch_size)
     report(counts, args.json, args.plots)
     log.info(f"scored {n} frames in {elapsed:.1f} s")
     return 0

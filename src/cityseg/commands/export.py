@@ -19,8 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "transformers model)")
     parser.add_argument("--onnx", metavar="FILE", help="output .onnx file (written atomically)")
     parser.add_argument("--safetensors", metavar="FILE",
-                        help="output .safetensors file: the weights, with the model name, config and dataset in "
-                        "its metadata (written atomically); every --checkpoint takes it, --resume does not")
+                        help="output .safetensors file: the weights, with the model name, config and dataset (and "
+                        "an hf: model's transformers config) in its metadata (written atomically); every "
+                        "--checkpoint takes it, offline, --resume does not")
     add_dataset_argument(parser, "the checkpoint's; another must have the same classes")
     parser.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default 18)")
     parser.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto",
@@ -32,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cityseg.checkpoint import load_checkpoint, load_model, save_safetensors, with_dataset
+    from cityseg.checkpoint import (FORMAT, VERSION, load_checkpoint, load_model, model_state, save_safetensors,
+                                    with_dataset)
     from cityseg.errors import CitysegError
     from cityseg.hf import is_hf
     from cityseg.inference.onnx import DEFAULT_OPSET, export_onnx
@@ -55,9 +57,8 @@ def run(args: argparse.Namespace) -> int:
     source = "" if cfg.model.name == args.checkpoint else f" from {args.checkpoint}"  # hf:REPO names itself
     log.info(f"cityseg export: {cfg.model.name}{source}")
     if args.safetensors:
-        if hf:
-            raise CitysegError(f"--safetensors: {args.checkpoint} is a transformers model; save it with its own "
-                               "save_pretrained, or fine-tune it (cityseg train --set model.name=...) first")
+        if hf:  # its weights, input map and transformers config, as a fine-tuned checkpoint of it holds them
+            ckpt = {"format": FORMAT, "version": VERSION, **model_state(model)}
         save_safetensors(args.safetensors, {**ckpt, "config": cfg.to_dict(), "dataset": cfg.spec().to_dict()})
         log.info(f"wrote {args.safetensors} ({Path(args.safetensors).stat().st_size / 1e6:.1f} MB, weights only)")
     if args.onnx:

@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import logging
 
-from cityseg.commands import add_dataset_argument
+from cityseg.commands import add_dataset_argument, add_inference_arguments, check_batch_size, inference_choices
 
 HELP = "segment images with a checkpoint (or an ONNX export): trainIds, labelIds, colour and overlay PNGs"
 log = logging.getLogger("cityseg")
-
-TTA_SCALES = (0.75, 1.0, 1.25)  # --tta without --scales: the usual Cityscapes multi-scale set (mmseg, DeepLab)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,26 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataset_argument(parser, "the model's; with another, it must have the model's classes")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively) or globs")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass (default 1)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto (cuda if any)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default="auto",
-                        help="auto: bf16 where the hardware has it natively (>= 99.5%% argmax agreement with fp32 "
-                        "measured on trained checkpoints), else fp32; int8: onnxruntime static int8 on the CPU "
-                        "(needs --calibration; cached beside the checkpoint; without VNNI the default path runs)")
-    parser.add_argument("--calibration", metavar="DIR", help="--precision int8: a folder of photos like the ones to "
-                        "segment; the int8 ranges are measured on up to 16 of them")
-    parser.add_argument("--runtime", choices=["auto", "torch", "compile", "onnxruntime"], default="auto",
-                        help="execution engine for --checkpoint (default auto: eager torch for a few frames, "
-                        "torch.compile when enough forward passes share one input shape for compiling to pay, "
-                        "see BENCHMARKS.md)")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                        help=f"flip + multi-scale test-time augmentation (scales {','.join(map(str, TTA_SCALES))} "
-                        "unless --scales); --no-tta: one pass at scale 1, no flip. Default: the checkpoint's eval "
-                        "section (eval.scales, eval.flip), as `cityseg evaluate --checkpoint` scores it")
-    parser.add_argument("--scales", metavar="S,S,...", help="multi-scale inference, e.g. 0.75,1,1.25")
-    parser.add_argument("--sliding", action="store_true", help="sliding-window inference")
-    parser.add_argument("--crop", metavar="WxH", help="sliding-window size (default: the checkpoint's eval.crop_size)")
-    parser.add_argument("--stride", metavar="WxH", help="sliding-window step (default: the checkpoint's eval.stride)")
+    add_inference_arguments(parser)
     parser.add_argument("--crf", action="store_true", help="refine with a dense CRF (needs cityseg[crf]); "
                         "parameters from the config's crf section")
     parser.add_argument("--set", metavar="crf.KEY=VALUE", action="append", default=[],
@@ -58,13 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cityseg.errors import CitysegError
     from cityseg.inference import outputs
-    from cityseg.inference.predict import load_predictor
     from cityseg.utils import writable_dir
 
-    if args.batch_size < 1:
-        raise CitysegError(f"--batch-size {args.batch_size}: must be >= 1")
+    check_batch_size(args)
     out = Path(args.out)
     writable_dir(out, "--out")
     files, failures = outputs.collect_inputs(args.inputs, exclude=out)
@@ -73,13 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         log.error("no input image to segment")
         return 1
-    # --tta / --no-tta / neither: the standard set / one pass / the checkpoint's eval section
-    default_scales = {True: TTA_SCALES, False: (1.0,), None: None}[args.tta]
-    predictor, _ = load_predictor(
-        args.checkpoint, args.onnx, args.device, args.precision, args.runtime, args.set, sliding=args.sliding,
-        crop=args.crop, stride=args.stride, scales=args.scales, default_scales=default_scales, flip=args.tta,
-        batch_size=args.batch_size, crf=args.crf, sizes=outputs.image_sizes(files),
-        calibration=args.calibration, dataset=args.dataset)
+    predictor = load(args, outputs.image_sizes(files))
     log.info(f"cityseg predict: {len(files)} images, {predictor.describe_inference()}; {predictor.describe()}")
     if predictor.path.startswith("compile"):
         log.info("cityseg predict: compiling for the first image of each size (a one-off minute or two on a small CPU, "
@@ -89,3 +59,24 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         log.error(f"{failed} input(s) failed; the rest are in {out}")
     return 1 if failed else 0
+
+
+def load(args: argparse.Namespace, sizes):
+    """The Predictor of ``--checkpoint`` or ``--onnx`` with the command line's choices; ``sizes``: the
+    (width, height) of every input, the work that chooses the path."""
+    from cityseg.errors import CitysegError
+    from cityseg.inference.int8 import check_calibration
+    from cityseg.inference.predict import Predictor
+
+    check_calibration(args.precision, args.calibration)
+    common = {"dataset": args.dataset, "overrides": args.set, "choices": inference_choices(args),
+              "crf": args.crf, "batch_size": args.batch_size}
+    if args.onnx is None:
+        return Predictor.from_checkpoint(args.checkpoint, args.device, args.precision, args.runtime, sizes=sizes,
+                                         calibration=args.calibration, **common)
+    if args.precision == "int8":
+        raise CitysegError("--precision int8 quantises a --checkpoint; --onnx runs its file in fp32 "
+                           "(use --checkpoint CKPT --precision int8 --calibration DIR)")
+    if args.precision == "bf16" or args.runtime not in ("auto", "onnxruntime"):
+        raise CitysegError("--onnx runs with onnxruntime in fp32; drop --precision bf16 / --runtime")
+    return Predictor.from_onnx(args.onnx, device="cuda" if args.device == "cuda" else "cpu", **common)

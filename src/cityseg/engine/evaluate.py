@@ -1,7 +1,9 @@
 """Scoring a checkpoint on one split of a Cityscapes-layout folder: ``cityseg evaluate --checkpoint``.
 
-The model runs as ``cfg.eval`` says (whole image or sliding window, multi-scale and flip
-test-time augmentation, :func:`cityseg.inference.predict.predict_logits`) and is scored by the
+The checkpoint is loaded by :meth:`cityseg.inference.predict.Predictor.from_checkpoint`, the one
+loader, and runs as its ``eval`` section says (whole image or sliding window, multi-scale and flip
+test-time augmentation, changed by the command line's choices) on the path its ``--precision`` and
+``--runtime`` choose; it is scored by the
 :class:`~cityseg.engine.evaluator.Evaluator` training validates with, on the folder
 :func:`cityseg.data.synthetic.data_root` picks for the config, as training does: a checkpoint
 scored on its own run's data gives the val mIoU that training logged, and the data is only read.
@@ -14,28 +16,25 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cityseg import layout, logs, metrics
-from cityseg.checkpoint import load_model, with_dataset
-from cityseg.config import Config, apply_overrides, config_from_dict
+from cityseg.config import Config
 from cityseg.data.dataset import CityscapesDataset
 from cityseg.data.synthetic import data_root
 from cityseg.data.transforms import build_transforms
-from cityseg.device import resolve_device
-from cityseg.engine.evaluator import Evaluator
-from cityseg.errors import CitysegError
-from cityseg.inference.predict import eval_options, passes_per_shape, predict_logits
-from cityseg.inference.runtime import build_runner, path_reason, select_path
 from cityseg.datasets import DatasetSpec
 from cityseg.engine.build import adopt_dataset
+from cityseg.engine.evaluator import Evaluator
+from cityseg.inference.options import InferenceChoices
+from cityseg.inference.predict import Predictor
 from cityseg.labels import train_ids_to_label_ids
-from cityseg.utils import parse_scales, parse_size, save_png
+from cityseg.utils import save_png
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +46,17 @@ def evaluate_checkpoint(
     *,
     data: str | None = None,
     split: str | None = None,
-    mode: str | None = None,
-    crop: str | None = None,
-    stride: str | None = None,
-    scales: str | None = None,
-    flip: bool = False,
+    choices: InferenceChoices | None = None,
     workers: int | None = None,
     boundary_tolerance: int | None = None,
     save_pred: str | Path | None = None,
     dataset: str | None = None,
     precision: str = "fp32",
     runtime: str = "torch",
+    calibration: str | Path | None = None,
+    batch_size: int = 1,
 ) -> tuple[metrics.Counts, float, int]:
-    """Load a checkpoint and :func:`evaluate` it with its config, changed by the options.
+    """Load a checkpoint as a :class:`~cityseg.inference.predict.Predictor` and :func:`evaluate` it.
 
     Args:
         path: a cityseg checkpoint, or ``hf:REPO_OR_DIR`` (a transformers model).
@@ -67,113 +64,78 @@ def evaluate_checkpoint(
         overrides: ``section.key=value`` changes of the checkpoint's config.
         data, split: the folder and split (default: the config's ``data.root`` or the
             synthetic default data, and ``data.val_split``).
-        mode, crop, stride, scales, flip: inference options as the command line spells them
-            (``"whole"``, ``"1024x512"``, ``"0.75,1,1.25"``); None keeps the config's ``eval`` values.
+        choices: changes to the checkpoint's ``eval`` section (:mod:`cityseg.inference.options`);
+            None keeps it, as training's closing score does.
         workers: DataLoader workers (default: ``data.workers``).
         boundary_tolerance: boundary F1 distance in pixels (default: ``eval.boundary_tolerance``); < 0 skips it.
         save_pred: also write label-id PNGs there (:func:`cityseg.layout.prediction_path`).
         dataset: the data's dataset (name or description file) when it is not the checkpoint's;
             it must have the classes the model predicts (:func:`cityseg.checkpoint.with_dataset`).
-        precision, runtime: the inference path (:func:`fast_model`); the default, eager fp32 NCHW
-            torch, gives the exact scores. ``"auto"`` chooses by the work as ``cityseg predict`` does.
+        precision, runtime, calibration, batch_size: as for ``cityseg predict``
+            (:meth:`~cityseg.inference.predict.Predictor.from_model`); the default, eager fp32, gives the
+            scores training logs (without amp). ``"auto"`` chooses by the split's work as predict does.
 
     Returns:
         (summed :class:`cityseg.metrics.Counts`, seconds, number of frames); score them with
-        ``counts.scores(metrics.table_for(cfg.spec()))`` (:func:`evaluate` logs which).
+        ``counts.scores()``.
     """
-    dev = resolve_device(device)
-    model, cfg = load_model(path, dev, dataset)
-    cfg = with_dataset(cfg, dataset, path)
-    if overrides:
-        cfg = config_from_dict(apply_overrides(cfg.to_dict(), list(overrides)), name=cfg.name)
-    if mode:
-        cfg.eval.mode = mode
-    if crop:
-        parse_size(crop, "--crop")
-        cfg.eval.crop_size = crop
-    if stride:
-        parse_size(stride, "--stride")
-        cfg.eval.stride = stride
-    if scales:
-        cfg.eval.scales = parse_scales(scales)
-    if flip:
-        cfg.eval.flip = True
-    if data:
-        cfg.data.root = str(data)
-    if split:
-        cfg.data.val_split = split
-    if workers is not None:
-        cfg.data.workers = workers
-    if boundary_tolerance is not None:
-        cfg.eval.boundary_tolerance = boundary_tolerance
-    return evaluate(model, cfg, dev, Path(save_pred) if save_pred else None, precision, runtime)
+    scored: dict[str, Any] = {}
 
+    def frame_sizes(cfg: Config) -> list[tuple[int, int]]:
+        # the split to score, from the checkpoint's config: its frames are the work that picks the path
+        if data:
+            cfg.data.root = str(data)
+        if split:
+            cfg.data.val_split = split
+        if workers is not None:
+            cfg.data.workers = workers
+        if boundary_tolerance is not None:
+            cfg.eval.boundary_tolerance = boundary_tolerance
+        scored["split"] = _dataset(cfg)
+        frames = scored["split"][0]
+        if len(frames) == 0:
+            return []
+        height, width = frames[0]["image"].shape[-2:]  # Cityscapes splits have one size; else compiles per size
+        return [(width, height)] * len(frames)
 
-#: ``evaluate --precision/--runtime`` choices: torch paths only, since the Evaluator's loader
-#: gives ImageNet-normalised float images (score int8 or onnxruntime output with ``--pred-dir``).
-PRECISIONS, RUNTIMES = ("fp32", "auto", "bf16"), ("torch", "auto", "compile")
-
-
-def fast_model(
-    model: nn.Module, dataset: CityscapesDataset, infer: dict, device: torch.device, precision: str, runtime: str
-) -> nn.Module:
-    """``model`` as it is for eager fp32 torch (the exact scores, what training logs without amp),
-    else a runner (:func:`cityseg.inference.runtime.build_runner`) on the path ``precision`` and
-    ``runtime`` select for this split's work: its frames times the passes ``infer`` (the config's
-    :func:`~cityseg.inference.predict.eval_options`) makes per frame
-    (:func:`cityseg.inference.predict.passes_per_shape`), taking every frame to have the first
-    frame's size (true of Cityscapes splits; a split of mixed sizes compiles once per size).
-    ``"auto"`` is eager bf16 where the hardware has it natively (0.002-0.03 points of mIoU from
-    fp32 on trained checkpoints, BENCHMARKS.md), compiled from ~60 passes of one shape.
-    """
-    if precision not in PRECISIONS or runtime not in RUNTIMES:
-        raise CitysegError(f"evaluate --precision {precision} --runtime {runtime}: valid precisions "
-                           f"{', '.join(PRECISIONS)}, runtimes {', '.join(RUNTIMES)}")
-    if (precision, runtime) == ("fp32", "torch") or len(dataset) == 0:
-        return model
-    height, width = dataset[0]["image"].shape[-2:]
-    work = max(passes_per_shape([(width, height)] * len(dataset), **infer).values())
-    path = select_path(device, precision, runtime, work)
-    if path == "onnxruntime":  # default_path's fp32 pick without a C++ compiler: takes pixels, not normalised
-        path = "channels_last"
-    log.info(f"evaluate: {path_reason(path, work, runtime)}")
-    return build_runner(path, model, device)
+    predictor = Predictor.from_checkpoint(path, device, precision, runtime, overrides=overrides, dataset=dataset,
+                                          choices=choices, sizes=frame_sizes, calibration=calibration,
+                                          batch_size=batch_size)
+    log.info(f"evaluate: {predictor.describe_inference()}; {predictor.describe()}")
+    dataset_, with_instances = scored["split"]
+    return evaluate(predictor, predictor.config, dataset_, with_instances, Path(save_pred) if save_pred else None)
 
 
 def evaluate(
-    model: nn.Module,
+    predictor: Predictor,
     cfg: Config,
-    device: torch.device,
+    dataset: CityscapesDataset,
+    with_instances: bool,
     save_pred: Path | None = None,
-    precision: str = "fp32",
-    runtime: str = "torch",
 ) -> tuple[metrics.Counts, float, int]:
-    """Score ``model`` (in eval mode, on ``device``) on the ``data.val_split`` of the config's data,
-    run on the path :func:`fast_model` picks for ``precision`` and ``runtime``.
+    """Score ``predictor`` on ``dataset`` (the ``data.val_split`` of ``cfg``'s data, :func:`_dataset`)
+    with the Evaluator training validates with.
 
-    iIoU is scored when the split has instanceIds maps (a note on stderr when it has none);
-    boundary F1 unless ``eval.boundary_tolerance`` is negative. Predictions at another size than
-    the label (``data.val_size``) are resized bilinearly to it before the argmax.
+    iIoU is scored when ``with_instances``; boundary F1 unless ``eval.boundary_tolerance`` is
+    negative. Predictions at another size than the label (``data.val_size``) are resized bilinearly
+    to it before the argmax.
 
     Returns:
         (summed :class:`cityseg.metrics.Counts`, seconds, number of frames).
     """
-    dataset, with_instances = _dataset(cfg)
     spec = dataset.spec
+    device = predictor.device
     loader = DataLoader(dataset, batch_size=1, num_workers=cfg.data.workers)
     tolerance = cfg.eval.boundary_tolerance
     evaluator = Evaluator(spec.num_classes, device, boundary_tolerance=None if tolerance < 0 else tolerance,
                           instances=with_instances, table=metrics.table_for(spec))
-    infer = eval_options(cfg)
-    model = fast_model(model, dataset, infer, device, precision, runtime)
     start = time.perf_counter()
     # disable=None: no bar when stderr is not a terminal (logs, benchmarks)
     bar = tqdm(total=len(dataset), unit="frame", desc="evaluate", disable=logs.bar_disable(), file=sys.stderr)
     with torch.inference_mode(), bar:
         for index, item in enumerate(loader):
-            image = item["image"].to(device, non_blocking=True).float()
             target = item["mask"].to(device)
-            probs = predict_logits(model, image, **infer)
+            probs = predictor.probabilities_of(item["image"])
             if probs.shape[-2:] != target.shape[-2:]:  # data.val_size: scored at the label's size
                 probs = F.interpolate(probs.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
             pred = probs.argmax(1)

@@ -30,8 +30,11 @@ from cityseg.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
+#: The best checkpoint scored with the eval section's inference at the end of a run (engine.train.score_best).
+EVAL_FILE = "eval_val.json"
 #: What a run writes into its folder; ``--force`` removes exactly these, nothing else.
-RUN_ARTEFACTS = ("config.yaml", "metrics.jsonl", "checkpoints", "tb", "curves.png", "panels.png", "report.html", "train.log")
+RUN_ARTEFACTS = ("config.yaml", "metrics.jsonl", "checkpoints", "tb", "curves.png", "panels.png", "report.html",
+                 "train.log", EVAL_FILE)
 #: The run folder's lock file (see :func:`lock_run_dir`); it is no artefact and never removed.
 LOCK_FILE = ".lock"
 _HELD_LOCKS: set[int] = set()  # file descriptors of the run-folder locks this process holds

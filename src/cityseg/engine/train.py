@@ -60,7 +60,7 @@ from cityseg.engine.build import (
     steps_per_epoch,
 )
 from cityseg.engine.evaluator import Evaluator
-from cityseg.engine.runlog import Progress, RunLog, lock_run_dir, prepare_run_dir, unlock_run_dir
+from cityseg.engine.runlog import EVAL_FILE, Progress, RunLog, lock_run_dir, prepare_run_dir, unlock_run_dir
 from cityseg.engine.schedule import Budget, LRSchedule, build_schedule
 from cityseg.errors import CitysegError
 from cityseg.models import set_frozen_bn_eval
@@ -103,6 +103,7 @@ def train(
     force: bool = False,
     max_steps_per_epoch: int | None = None,
     on_validation: Callable[[int, dict], None] | None = None,
+    final_score: bool = True,
 ) -> dict[str, Any]:
     """Train ``cfg`` into the run folder ``out_dir``; return the summary printed at the end.
 
@@ -114,6 +115,8 @@ def train(
         on_validation: called as ``on_validation(epoch, record)`` after each validated epoch's
             checkpoint, ``record`` being its ``metrics.jsonl`` line; what it raises propagates
             (``cityseg sweep`` prunes a trial this way).
+        final_score: score the best checkpoint once more with the ``eval`` section's inference when
+            that is more than one pass (:func:`score_best`); ``cityseg sweep``'s trials skip it.
 
     Sets torch's process-wide thread count (``train.threads``) and deterministic-algorithms flag.
 
@@ -128,7 +131,7 @@ def train(
     D.init_distributed(dev)
     try:
         with hold_run_dir(Path(out_dir)), StopSignals() as stop:
-            return _train(cfg, Path(out_dir), dev, resume, force, max_steps_per_epoch, on_validation, stop)
+            return _train(cfg, Path(out_dir), dev, resume, force, max_steps_per_epoch, on_validation, stop, final_score)
     finally:
         D.cleanup()
 
@@ -207,6 +210,7 @@ def _train(
     max_steps: int | None,
     on_validation: Callable[[int, dict], None] | None = None,
     stop: StopSignals | None = None,
+    final_score: bool = True,
 ) -> dict:
     stop = stop or StopSignals()
     prepare_run_dir(out, resume=resume, force=force, main=D.is_main_process())
@@ -278,7 +282,8 @@ def _train(
         if panel is not None:
             log.panels(panel[1], epoch=panel[0])
         summary = log.finish(state)
-        summary.update(score_best(cfg, out, root, dev, log))
+        if final_score:
+            summary.update(score_best(cfg, out, root, dev, log))
         return summary
     finally:
         log.close_logfile()
@@ -288,7 +293,7 @@ def score_best(cfg: Config, out: Path, root: Path, dev: torch.device, log: RunLo
     """Score the best checkpoint once as its config's ``eval`` section infers (multi-scale, flip,
     sliding) when that is more than validation's one whole-image pass; ``{}`` otherwise.
 
-    Writes ``OUT/eval_val.json`` (as ``cityseg evaluate --json``) and returns ``{"best_miou_eval": ...}``:
+    Writes ``OUT/`` :data:`~cityseg.engine.runlog.EVAL_FILE` (as ``cityseg evaluate --json``) and returns ``{"best_miou_eval": ...}``:
     the figure ``cityseg evaluate --checkpoint`` and ``cityseg predict`` give for that checkpoint,
     while the per-epoch val mIoU (which picks the best checkpoint) stays one cheap pass.
     """
@@ -303,11 +308,11 @@ def score_best(cfg: Config, out: Path, root: Path, dev: torch.device, log: RunLo
 
     counts, seconds, frames = evaluate_checkpoint(best, dev.type, data=str(root))
     result = counts.scores()
-    metrics.write_json(counts, out / "eval_val.json", result)
+    metrics.write_json(counts, out / EVAL_FILE, result)
     log.info(f"best checkpoint with its {recipe} ({cfg.eval.mode}): val mIoU {nan_to_zero(result['miou']):.4f}, "
              f"pixel accuracy {result['pixel_accuracy']:.3f}, mean class accuracy "
              f"{nan_to_zero(result['mean_class_accuracy']):.3f} ({frames} frames, {seconds:.0f} s; "
-             f"{out / 'eval_val.json'})")
+             f"{out / EVAL_FILE})")
     return {"best_miou_eval": nan_to_zero(result["miou"])}
 
 

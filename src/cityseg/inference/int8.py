@@ -11,10 +11,12 @@ activations. onnxruntime fuses the pairs into integer convolutions, which use AV
 ``cityseg predict --precision int8 --calibration DIR`` quantises once and caches the result beside
 the checkpoint (:func:`cached_int8`): ``<stem>.int8.<key>.onnx``, where the key covers the model's
 weights, the calibration files (names, sizes, modification times), the ONNX opset and exporter,
-the quantisation settings (:data:`QUANTISATION`) and the onnxruntime version. Where that folder is
-not writable the cache goes to ``$XDG_CACHE_HOME/cityseg/int8`` (``~/.cache/cityseg/int8``). A cached
-file is checked like any ONNX file before use (:func:`~cityseg.inference.onnx.verify_onnx`: its
-graph's checksum), and rebuilt when damaged.
+the quantisation settings (:data:`QUANTISATION`), the onnxruntime version and the checkpoint's
+dataset, which the file's metadata names (:func:`int8_metadata`: the checkpoint's own classes, as
+``cityseg export`` writes them). Where that folder is not writable the cache goes to
+``$XDG_CACHE_HOME/cityseg/int8`` (``~/.cache/cityseg/int8``). A cached file is checked like any
+ONNX file before use (:func:`~cityseg.inference.onnx.verify_onnx`: its graph's checksum), and
+rebuilt when damaged.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +39,7 @@ from cityseg.errors import CitysegError
 from cityseg.imaging import model_normalization
 from cityseg.inference.onnx import (DEFAULT_OPSET, check_classes, export_metadata, onnx_bytes, stamp_checksum,
                                     verify_onnx)
+from cityseg.modelinfo import classifier_convs, model_config
 from cityseg.utils import atomic_path, read_image, require
 
 log = logging.getLogger(__name__)
@@ -121,29 +125,66 @@ class _Reader:
         pass
 
 
+#: ONNX operators that carry only shapes, never a tensor's values: :func:`logit_convs` does not look through them.
+SHAPE_OPS = ("Shape", "Size")
+
+
+def logit_convs(graph, output: str = "logits") -> list[str]:
+    """The Conv nodes of the ONNX ``graph`` that write the model's ``output`` (the first graph output
+    when there is none of that name), found by the graph's structure: walking back from the output
+    through the operators between (Resize, Add, Cast, ...) to the first Conv on every path. Their
+    output channels (the class count) play no part, so every dataset's model is treated alike.
+    LR-ASPP's two branch classifiers, whose sum is the logits, are both found. Shape-only inputs
+    (a Resize's target size, :data:`SHAPE_OPS`) are not followed: they carry no logits.
+    """
+    producer = {out: node for node in graph.node for out in node.output}
+    names = {o.name for o in graph.output}
+    start = output if output in names else graph.output[0].name
+    found: list[str] = []
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        tensor = todo.pop()
+        node = producer.get(tensor)
+        if node is None or tensor in seen:  # a graph input or an initializer, or already walked
+            continue
+        seen.add(tensor)
+        if node.op_type == "Conv":
+            if node.name not in found:
+                found.append(node.name)
+            continue
+        if node.op_type in SHAPE_OPS:
+            continue
+        inputs = node.input[:1] if node.op_type == "Resize" else node.input  # X; not roi, scales, sizes
+        todo.extend(i for i in inputs if i)
+    return found
+
+
 def fp32_ends(path: Path) -> list[str]:
     """The Conv nodes of the ONNX model at ``path`` that read the image (3 input channels) or write
-    the logits (NUM_CLASSES output channels): kept in fp32 (a fraction of a percent of the work).
+    the logits (:func:`logit_convs`): kept in fp32 (a fraction of a percent of the work).
 
     Why: quantising the logits to 256 levels makes near-ties of classes exact ties and flips their
     argmax; the first convolution sees the image rounded once more.
     """
     onnx = require("onnx", "onnx", "int8 inference")
-    from cityseg.labels import NUM_CLASSES
 
     model = onnx.load(str(path))
     shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    last = set(logit_convs(model.graph))
     names = []
     for node in model.graph.node:
-        if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in shapes:
-            out_ch, in_ch = shapes[node.input[1]][:2]
-            if in_ch == 3 or out_ch == NUM_CLASSES:
-                names.append(node.name)
+        if node.op_type != "Conv":
+            continue
+        reads_image = len(node.input) > 1 and node.input[1] in shapes and shapes[node.input[1]][1] == 3
+        if reads_image or node.name in last:
+            names.append(node.name)
     return names
 
 
 def quantize_onnx(data: bytes, frames: Sequence[torch.Tensor], work_dir: Path | None = None,
-                  keep_ends: bool = QUANTISATION["keep_ends"]) -> bytes:
+                  keep_ends: bool = QUANTISATION["keep_ends"],
+                  op_types: Sequence[str] | None = QUANTISATION["op_types"]) -> bytes:
     """Statically quantise the ONNX model ``data`` (uint8 ``image`` input) calibrated on ``frames``.
 
     Args:
@@ -151,6 +192,7 @@ def quantize_onnx(data: bytes, frames: Sequence[torch.Tensor], work_dir: Path | 
         frames: uint8 RGB (1, 3, H, W) tensors, any sizes.
         work_dir: where the intermediate files go (default: a temporary folder).
         keep_ends: keep the convolutions that read the image and write the logits in fp32 (:func:`fp32_ends`).
+        op_types: the ONNX operators quantised (default :data:`OP_TYPES`); None: onnxruntime's default set.
 
     Returns:
         The QDQ model, serialised.
@@ -175,18 +217,45 @@ def quantize_onnx(data: bytes, frames: Sequence[torch.Tensor], work_dir: Path | 
             quant_format=QuantFormat[q["format"]], per_channel=q["per_channel"],
             activation_type=QuantType[q["activation_type"]], weight_type=QuantType[q["weight_type"]],
             calibrate_method=CalibrationMethod[q["calibrate_method"]],
-            op_types_to_quantize=q["op_types"],
+            op_types_to_quantize=None if op_types is None else list(op_types),
             nodes_to_exclude=exclude,
             extra_options={"ActivationSymmetric": q["activation_symmetric"], "WeightSymmetric": q["weight_symmetric"]},
         )
         return dst.read_bytes()
 
 
-def quantize_model(model: nn.Module, frames: Sequence[torch.Tensor]) -> bytes:
-    """``model`` exported (uint8 ``image`` in) and quantised on ``frames``, with cityseg's metadata and
-    the checksum :func:`~cityseg.inference.onnx.verify_onnx` checks; serialised."""
+def int8_metadata(model: nn.Module, config: dict[str, Any] | None = None) -> dict[str, str]:
+    """The metadata of ``model``'s int8 file (:func:`~cityseg.inference.onnx.export_metadata`): the dataset
+    and config of ``config`` (None: the ones ``model`` was loaded with, :func:`cityseg.modelinfo.model_config`),
+    so a model of the checkpoint's own classes says so; Cityscapes only for a model that records none
+    (then a class count other than Cityscapes' is warned about: the file's class names are a guess)."""
+    config = config if config is not None else model_config(model)
+    metadata = export_metadata(config, normalization=model_normalization(model))
+    if config is None:
+        classes = json.loads(metadata["cityseg.classes"])
+        count = _class_count(model)
+        if count is not None and count != len(classes):
+            log.warning("int8: the model predicts %d classes and records no dataset; its int8 file names "
+                        "Cityscapes' %d (load it from a checkpoint to carry its own)", count, len(classes))
+    return metadata
+
+
+def _class_count(model: nn.Module) -> int | None:
+    """Output channels of ``model``'s first logit-writing convolution (None when it has none)."""
+    modules = dict(model.named_modules())
+    for name in classifier_convs(model):
+        conv = modules.get(name)
+        if isinstance(conv, nn.Conv2d):
+            return conv.out_channels
+    return None
+
+
+def quantize_model(model: nn.Module, frames: Sequence[torch.Tensor], config: dict[str, Any] | None = None) -> bytes:
+    """``model`` exported (uint8 ``image`` in) and quantised on ``frames``, with cityseg's metadata
+    (:func:`int8_metadata`: the dataset of ``config``, None: of the checkpoint ``model`` was loaded from)
+    and the checksum :func:`~cityseg.inference.onnx.verify_onnx` checks; serialised."""
     data, _ = onnx_bytes(model, DEFAULT_OPSET, exporter=EXPORTER)
-    return stamp_checksum(quantize_onnx(data, frames), export_metadata(normalization=model_normalization(model)))
+    return stamp_checksum(quantize_onnx(data, frames), int8_metadata(model, config))
 
 
 # --- the cache -----------------------------------------------------------------------------------
@@ -205,12 +274,15 @@ def weights_digest(model: nn.Module) -> str:
 def cache_key(model: nn.Module, files: Sequence[Path], root: Path) -> str:
     """16 hex digits naming the int8 model of ``model`` calibrated on ``files`` (found under ``root``):
     a hash of the weights, every file's name, size and modification time, the opset, the exporter,
-    :data:`QUANTISATION` and the onnxruntime version (its quantiser decides the output)."""
+    :data:`QUANTISATION`, the onnxruntime version (its quantiser decides the output) and the dataset
+    the model was loaded with (the file's metadata names it)."""
     import onnxruntime
 
     stats = [(p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    config = model_config(model) or {}
     facts = {"weights": weights_digest(model), "calibration": stats, "opset": DEFAULT_OPSET, "exporter": EXPORTER,
-             "quantisation": QUANTISATION, "onnxruntime": onnxruntime.__version__}
+             "quantisation": QUANTISATION, "onnxruntime": onnxruntime.__version__,
+             "dataset": config.get("dataset")}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -17,7 +17,6 @@ full resolution, so 2048x1024 frames fit in a few hundred MB whatever the model.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,8 @@ from cityseg.errors import CitysegError
 from cityseg.imaging import normalize
 from cityseg.inference.crf import check_available, crf_labels
 from cityseg.inference.onnx import OrtRunner, check_classes, ort_session, verify_onnx
-from cityseg.inference.runtime import build_runner, int8_device, path_reason, runner_input, select_path
-from cityseg.utils import parse_scales, parse_size
+from cityseg.inference.options import InferenceChoices, apply_choices, eval_options, merge_options
+from cityseg.inference.runtime import build_runner, choose_path, int8_device, runner_input
 
 #: Anything that maps (N, 3, h, w) float images to (N, C, h, w) logits or ``{"out": logits}``.
 LogitsFn = Callable[[torch.Tensor], "torch.Tensor | dict[str, torch.Tensor]"]
@@ -269,6 +268,8 @@ class Predictor:
         self.crf = crf
         #: the dataset whose classes the model predicts (names, colours, raw ids); None: Cityscapes
         self.spec: DatasetSpec | None = None
+        #: the config the options came from (:meth:`from_checkpoint`, :meth:`from_onnx`); None: given by hand
+        self.config: Config | None = None
         # runners take inputs anywhere and move them; the input tensor is built on the model's device
         self.device = getattr(runner, "device", torch.device("cpu"))
 
@@ -316,10 +317,10 @@ class Predictor:
 
         check_calibration(precision, calibration)
         dev = int8_device(device) if precision == "int8" else resolve_device(device)
-        path = select_path(dev, precision, runtime, work)
+        path, reason = choose_path(dev, precision, runtime, work, shapes)
         extra = {"calibration": calibration, "cache_beside": checkpoint} if path == "int8" else {}
         predictor = cls(build_runner(path, model, dev, **extra), path, **options)
-        predictor.reason = path_reason(path, work, runtime, shapes)
+        predictor.reason = reason
         return predictor
 
     @classmethod
@@ -350,39 +351,86 @@ class Predictor:
         precision: str = "auto",
         runtime: str = "auto",
         *,
+        overrides: Sequence[str] = (),
+        dataset: Any = None,
+        choices: InferenceChoices | None = None,
+        sizes: Sequence[tuple[int, int]] | Callable[[Config], Sequence[tuple[int, int]]] | None = None,
         work: int | None = None,
         calibration: str | Path | None = None,
-        dataset: Any = None,
+        crf: bool | CRFConfig | None = None,
+        batch_size: int = 1,
         **options,
     ) -> Predictor:
         """Load a cityseg checkpoint, ``.pt`` or ``.safetensors`` (CitysegError if it is not one), or an
-        ``hf:REPO_OR_DIR`` model -> Predictor; see :meth:`from_model` (``precision="int8"`` caches its
-        int8 model beside the checkpoint). ``dataset``: the classes to predict (a name or description
-        file), which must be the model's (None: the checkpoint's own; Cityscapes for ``hf:``).
-        Inference options not given follow the checkpoint's ``eval`` section (:func:`eval_options`)."""
+        ``hf:REPO_OR_DIR`` model -> Predictor: the one loader of ``cityseg predict``, ``cityseg evaluate
+        --checkpoint``, training's closing score and embedding code.
+
+        What runs is the checkpoint's ``eval`` section (:mod:`cityseg.inference.options`), changed by
+        ``overrides`` (``section.key=value``, as ``--set``), then ``choices`` (the command line's
+        inference flags), then ``options`` (``mode``, ``crop``, ``stride``, ``scales``, ``flip`` as
+        :func:`predict_logits` takes them); a choice or option that is None keeps the checkpoint's value.
+        How it runs is :meth:`from_model`'s choice for ``device``, ``precision`` and ``runtime``.
+
+        Args:
+            dataset: the classes to predict (a name or description file), which must be the model's
+                (None: the checkpoint's own; Cityscapes for ``hf:``).
+            sizes: the (width, height) of every image to come, or a function from the resolved config to
+                them: with ``runtime="auto"`` they choose eager or compiled by the forward passes per input
+                shape (:func:`passes_per_shape`). ``work`` gives that count directly; neither: eager.
+            calibration: the photo folder of ``precision="int8"``; the int8 model is cached beside ``path``.
+            crf: True refines every prediction with a dense CRF of the config's ``crf`` section (or
+                the :class:`~cityseg.config.CRFConfig` given).
+
+        The resolved config is :attr:`config`.
+        """
         model, cfg = load_model(path, "cpu", dataset)
-        cfg = with_dataset(cfg, dataset, path)
-        options = {**eval_options(cfg), **options}
-        predictor = cls.from_model(model, device, precision, runtime, work=work, calibration=calibration,
-                                   checkpoint=path, **options)
-        predictor.spec = cfg.spec()
+        cfg = _configured(with_dataset(cfg, dataset, path), overrides, choices)
+        options = merge_options(cfg, options)
+        shapes = None
+        if sizes is not None:
+            counts = passes_per_shape(list(sizes(cfg) if callable(sizes) else sizes), **options)
+            work, shapes = max(counts.values(), default=0), len(counts)
+        predictor = cls.from_model(model, device, precision, runtime, work=work, shapes=shapes,
+                                   calibration=calibration, checkpoint=path, batch_size=batch_size,
+                                   crf=cfg.crf if crf is True else crf or None, **options)
+        predictor.spec, predictor.config = cfg.spec(), cfg
         return predictor
 
     @classmethod
-    def from_onnx(cls, path: str | Path, threads: int | None = None, device: str = "cpu", dataset: Any = None,
-                  **options) -> Predictor:
+    def from_onnx(
+        cls,
+        path: str | Path,
+        threads: int | None = None,
+        device: str = "cpu",
+        dataset: Any = None,
+        *,
+        overrides: Sequence[str] = (),
+        choices: InferenceChoices | None = None,
+        crf: bool | CRFConfig | None = None,
+        batch_size: int = 1,
+        **options,
+    ) -> Predictor:
         """Load a model written by ``cityseg export`` (checked by :func:`~cityseg.inference.onnx.verify_onnx`)
         and run it with onnxruntime (fp32) on the uint8 pixels. Its classes come from its metadata
-        (``dataset``: a name or description file they must match; None: no check)."""
+        (``dataset``: a name or description file they must match; None: no check). The inference options
+        are those of a default config's ``eval`` section changed as :meth:`from_checkpoint` changes them."""
         spec = check_classes(verify_onnx(path), path, dataset)
-        predictor = cls(OrtRunner(ort_session(path, threads, device)), "onnxruntime", **options)
-        predictor.spec = spec
+        cfg = _configured(Config(dataset=spec.to_dict()), overrides, choices)
+        predictor = cls(OrtRunner(ort_session(path, threads, device)), "onnxruntime", batch_size=batch_size,
+                        crf=cfg.crf if crf is True else crf or None, **merge_options(cfg, options))
+        predictor.spec, predictor.config = spec, cfg
         return predictor
 
     def probabilities(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """(N, C, H, W) float32 probabilities of N same-size (H, W, 3) uint8 RGB images (on the CPU)."""
-        x = runner_input(self.runner, stack_rgb(images, self.device))
-        return predict_logits(self.runner, x, **self.options).cpu()
+        return self.probabilities_of(stack_rgb(images, self.device)).cpu()
+
+    def probabilities_of(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) float32 probabilities, on the predictor's device, of an (N, 3, H, W) batch: uint8 RGB
+        pixels, or float32 ImageNet-normalised images as the datasets' validation transform gives them
+        (what ``cityseg evaluate --checkpoint`` scores, as training validates)."""
+        x = runner_input(self.runner, batch.to(self.device))
+        return predict_logits(self.runner, x, **self.options)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (H, W) uint8 trainIds (CRF-refined when the predictor has a CRF config)."""
@@ -424,95 +472,6 @@ class Predictor:
         return f"{self.reason} ({path})" if self.reason else path
 
 
-def eval_options(cfg: Config) -> dict[str, Any]:
-    """The inference options (``mode``, ``crop``, ``stride``, ``scales``, ``flip``) of a config's
-    ``eval`` section, as :func:`predict_logits` takes them: how a checkpoint infers unless told otherwise."""
-    return {
-        "mode": cfg.eval.mode,
-        "crop": parse_size(cfg.eval.crop_size, "eval.crop_size"),
-        "stride": parse_size(cfg.eval.stride, "eval.stride"),
-        "scales": [float(s) for s in cfg.eval.scales],
-        "flip": bool(cfg.eval.flip),
-    }
-
-
-def load_predictor(
-    checkpoint: str | Path | None = None,
-    onnx: str | Path | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    runtime: str = "auto",
-    overrides: Sequence[str] = (),
-    *,
-    sliding: bool = False,
-    crop: str | None = None,
-    stride: str | None = None,
-    scales: str | None = None,
-    default_scales: Sequence[float] | None = None,
-    flip: bool | None = None,
-    batch_size: int = 1,
-    crf: bool = False,
-    sizes: Sequence[tuple[int, int]] | None = None,
-    dataset: str | None = None,
-    calibration: str | Path | None = None,
-) -> tuple[Predictor, Config]:
-    """(Predictor, Config) of a checkpoint, or of an ONNX export with a default config: ``cityseg predict``.
-
-    ``overrides`` (``section.key=value``) change the config; ``crop``, ``stride`` (``"WxH"``) and
-    ``scales`` (``"0.75,1"``) are the command line's texts, None taking the config's ``eval.crop_size``
-    and ``eval.stride`` and ``default_scales``. Whatever is not given (``sliding`` False, ``scales``
-    and ``default_scales`` None, ``flip`` None) follows the checkpoint's ``eval`` section, so a recipe
-    that infers with flip + multi-scale predicts as ``cityseg evaluate --checkpoint`` scores it.
-    ``crf`` refines with the config's ``crf`` section.
-    ``sizes``: the (width, height) of every image to come, which with ``runtime="auto"`` chooses
-    eager or compiled by the passes per input shape (:func:`passes_per_shape`); None: eager.
-    ``dataset`` (``--dataset``): the classes to predict, which must be the model's (None: the model's own).
-    ``calibration``: the photo folder of ``precision="int8"`` (:meth:`Predictor.from_model`).
-
-    Raises:
-        CitysegError: not a cityseg checkpoint or ONNX file, an ONNX model with bf16, int8 or a torch
-            runtime, ``calibration`` without int8 or int8 without it, or an option that does not parse.
-    """
-    from cityseg.inference.int8 import check_calibration
-
-    check_calibration(precision, calibration)
-    if onnx:
-        if precision == "int8":
-            raise CitysegError("--precision int8 quantises a --checkpoint; --onnx runs its file in fp32 "
-                               "(use --checkpoint CKPT --precision int8 --calibration DIR)")
-        if precision == "bf16" or runtime not in ("auto", "onnxruntime"):
-            raise CitysegError("--onnx runs with onnxruntime in fp32; drop --precision bf16 / --runtime")
-        model, cfg = None, Config()
-    else:
-        model, cfg = load_model(checkpoint, "cpu", dataset)
-        cfg = with_dataset(cfg, dataset, checkpoint)
-    if overrides:
-        cfg = config_from_dict(apply_overrides(cfg.to_dict(), list(overrides)), name=cfg.name)
-    options = {**eval_options(cfg), "batch_size": batch_size, "crf": cfg.crf if crf else None}
-    if sliding:
-        options["mode"] = "sliding"
-    if crop:
-        options["crop"] = parse_size(crop, "--crop")
-    if stride:
-        options["stride"] = parse_size(stride, "--stride")
-    if scales or default_scales is not None:
-        options["scales"] = parse_scales(scales) if scales else list(default_scales)
-    if flip is not None:
-        options["flip"] = flip
-    if onnx:
-        predictor = Predictor.from_onnx(onnx, device="cuda" if device == "cuda" else "cpu", dataset=dataset, **options)
-        return predictor, dataclasses.replace(cfg, dataset=predictor.spec.to_dict())
-    work = shapes = None
-    if sizes is not None:
-        keys = ("mode", "crop", "stride", "scales", "flip")
-        counts = passes_per_shape(list(sizes), **{k: options[k] for k in keys})
-        work, shapes = max(counts.values(), default=0), len(counts)
-    predictor = Predictor.from_model(model, device, precision, runtime, work=work, shapes=shapes,
-                                     calibration=calibration, checkpoint=checkpoint, **options)
-    predictor.spec = cfg.spec()
-    return predictor, cfg
-
-
 def check_rgb(image: np.ndarray, what: str = "image") -> None:
     """Raise CitysegError unless ``image`` is a (H, W, 3) uint8 array."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -530,3 +489,11 @@ def stack_rgb(images: Sequence[np.ndarray], device: torch.device | str = "cpu") 
 def to_input(images: Sequence[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
     """N same-size (H, W, 3) uint8 RGB arrays -> (N, 3, H, W) float32 normalised with ImageNet mean/std."""
     return normalize(stack_rgb(images, device)).contiguous()
+
+
+def _configured(cfg: Config, overrides: Sequence[str], choices: InferenceChoices | None) -> Config:
+    """``cfg`` changed by ``--set`` strings, then by the inference ``choices``."""
+    if overrides:
+        cfg = config_from_dict(apply_overrides(cfg.to_dict(), list(overrides)), name=cfg.name)
+    return apply_choices(cfg, choices)
+

@@ -29,14 +29,16 @@ import torch
 from torch import nn
 
 from cityseg.errors import CitysegError
-from cityseg.imaging import NORMALIZED, PIXELS, normalize
+from cityseg.imaging import NORMALIZED, PIXELS, normalize, to_pixels
 from cityseg.inference.onnx import OrtRunner, onnx_bytes, ort_session
-from cityseg.labels import NUM_CLASSES
+from cityseg.inference.options import PRECISIONS, RUNTIMES
+from cityseg.modelinfo import classifier_convs
 from cityseg.utils import require
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16")
+#: the precisions torch computes in (int8 runs through onnxruntime: :func:`int8_path`)
+TORCH_PRECISIONS = tuple(p for p in PRECISIONS if p != "int8")
 
 #: /proc/cpuinfo flags that mean native bf16 dot products (Zen 4+, Cooper Lake, Sapphire Rapids+).
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -79,8 +81,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     Raises:
         CitysegError: unknown precision, or bf16 asked for where it is not native.
     """
-    if precision not in PRECISIONS:
-        raise CitysegError(f"precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if precision not in TORCH_PRECISIONS:
+        raise CitysegError(f"precision {precision!r}; valid: {', '.join(TORCH_PRECISIONS)}")
     native = native_bf16(device)
     if precision == "bf16" and not native:
         where = "this CPU has no AVX512-BF16 or AMX" if device.type == "cpu" else "this GPU has no bf16"
@@ -117,19 +119,22 @@ def keep_fp32_ends(model: nn.Module) -> list[str]:
     rounding causes most of the argmax flips (agreement with fp32 99.53% -> 99.89% with the first
     convolution in fp32, BENCHMARKS.md). Those layers are a fraction of a percent of the FLOPs.
     The image-reading convolutions are found by their 3 input channels, the logit-writing ones
-    by their NUM_CLASSES output channels.
+    from the model itself (:func:`cityseg.modelinfo.classifier_convs`: the convolutions of the heads
+    it names), so a model of any class count (CamVid's 11, a description's 5) is treated alike.
 
     Returns:
         The qualified names of the wrapped convolutions.
     """
+    logits = set(classifier_convs(model))
     wrapped = []
     for parent_name, parent in list(model.named_modules()):
         if isinstance(parent, Fp32):  # already wrapped: calling twice changes nothing
             continue
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Conv2d) and (child.in_channels == 3 or child.out_channels == NUM_CLASSES):
+            qualified = f"{parent_name}.{name}" if parent_name else name
+            if isinstance(child, nn.Conv2d) and (child.in_channels == 3 or qualified in logits):
                 setattr(parent, name, Fp32(child))
-                wrapped.append(f"{parent_name}.{name}" if parent_name else name)
+                wrapped.append(qualified)
     return wrapped
 
 
@@ -210,8 +215,13 @@ def input_space(runner) -> str:
 
 
 def runner_input(runner, batch: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) uint8 RGB -> the input ``runner`` takes: the same pixels, or normalised float32."""
-    return batch if input_space(runner) == PIXELS else normalize(batch).contiguous()
+    """(N, 3, H, W) uint8 RGB, or float32 normalised (a validation transform's output) -> the input
+    ``runner`` takes: pixels (floats rounded back to them, :func:`~cityseg.imaging.to_pixels`) or
+    normalised float32 (floats as they are, so scoring runs on the very tensors training validated on)."""
+    pixels = input_space(runner) == PIXELS
+    if batch.dtype == torch.uint8:
+        return batch if pixels else normalize(batch).contiguous()
+    return to_pixels(batch) if pixels else batch
 
 
 # --- inference paths -----------------------------------------------------------------------------
@@ -331,8 +341,6 @@ def _int8_runner(model: nn.Module, calibration, cache_beside) -> OrtRunner:
     return OrtRunner(ort_session(source, device="cpu"))
 
 
-RUNTIMES = ("auto", "torch", "compile", "onnxruntime")
-
 #: Forward passes of one input shape from which ``torch.compile`` is chosen by default.
 #: Compiling costs one slow first call per input shape and then saves a fraction of every pass:
 #: it pays when (first call - eager first call) < (passes - 1) x (eager pass - compiled pass).
@@ -375,6 +383,18 @@ def select_path(device: torch.device, precision: str = "auto", runtime: str = "a
     if name not in available_paths(device):
         raise CitysegError(f"--runtime {runtime}: not available on {device.type} here (onnxruntime or a C++ compiler missing)")
     return name
+
+
+def choose_path(
+    device: torch.device, precision: str = "auto", runtime: str = "auto", work: int | None = None,
+    shapes: int | None = None,
+) -> tuple[str, str]:
+    """How a model runs, the one answer every entry point asks for: ``(path, why)``, the
+    :data:`PATHS` key :func:`select_path` gives for ``precision``, ``runtime`` and ``work`` (the
+    largest number of forward passes sharing one input shape, None: unknown), and the few words of
+    :func:`path_reason` that say why (``shapes``: how many input shapes the work has)."""
+    path = select_path(device, precision, runtime, work)
+    return path, path_reason(path, work, runtime, shapes)
 
 
 def int8_device(device: str | torch.device) -> torch.device:
