@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,3 +97,33 @@ def hf_cache_with(monkeypatch, tmp_path):
         return asked
 
     return install
+
+
+def _miou_by_hand(pairs) -> float:
+    """Cityscapes mIoU of ``(predicted trainIds, ground-truth labelIds)`` pairs, written out from the
+    definition (a reference for the scores of ``cityseg evaluate``, independent of cityseg.metrics):
+    the ground truth's void pixels are skipped; per class, IoU = tp / (tp + fp + fn), where fn counts
+    every other prediction on the class's ground truth and fp the class's predictions on other
+    scored ground truth; classes with tp + fp + fn = 0 are left out of the mean."""
+    from cityseg.labels import LABELS, NUM_CLASSES
+
+    to_train = {lb.id: lb.train_id for lb in LABELS if lb.id >= 0 and 0 <= lb.train_id < NUM_CLASSES}
+    tp, fp, fn = [0] * NUM_CLASSES, [0] * NUM_CLASSES, [0] * NUM_CLASSES
+    for pred, gt_ids in pairs:
+        pred, gt_ids = np.asarray(pred), np.asarray(gt_ids)
+        assert pred.shape == gt_ids.shape, (pred.shape, gt_ids.shape)
+        gt = np.full(gt_ids.shape, -1)
+        for raw, c in to_train.items():
+            gt[gt_ids == raw] = c
+        for c in range(NUM_CLASSES):
+            tp[c] += int(((gt == c) & (pred == c)).sum())
+            fn[c] += int(((gt == c) & (pred != c)).sum())
+            fp[c] += int(((gt >= 0) & (gt != c) & (pred == c)).sum())
+    ious = [t / (t + p + n) for t, p, n in zip(tp, fp, fn) if t + p + n]
+    return sum(ious) / len(ious)
+
+
+@pytest.fixture
+def miou_by_hand():
+    """``miou_by_hand([(pred_train_ids, gt_label_ids), ...])`` -> the mIoU, from the definition."""
+    return _miou_by_hand

@@ -225,7 +225,18 @@ def test_boundary_f1_can_be_skipped(synthetic_tree, tmp_path):
     argv = ["--pred-dir", str(pred_dir), "--gt-dir", str(gt_dir), "--json", str(out), "--boundary-tolerance", "-1"]
     assert run_cli(*argv) == 0
     data = json.loads(out.read_text())
-    assert data["boundary_f1"] is None and data["miou"] is not None
+    assert data["boundary_f1"] is None
+    # skipping boundary F1 changes nothing else: every other score is the one of a run that computes it
+    assert run_cli("--pred-dir", str(pred_dir), "--gt-dir", str(gt_dir), "--json", str(tmp_path / "full.json")) == 0
+    full = json.loads((tmp_path / "full.json").read_text())
+    assert full["boundary_f1"] is not None
+    assert {k: v for k, v in data.items() if k not in ("boundary_f1", "classes")} == {
+        k: v for k, v in full.items() if k not in ("boundary_f1", "classes")}
+    assert data["miou"] == pytest.approx(float(np.nanmean([c["iou"] for c in full["classes"].values()
+                                                           if c["iou"] is not None])))
+    for name, entry in data["classes"].items():
+        assert {k: v for k, v in entry.items() if k != "boundary_f1"} == {
+            k: v for k, v in full["classes"][name].items() if k != "boundary_f1"}, name
 
 
 # --- bad input ------------------------------------------------------------------------------------

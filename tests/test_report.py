@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -192,15 +193,49 @@ def test_report_command_writes_into_the_run(run_dir, capsys):
 # --- in a real browser ---------------------------------------------------------------------------
 
 
+# CI (.ci/run) sets this so that a missing browser fails the run instead of skipping the test
+REQUIRE_BROWSER = "CITYSEG_REQUIRE_BROWSER"
+
+
 def find_browser() -> str | None:
     return next((path for name in BROWSERS if (path := shutil.which(name))), None)
 
 
-@pytest.mark.slow
-def test_report_renders_in_a_headless_browser(run_dir, tmp_path):
+def browser_or_skip() -> str:
+    """The headless browser's path; without one, skip (a laptop) or fail (CI: $CITYSEG_REQUIRE_BROWSER=1)."""
     browser = find_browser()
     if browser is None:
-        pytest.skip(f"no headless browser on PATH (looked for {', '.join(BROWSERS)}); apt-get install chromium")
+        reason = f"no headless browser on PATH (looked for {', '.join(BROWSERS)}); apt-get install chromium"
+        if os.environ.get(REQUIRE_BROWSER, "") not in ("", "0"):
+            pytest.fail(f"{reason}; {REQUIRE_BROWSER} is set, so the browser test must run", pytrace=False)
+        pytest.skip(reason)
+    return browser
+
+
+@pytest.mark.parametrize("require, outcome", [(None, pytest.skip.Exception), ("0", pytest.skip.Exception),
+                                              ("1", pytest.fail.Exception)])
+def test_missing_browser_skips_unless_required(monkeypatch, require, outcome):
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no browser on PATH
+    if require is None:
+        monkeypatch.delenv(REQUIRE_BROWSER, raising=False)
+    else:
+        monkeypatch.setenv(REQUIRE_BROWSER, require)
+    with pytest.raises(outcome) as info:
+        browser_or_skip()
+    assert "no headless browser on PATH (looked for chromium, " in str(info.value)
+    assert (REQUIRE_BROWSER in str(info.value)) == (require == "1")
+
+
+def test_found_browser_is_used_whatever_the_requirement(monkeypatch):
+    found = {"google-chrome": "/opt/google/chrome"}
+    monkeypatch.setattr(shutil, "which", found.get)
+    monkeypatch.setenv(REQUIRE_BROWSER, "1")
+    assert browser_or_skip() == "/opt/google/chrome"  # the first of BROWSERS that is on PATH
+
+
+@pytest.mark.slow
+def test_report_renders_in_a_headless_browser(run_dir, tmp_path):
+    browser = browser_or_skip()
     report = write_report(run_dir)
     common = [browser, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run", "--disable-extensions",
               f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2000", "--virtual-time-budget=3000"]

@@ -466,7 +466,7 @@ class Predictor:
 
     def describe(self) -> str:
         """One line: why the path, the path and the runner (e.g. ``eager bf16: at most 2 passes of one
-        shape, compiling pays from ~40 (bf16: torch bf16 channels_last on cpu)``)."""
+        shape, compiling pays from ~60 (bf16: torch bf16 channels_last on cpu)``)."""
         describe = getattr(self.runner, "describe", None)
         path = f"{self.path}: {describe() if describe else type(self.runner).__name__}"
         return f"{self.reason} ({path})" if self.reason else path

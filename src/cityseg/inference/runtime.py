@@ -343,15 +343,15 @@ def _int8_runner(model: nn.Module, calibration, cache_beside) -> OrtRunner:
 
 #: Forward passes of one input shape from which ``torch.compile`` is chosen by default.
 #: Compiling costs one slow first call per input shape and then saves a fraction of every pass:
-#: it pays when (first call - eager first call) < (passes - 1) x (eager pass - compiled pass).
-#: Measured by ``benchmarks/bench_default_path.py`` (BENCHMARKS.md, "Default inference path by
-#: workload"), DeepLabV3-ResNet50 at 1024x512, empty inductor cache, 2-core Zen 4 (AVX512-BF16):
-#: compile_bf16 first call 28.8 s, then 1.51 s a pass; eager bf16 2.0 s a pass, so compiling pays
-#: from 56 frames of one shape; rounded up to 60. Measured at 1024x512 only: compile time hardly
-#: depends on the size while the pass time grows with the pixels, so at 2048x1024 the crossover
-#: is smaller (~11 frames from the "CPU inference" figures) and 60 errs towards eager there, which
-#: costs at most the 1.3x eager/compiled pass ratio; on much smaller images it is larger.
-COMPILE_PAYS_FROM = 60
+#: it pays from the smallest n with compile time + n x compiled pass <= n x eager pass, rounded up
+#: to a multiple of 10 (a wrong eager choice costs at most the eager/compiled pass ratio, a wrong
+#: compile a fixed half minute per shape). The line below is written by
+#: ``benchmarks/bench_default_path.py --write`` from its own measurements (DeepLabV3-ResNet50 at
+#: 1024x512, empty inductor cache); its figures are in BENCHMARKS.md, "Default inference path by
+#: workload". Measured at 1024x512 only: compile time hardly depends on the size while the pass
+#: time grows with the pixels, so at 2048x1024 the crossover is smaller and the value errs towards
+#: eager there; on much smaller images it is larger.
+COMPILE_PAYS_FROM = 60  # measured by benchmarks/bench_default_path.py: 2026-12-03, 2-core AMD EPYC (Zen 4), see BENCHMARKS.md
 
 
 def select_path(device: torch.device, precision: str = "auto", runtime: str = "auto", work: int | None = None) -> str:
@@ -465,7 +465,8 @@ def path_reason(name: str, work: int | None, runtime: str = "auto", shapes: int 
     """Why ``name`` was chosen, in a few words, for the ``cityseg predict`` status line.
 
     ``work``: as for :func:`default_path`; ``shapes``: how many input shapes the work has (None: unknown).
-    E.g. ``"eager bf16: at most 2 forward passes per input shape, compiling pays from ~40"``.
+    E.g. ``"eager bf16: at most 2 forward passes per input shape, compiling pays from ~60"`` (the
+    figure is :data:`COMPILE_PAYS_FROM`).
     """
     if name == "int8":
         return "--precision int8"
