@@ -20,8 +20,9 @@ import torch
 from PIL import Image
 
 from cityseg.checkpoint import load_model
+from cityseg.inference.paths import available_paths
 from cityseg.inference.predict import stack_rgb
-from cityseg.inference.runtime import BASELINE, available_paths, build_runner, runner_input
+from cityseg.inference.runtime import BASELINE, build_runner, runner_input
 from cityseg.utils import parse_size, read_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")

@@ -6,7 +6,7 @@
 Every real frame with ``_gtFine_labelIds.png`` in the fixtures is rendered in the official
 colours at 2048x1024, resized with PIL's ``Image.resize`` and saved (JPEG or PNG), then
 converted back by three methods; the reference is the labelIds -> trainIds map resized with
-NEAREST (``cityseg.data.colour.measure_recovery``, the same code the tests use):
+NEAREST (``cityseg.data.colour_sim.measure_recovery``, the same code the tests use):
 
 * exact colour matching, one ``==`` mask per palette colour (the seed's per-class loop);
 * the nearest palette colour (train and void colours), vectorised;
@@ -34,7 +34,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cityseg import labels  # noqa: E402
-from cityseg.data import colour, formats  # noqa: E402
+from cityseg.data import colour, colour_sim, formats, palette  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 #: name -> (size per half, resample, JPEG quality or None, target (valid, boundary) or None)
@@ -55,18 +55,18 @@ ISSUE_BASELINES = {
 def exact_loop(rgb: np.ndarray) -> np.ndarray:
     """The seed's approach: one exact-match mask per palette colour; unmatched -> ignore."""
     out = np.full(rgb.shape[:2], labels.IGNORE_INDEX, np.uint8)
-    for k, c in enumerate(colour.PALETTE):
-        out[(rgb[..., :3] == c).all(-1)] = colour.PALETTE_TRAIN_IDS[k]
+    for k, c in enumerate(palette.PALETTE):
+        out[(rgb[..., :3] == c).all(-1)] = palette.PALETTE_TRAIN_IDS[k]
     return out
 
 
 def nearest_palette(rgb: np.ndarray, rows: int = 64) -> np.ndarray:
     """Nearest palette colour in RGB, vectorised over a block of rows at a time (bounded memory)."""
-    pal = colour.PALETTE.astype(np.int32)
+    pal = palette.PALETTE.astype(np.int32)
     out = np.empty(rgb.shape[:2], np.uint8)
     for y in range(0, rgb.shape[0], rows):
         block = rgb[y:y + rows, :, None, :3].astype(np.int32)
-        out[y:y + rows] = colour.PALETTE_TRAIN_IDS[((block - pal) ** 2).sum(-1).argmin(-1)]
+        out[y:y + rows] = palette.PALETTE_TRAIN_IDS[((block - pal) ** 2).sum(-1).argmin(-1)]
     return out
 
 
@@ -94,11 +94,11 @@ def recovery_table(frames: list[tuple[str, np.ndarray]]) -> list[str]:
     for setting, (size, resample, quality, target) in SETTINGS.items():
         per_method = {m: [] for m in METHODS}
         for _, ids in frames:
-            degraded, reference = colour.degrade_colour_mask(ids, size, resample, quality)
+            degraded, reference = colour_sim.degrade_colour_mask(ids, size, resample, quality)
             for name, fn in METHODS.items():
-                per_method[name].append(colour.score_recovery(fn(degraded), reference))
+                per_method[name].append(colour_sim.score_recovery(fn(degraded), reference))
         for name, scores in per_method.items():
-            pooled = sum(scores, colour.RecoveryScore(0, 0, 0, 0))
+            pooled = sum(scores, colour_sim.RecoveryScore(0, 0, 0, 0))
             med_v = statistics.median(s.valid_rate for s in scores)
             med_b = statistics.median(s.boundary_rate for s in scores)
             is_ours = name.startswith("ours")
@@ -125,8 +125,8 @@ def heldout_table(paths: list[Path]) -> list[str]:
         scaled = (round(src[0] * size[0] / 2048), round(src[1] * size[1] / 1024))
         cells = []
         for fn in (nearest_palette, lambda rgb: colour.color_to_train_ids(rgb, source_size=src)[0]):
-            pooled = sum((colour.measure_recovery(ids, scaled, resample, quality, convert=fn) for ids in frames),
-                         colour.RecoveryScore(0, 0, 0, 0))
+            pooled = sum((colour_sim.measure_recovery(ids, scaled, resample, quality, convert=fn) for ids in frames),
+                         colour_sim.RecoveryScore(0, 0, 0, 0))
             cells.append(f"{pooled.valid_rate:.2%} / {pooled.boundary_rate:.2%}")
         lines.append(f"| {scaled[0]}x{scaled[1]} {resample} {f'JPEG {quality}' if quality else 'lossless'} | " + " | ".join(cells) + " |")
     return lines
@@ -135,7 +135,7 @@ def heldout_table(paths: list[Path]) -> list[str]:
 def speed_table(frames: list[tuple[str, np.ndarray]], repeats: int) -> list[str]:
     inputs = {"clean 2048x1024 (official colour mask)": [labels.ID_PALETTE[ids] for _, ids in frames]}
     for setting, (size, resample, quality, _) in SETTINGS.items():
-        inputs[setting] = [colour.degrade_colour_mask(ids, size, resample, quality)[0] for _, ids in frames]
+        inputs[setting] = [colour_sim.degrade_colour_mask(ids, size, resample, quality)[0] for _, ids in frames]
     lines = ["| input | " + " | ".join(f"{m} CPU / wall ms/MP" for m in METHODS) + " | loop / ours (CPU) |",
              "|---|" + "---|" * (len(METHODS) + 1)]
     for name, masks in inputs.items():
@@ -190,7 +190,7 @@ def main() -> None:
         "(8 aachen train, 15 frankfurt val), each rendered in the official colours at 2048x1024, resized with PIL's "
         "`Image.resize` and saved as given; reference = labelIds -> trainIds resized with NEAREST; a boundary pixel "
         "is a valid reference pixel whose 3x3 neighbourhood holds another label; pixels set to ignore count as "
-        "not recovered (`cityseg.data.colour.measure_recovery`, shared with the tests). 'met' requires both the "
+        "not recovered (`cityseg.data.colour_sim.measure_recovery`, shared with the tests). 'met' requires both the "
         "median and the pooled figure to reach the target.",
         "",
         *recovery,

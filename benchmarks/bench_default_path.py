@@ -4,7 +4,7 @@
 
 On DeepLabV3-ResNet50 with random weights (``torch.manual_seed(0)``), at one input size, in one
 run: eager fp32 (NCHW, the baseline), then the two paths ``cityseg predict`` chooses between on
-this machine (:func:`cityseg.inference.runtime.default_path`): the eager one it takes for a few
+this machine (:func:`cityseg.inference.paths.default_path`): the eager one it takes for a few
 passes (bf16 autocast where the CPU has bf16 natively, else fp32 channels_last) and the compiled
 one it takes for many (``compile_bf16``, else ``compile``). Each path: one first call, then
 ``--repeats`` timed steady calls (their median is the path's time a pass). The compiled path's
@@ -17,7 +17,7 @@ of one shape with ``compile_s + n * compiled_s <= n * eager_s``, then rounded UP
 :data:`ROUND_TO` (:func:`rounded`): a wrong eager choice costs at most the eager/compiled pass
 ratio, a wrong compile a fixed half minute per shape, so the rounding errs towards eager. That
 rounded value is ``COMPILE_PAYS_FROM``; ``--write`` rewrites its one line in
-``src/cityseg/inference/runtime.py`` (atomically: a temporary file beside it, then a rename) with
+``src/cityseg/inference/paths.py`` (atomically: a temporary file beside it, then a rename) with
 the date and CPU of the run. Only a DeepLabV3-ResNet50 measurement may be written (the constant is
 documented as that model's); ``--model cityseg_tiny --size 64x32 --repeats 1 --skip-tta`` is a
 quick smoke run of the script itself, whose crossover means nothing.
@@ -47,7 +47,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 #: The file whose ``COMPILE_PAYS_FROM = ...`` line ``--write`` rewrites.
-RUNTIME_PY = REPO / "src" / "cityseg" / "inference" / "runtime.py"
+PATHS_PY = REPO / "src" / "cityseg" / "inference" / "paths.py"
 #: The crossover is rounded up to a multiple of this many passes.
 ROUND_TO = 10
 #: The only model whose measurement may become ``COMPILE_PAYS_FROM``.
@@ -90,7 +90,7 @@ def rounded(passes: int, step: int = ROUND_TO) -> int:
 
 
 def constant_line(value: int, date: str, cpu: str) -> str:
-    """The ``COMPILE_PAYS_FROM`` line of runtime.py, without its line ending."""
+    """The ``COMPILE_PAYS_FROM`` line of paths.py, without its line ending."""
     cpu = " ".join(cpu.replace("#", " ").split())
     return f"COMPILE_PAYS_FROM = {int(value)}  # measured by benchmarks/bench_default_path.py: {date}, {cpu}, see BENCHMARKS.md"
 
@@ -178,8 +178,10 @@ def measure(args) -> dict:
     import numpy as np
     import torch
 
-    from cityseg.inference.predict import Predictor, passes_per_shape, stack_rgb
-    from cityseg.inference.runtime import BASELINE, build_runner, default_path, runner_input
+    from cityseg.inference.passes import passes_per_shape
+    from cityseg.inference.paths import default_path
+    from cityseg.inference.predict import Predictor, stack_rgb
+    from cityseg.inference.runtime import BASELINE, build_runner, runner_input
     from cityseg.models import build_model
     from cityseg.utils import parse_size
 
@@ -261,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-json", metavar="FILE",
                         help="recompute the crossover from an earlier run's JSON summary instead of measuring")
     parser.add_argument("--write", action="store_true",
-                        help="rewrite the COMPILE_PAYS_FROM line of runtime.py with the measured value")
-    parser.add_argument("--runtime-file", default=str(RUNTIME_PY), help=argparse.SUPPRESS)  # tests: a copy
+                        help="rewrite the COMPILE_PAYS_FROM line of paths.py with the measured value")
+    parser.add_argument("--paths-file", default=str(PATHS_PY), help=argparse.SUPPRESS)  # tests: a copy
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
@@ -283,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         if c["passes"] is None:
             log("--write refused: no crossover to write")
             return 2
-        old, new = write_constant(args.runtime_file, c["compile_pays_from"], result["date"], result["cpu"])
-        log(f"{args.runtime_file}:\n  - {old}\n  + {new}")
+        old, new = write_constant(args.paths_file, c["compile_pays_from"], result["date"], result["cpu"])
+        log(f"{args.paths_file}:\n  - {old}\n  + {new}")
         log("now put this run's figures in BENCHMARKS.md ('Default inference path by workload') and the value "
             "in README.md (tests/test_bench_default_path.py checks that they quote it)")
     return 0

@@ -57,7 +57,7 @@ ev.main()
 
 FLOOR = """
 import sys, glob, numpy as np
-from multiprocessing import Pool
+from concurrent.futures import ProcessPoolExecutor
 from PIL import Image
 def pil(path):
     with Image.open(path) as img:
@@ -69,12 +69,13 @@ def spng(path):
 def cityseg(path):
     from cityseg.data.png import decode_grey
     with open(path, "rb") as f:
-        return decode_grey(f.read())
+        out = decode_grey(f.read())
+    return pil(path) if out is None else out  # cityseg's own fallback for files its fast path leaves to Pillow
 DECODE = {"pil": pil, "spng": spng, "cityseg": cityseg}[sys.argv[4]]
 def decode(gt):
     for path in (gt, gt.replace("_gtFine_labelIds", "_gtFine_instanceIds"), PRED[gt]):
         if DECODE(path) is None:
-            sys.exit(f"{path}: not decoded")
+            raise RuntimeError(f"{path}: not decoded")  # an exception reaches the parent; sys.exit hung Pool
 gts = sorted(glob.glob(sys.argv[1] + "/*/*_gtFine_labelIds.png"))
 PRED = {g: sys.argv[2] + "/" + g.rsplit("/", 1)[1].replace("_gtFine_labelIds", "_leftImg8bit") for g in gts}
 n = int(sys.argv[3])
@@ -82,8 +83,8 @@ if n == 1:
     for g in gts:
         decode(g)
 else:
-    with Pool(n) as pool:
-        list(pool.imap(decode, gts, chunksize=1))
+    with ProcessPoolExecutor(n) as pool:  # a worker that dies is an error here, not a hang
+        list(pool.map(decode, gts, chunksize=1))
 """
 
 
@@ -207,7 +208,8 @@ def per_frame_cpu(gt_dir: Path, pred_dir: Path, frames: int = 15, rounds: int = 
         np.in1d = np.isin
     from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as ev
 
-    from cityseg.metrics.pred_dir import keep_freed_memory, score_frame
+    from cityseg.metrics.pred_dir import score_frame
+    from cityseg.processes import keep_freed_memory
 
     keep_freed_memory()
     gts = sorted(gt_dir.rglob(f"*{GT_SUFFIX}"))[:frames]

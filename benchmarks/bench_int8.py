@@ -115,12 +115,12 @@ def speed(args) -> dict:
             times[name].append(ms)
         print(f"round {r + 1}: " + ", ".join(f"{n} {times[n][-1]:.0f} ms" for n in runners), flush=True)
     base = outs["eager_fp32"].argmax(1)
-    res = {}
+    results = {}
     for name in runners:
         ratios = [b / t for b, t in zip(times["eager_fp32"], times[name], strict=True)]
-        res[name] = {"ms": statistics.median(times[name]), "speedup": statistics.median(ratios),
-                     "agreement": float((outs[name].argmax(1) == base).double().mean()), "times_ms": times[name]}
-    return res
+        results[name] = {"ms": statistics.median(times[name]), "speedup": statistics.median(ratios),
+                         "agreement": float((outs[name].argmax(1) == base).double().mean()), "times_ms": times[name]}
+    return results
 
 
 def accuracy(args) -> dict:

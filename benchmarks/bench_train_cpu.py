@@ -36,7 +36,13 @@ from torchvision.transforms import v2
 
 from cityseg.config import load_config
 from cityseg.data.dataset import CityscapesDataset
-from cityseg.engine.build import build_criterion, build_engine, build_loaders, build_optimizer, build_train_model
+from cityseg.engine.build import (
+    build_criterion,
+    build_loaders,
+    build_optimizer,
+    build_step_settings,
+    build_train_model,
+)
 from cityseg.engine.schedule import build_schedule
 from cityseg.engine.train import compute_loss, optimizer_step
 from cityseg.labels import IGNORE_INDEX
@@ -89,19 +95,20 @@ def cityseg_loop(cfg, root: Path):
     dev = torch.device("cpu")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    loader, _, _ = build_loaders(cfg, root, dev)
-    model, core = build_train_model(cfg, dev)
-    criterion, optimizer = build_criterion(cfg), build_optimizer(cfg, core)
-    engine = build_engine(cfg, dev, micro_batch=loader.batch_size)
+    spec = cfg.spec()
+    loader, _, _ = build_loaders(cfg, spec, root, dev)
+    model, bare_model = build_train_model(cfg, spec, dev)
+    criterion, optimizer = build_criterion(cfg, spec), build_optimizer(cfg, bare_model)
+    step_settings = build_step_settings(cfg, dev, micro_batch=loader.batch_size)
     schedule = build_schedule(optimizer, cfg.sched, total_steps=10**6)
     model.train()
 
     def step(batch) -> None:
-        images, targets = engine.to_device(batch["image"], batch["mask"])
-        with engine.autocast():
-            loss = compute_loss(criterion, model(images), targets, engine.aux_weight)
+        images, targets = step_settings.to_device(batch["image"], batch["mask"])
+        with step_settings.autocast():
+            loss = compute_loss(criterion, model(images), targets, step_settings.aux_weight)
         loss.backward()
-        optimizer_step(model, optimizer, engine)
+        optimizer_step(model, optimizer, step_settings)
         schedule.step()
 
     return step, itertools.chain.from_iterable(itertools.repeat(loader))
@@ -114,13 +121,13 @@ def reference_loop(cfg, root: Path, workers: int):
     data = PilPairs(files, reference_transform(parse_size(cfg.data.crop_size), cfg.data.scale_range))
     loader = DataLoader(data, cfg.train.batch_size, shuffle=True, num_workers=workers, drop_last=True,
                         persistent_workers=workers > 0)
-    _, core = build_train_model(_plain(cfg), torch.device("cpu"))
-    criterion, optimizer = build_criterion(cfg), build_optimizer(cfg, core)
-    core.train()
+    _, bare_model = build_train_model(_plain(cfg), cfg.spec(), torch.device("cpu"))
+    criterion, optimizer = build_criterion(cfg, cfg.spec()), build_optimizer(cfg, bare_model)
+    bare_model.train()
 
     def step(batch) -> None:
         images, targets = batch
-        loss = compute_loss(criterion, core(images), targets, cfg.loss.aux_weight)
+        loss = compute_loss(criterion, bare_model(images), targets, cfg.loss.aux_weight)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

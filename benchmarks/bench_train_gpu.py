@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from cityseg.config import load_config
-from cityseg.engine.build import Engine, build_criterion, build_optimizer
+from cityseg.engine.build import StepSettings, build_criterion, build_optimizer
 from cityseg.engine.train import backward, compute_loss, optimizer_step
 from cityseg.labels import NUM_CLASSES
 from cityseg.models import build_model, set_frozen_bn_eval
@@ -40,12 +40,12 @@ from cityseg.models import build_model, set_frozen_bn_eval
 CROP_W, CROP_H = 1024, 512
 
 
-def make_engine(setting: str, device: torch.device) -> Engine:
+def make_step_settings(setting: str, device: torch.device) -> StepSettings:
     amp = None
     if setting != "fp32":
         amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 else None
-    return Engine(device, amp, scaler, accum=1, grad_clip=None, channels_last=setting != "fp32", aux_weight=0.4)
+    return StepSettings(device, amp, scaler, accum=1, grad_clip=None, channels_last=setting != "fp32", aux_weight=0.4)
 
 
 def run_setting(setting: str, args: argparse.Namespace, device: torch.device) -> list[float]:
@@ -58,21 +58,21 @@ def run_setting(setting: str, args: argparse.Namespace, device: torch.device) ->
     torch.manual_seed(0)
     model = build_model("deeplabv3_resnet50", pretrained="none", freeze=cfg.model.freeze, output_stride=8)
     model = model.to(device, memory_format=torch.channels_last if fast else torch.contiguous_format)
-    criterion = build_criterion(cfg)
+    criterion = build_criterion(cfg, cfg.spec())
     optimizer = build_optimizer(cfg, model)
-    engine = make_engine(setting, device)
+    step_settings = make_step_settings(setting, device)
     step_model = torch.compile(model) if setting == "engine+compile" else model
     images = torch.randn(args.batch, 3, CROP_H, CROP_W, device=device)
     targets = torch.randint(0, NUM_CLASSES, (args.batch, CROP_H, CROP_W), device=device)
-    images, targets = engine.to_device(images, targets)
+    images, targets = step_settings.to_device(images, targets)
     model.train()
     set_frozen_bn_eval(model)
 
     def one_step() -> None:
-        with engine.autocast():
-            loss = compute_loss(criterion, step_model(images), targets, engine.aux_weight)
-        backward(loss, engine)
-        optimizer_step(model, optimizer, engine)
+        with step_settings.autocast():
+            loss = compute_loss(criterion, step_model(images), targets, step_settings.aux_weight)
+        backward(loss, step_settings)
+        optimizer_step(model, optimizer, step_settings)
 
     for _ in range(args.warmup):
         one_step()

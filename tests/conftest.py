@@ -36,7 +36,11 @@ def _torch_settings_restored():
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    grad, dtype, autocast = torch.is_grad_enabled(), torch.get_default_dtype(), torch.is_autocast_enabled("cpu")
     yield
+    torch.set_grad_enabled(grad)
+    torch.set_default_dtype(dtype)
+    torch.set_autocast_enabled("cpu", autocast)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) != (

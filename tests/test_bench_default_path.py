@@ -19,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "bench_default_path.py"
-RUNTIME_PY = REPO / "src" / "cityseg" / "inference" / "runtime.py"
+PATHS_PY = REPO / "src" / "cityseg" / "inference" / "paths.py"
 
 
 def _load_script():
@@ -97,8 +97,8 @@ def _changed_lines(before: str, after: str) -> list[int]:
 
 
 def test_write_constant_rewrites_only_that_line(tmp_path):
-    copy = tmp_path / "runtime.py"
-    shutil.copyfile(RUNTIME_PY, copy)
+    copy = tmp_path / "paths.py"
+    shutil.copyfile(PATHS_PY, copy)
     os.chmod(copy, 0o640)
     before = copy.read_bytes().decode()
     old, new = bench.write_constant(copy, 37, "2027-01-02", "2-core Test CPU # with a hash")
@@ -111,7 +111,7 @@ def test_write_constant_rewrites_only_that_line(tmp_path):
     assert old == before.splitlines()[changed[0]] and old.startswith("COMPILE_PAYS_FROM = ")
     assert _constant_of(after) == 37
     assert stat.S_IMODE(copy.stat().st_mode) == 0o640
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["runtime.py"]  # no temporary file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["paths.py"]  # no temporary file left behind
 
 
 def test_write_constant_keeps_crlf_and_refuses_zero_or_two_lines(tmp_path):
@@ -143,11 +143,11 @@ def _run(*args):
 
 
 def test_cli_write_from_json_rewrites_only_the_constant_of_the_given_file(tmp_path):
-    real_before = RUNTIME_PY.read_bytes()
-    copy = tmp_path / "runtime.py"
-    shutil.copyfile(RUNTIME_PY, copy)
+    real_before = PATHS_PY.read_bytes()
+    copy = tmp_path / "paths.py"
+    shutil.copyfile(PATHS_PY, copy)
     before = copy.read_text()
-    done = _run("--from-json", _summary(tmp_path), "--write", "--runtime-file", copy)
+    done = _run("--from-json", _summary(tmp_path), "--write", "--paths-file", copy)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["crossover"]["passes"] == 56 and summary["crossover"]["compile_pays_from"] == 60
@@ -155,16 +155,16 @@ def test_cli_write_from_json_rewrites_only_the_constant_of_the_given_file(tmp_pa
     [i] = _changed_lines(before, after)
     assert after.splitlines()[i] == ("COMPILE_PAYS_FROM = 60  # measured by benchmarks/bench_default_path.py: "
                                      "2027-01-02, 2-core Made-up CPU, see BENCHMARKS.md")
-    assert RUNTIME_PY.read_bytes() == real_before  # the real file is untouched
+    assert PATHS_PY.read_bytes() == real_before  # the real file is untouched
 
 
 def test_cli_write_refused_for_another_model_or_no_crossover(tmp_path):
-    copy = tmp_path / "runtime.py"
-    shutil.copyfile(RUNTIME_PY, copy)
+    copy = tmp_path / "paths.py"
+    shutil.copyfile(PATHS_PY, copy)
     before = copy.read_bytes()
-    done = _run("--from-json", _summary(tmp_path, model="cityseg_tiny"), "--write", "--runtime-file", copy)
+    done = _run("--from-json", _summary(tmp_path, model="cityseg_tiny"), "--write", "--paths-file", copy)
     assert done.returncode == 2 and "refused" in done.stderr
-    done = _run("--from-json", _summary(tmp_path, eager=1.0, compiled=1.2), "--write", "--runtime-file", copy)
+    done = _run("--from-json", _summary(tmp_path, eager=1.0, compiled=1.2), "--write", "--paths-file", copy)
     assert done.returncode == 2 and "never pays" in done.stderr
     assert json.loads(done.stdout)["crossover"]["compile_pays_from"] is None
     assert copy.read_bytes() == before
@@ -179,7 +179,7 @@ def test_cli_help():
 
 
 def test_the_constant_line_is_the_one_the_script_writes():
-    text = RUNTIME_PY.read_text()
+    text = PATHS_PY.read_text()
     [line] = [x for x in text.splitlines() if x.startswith("COMPILE_PAYS_FROM")]
     value = _constant_of(text)
     assert re.fullmatch(rf"COMPILE_PAYS_FROM = {value}  # measured by benchmarks/bench_default_path\.py: "
@@ -190,7 +190,7 @@ def test_the_constant_line_is_the_one_the_script_writes():
 def test_docs_quote_the_constant():
     """README and the docstrings quote COMPILE_PAYS_FROM's current value (rerunning the benchmark with
     --write changes it: then they must follow)."""
-    value = _constant_of(RUNTIME_PY.read_text())
+    value = _constant_of(PATHS_PY.read_text())
     readme = (REPO / "README.md").read_text()
     quoted = [int(n) for n in re.findall(r"pays from ~(\d+)", readme)]
     quoted += [int(n) for n in re.findall(r"Below (\d+) passes of one shape", readme)]

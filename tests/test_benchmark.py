@@ -10,7 +10,8 @@ import torch
 from cityseg.cli import main
 from cityseg.inference import benchmark
 from cityseg.inference.benchmark import run_benchmark
-from cityseg.inference.runtime import BASELINE, PATHS, default_path
+from cityseg.inference.paths import default_path
+from cityseg.inference.runtime import BASELINE, PATHS
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_torch")  # conftest: one thread, restored after

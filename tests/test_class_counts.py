@@ -18,7 +18,7 @@ from PIL import Image
 
 from cityseg.checkpoint import load_model, save_checkpoint
 from cityseg.config import Config
-from cityseg.inference import runtime
+from cityseg.inference import paths
 from cityseg.inference.predict import Predictor
 from cityseg.inference.runtime import Fp32, TorchRunner, keep_fp32_ends
 from cityseg.modelinfo import classifier_convs, model_config
@@ -161,7 +161,7 @@ def test_int8_file_of_a_described_dataset_names_that_dataset(toy5_checkpoint, mo
     from cityseg.cli import main
     from cityseg.inference.onnx import read_metadata
 
-    monkeypatch.setattr(runtime, "cpu_has_vnni", lambda: True)  # int8 runs (slower, still right) on any CPU
+    monkeypatch.setattr(paths, "cpu_has_vnni", lambda: True)  # int8 runs (slower, still right) on any CPU
     model, _ = load_model(toy5_checkpoint)
     assert model_config(model)["dataset"]["name"] == "toy5"
     calib = toy5_checkpoint.parent.parent / "calib"

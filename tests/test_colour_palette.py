@@ -10,8 +10,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from cityseg import labels
-from cityseg.data import colour, formats
-from cityseg.data.colour import CITYSCAPES, Palette
+from cityseg.data import colour, colour_sim, formats, palette
+from cityseg.data.palette import CITYSCAPES, Palette
 from cityseg.datasets import IGNORE_INDEX, DatasetSpec, load_dataset
 from cityseg.errors import CitysegError
 
@@ -79,7 +79,7 @@ def test_cityscapes_palette_is_the_official_table():
     # rebuilt from cityseg.labels by hand: every distinct colour once, sorted
     colours = sorted({lb.color for lb in labels.LABELS})
     assert CITYSCAPES.colours.tolist() == [list(c) for c in colours]
-    assert CITYSCAPES.name == "Cityscapes" and CITYSCAPES.frame_size == colour.CITYSCAPES_SIZE
+    assert CITYSCAPES.name == "Cityscapes" and CITYSCAPES.frame_size == palette.CITYSCAPES_SIZE
     assert CITYSCAPES.bit_dtype == np.uint32
     for k, c in enumerate(colours):
         trained = [lb for lb in labels.LABELS if lb.color == c and not lb.ignore_in_eval]
@@ -97,8 +97,8 @@ def test_cityscapes_palette_is_the_official_table():
         train_id = labels.LABEL_BY_NAME[train_name].train_id if train_name else labels.IGNORE_INDEX
         assert (CITYSCAPES.train_ids[k], CITYSCAPES.label_ids[k]) == (train_id, label_id), name
     # the former module tables are the same arrays, and read-only (the cached tables derive from them)
-    assert colour.PALETTE is CITYSCAPES.colours and colour.PALETTE_TRAIN_IDS is CITYSCAPES.train_ids
-    assert colour.PALETTE_LABEL_IDS is CITYSCAPES.label_ids
+    assert palette.PALETTE is CITYSCAPES.colours and palette.PALETTE_TRAIN_IDS is CITYSCAPES.train_ids
+    assert palette.PALETTE_LABEL_IDS is CITYSCAPES.label_ids
     with pytest.raises(ValueError):
         CITYSCAPES.colours[0] = 1
 
@@ -110,8 +110,8 @@ def test_cityscapes_spec_palette_recovers_the_same_train_ids():
     assert np.array_equal(pal.colours, CITYSCAPES.colours) and np.array_equal(pal.train_ids, CITYSCAPES.train_ids)
     assert set(pal.label_ids[: pal.n][pal.train_ids[: pal.n] == IGNORE_INDEX].tolist()) == {0}
     ids = np.random.default_rng(4).choice(labels.VALID_LABEL_IDS, (16, 32)).astype(np.uint8)
-    rgb, _ = colour.degrade_colour_mask(np.kron(ids, np.ones((8, 8), np.uint8)), (96, 48), "bilinear", 80)
-    ours = colour.color_to_train_ids(rgb, colour.CITYSCAPES_SIZE, palette=pal)[0]
+    rgb, _ = colour_sim.degrade_colour_mask(np.kron(ids, np.ones((8, 8), np.uint8)), (96, 48), "bilinear", 80)
+    ours = colour.color_to_train_ids(rgb, palette.CITYSCAPES_SIZE, palette=pal)[0]
     assert np.array_equal(ours, colour.color_to_train_ids(rgb)[0])
 
 
@@ -125,7 +125,7 @@ def test_spec_palette_maps_colours_to_train_and_label_ids():
     assert table == {(10, 200, 30): (0, 1), (200, 20, 20): (1, 2), (20, 40, 220): (2, 4), (240, 200, 0): (3, 5),
                      (120, 0, 160): (4, 6), (0, 0, 0): (IGNORE_INDEX, 9)}
     assert not pal.rare_void.any()  # black is the common void
-    assert (pal.train_ids[colour._NO_COLOUR], pal.label_ids[colour._NO_COLOUR]) == (IGNORE_INDEX, 0)
+    assert (pal.train_ids[palette.NO_COLOUR], pal.label_ids[palette.NO_COLOUR]) == (IGNORE_INDEX, 0)
     # the lookup table is built once per palette, and is not Cityscapes'
     assert colour.confident_lut(pal) is pal.lut is colour.confident_lut(pal)
     assert colour.confident_lut(pal) is not colour.confident_lut()
@@ -136,11 +136,11 @@ def test_toy_masks_resized_and_jpeg_are_recovered(seed):
     spec = _toy()
     pal = Palette.from_spec(spec)
     truth = _random_scene(spec.num_classes, (512, 256), seed)
-    rgb, reference = colour.degrade_colours(_colours_of(spec, truth), truth, (256, 128), "bilinear", 75)
+    rgb, reference = colour_sim.degrade_colours(_colours_of(spec, truth), truth, (256, 128), "bilinear", 75)
     train, stats = colour.color_to_train_ids(rgb, (512, 256), palette=pal)
-    ours = colour.score_recovery(train, reference)
-    exact = colour.score_recovery(_exact(pal, rgb), reference)
-    nearest = colour.score_recovery(_nearest(pal, rgb), reference)
+    ours = colour_sim.score_recovery(train, reference)
+    exact = colour_sim.score_recovery(_exact(pal, rgb), reference)
+    nearest = colour_sim.score_recovery(_nearest(pal, rgb), reference)
     assert ours.valid_rate >= 0.99, ours  # seeds 0-5: 0.993-0.997
     assert ours.boundary_rate >= 0.9 and ours.boundary_rate >= nearest.boundary_rate + 0.05, (ours, nearest)
     assert exact.valid_rate < ours.valid_rate - 0.2 and exact.boundary_rate < 0.1, exact  # JPEG moves most colours
@@ -156,7 +156,7 @@ def test_toy_blend_that_looks_like_a_third_colour_keeps_its_two_components():
     truth = np.full((64, 256), 2, np.uint8)  # sky
     truth[:, :100] = 1  # wall; the border falls mid-pixel: a 50/50 blend at column 12
     truth[16:40, 176:] = 3  # person
-    rgb, reference = colour.degrade_colours(_colours_of(spec, truth), truth, (32, 8), "bilinear")
+    rgb, reference = colour_sim.degrade_colours(_colours_of(spec, truth), truth, (32, 8), "bilinear")
     violet = spec.class_names.index("violet")
     assert (_nearest(pal, rgb) == violet).any()
     train, stats = colour.color_to_train_ids(rgb, (256, 64), palette=pal)
@@ -192,7 +192,7 @@ def test_without_a_frame_size_a_mask_is_taken_at_its_own_size():
     spec = _toy()
     pal = Palette.from_spec(spec)
     truth = _random_scene(spec.num_classes, (128, 64), 7)
-    rgb, _ = colour.degrade_colours(_colours_of(spec, truth), truth, (128, 64), "bilinear", 70)
+    rgb, _ = colour_sim.degrade_colours(_colours_of(spec, truth), truth, (128, 64), "bilinear", 70)
     assert np.array_equal(colour.recover_palette_index(rgb, palette=pal)[0],
                           colour.recover_palette_index(rgb, (128, 64), palette=pal)[0])
 
@@ -212,8 +212,8 @@ def test_palettes_of_more_than_32_colours_use_64_bits():
     pal = Palette.from_spec(spec)
     assert pal.n == 41 and pal.bit_dtype == np.uint64
     truth = np.kron(np.random.default_rng(8).integers(32, 40, (8, 16)), np.ones((16, 16), int)).astype(np.uint8)
-    rgb, reference = colour.degrade_colours(_colours_of(spec, truth), truth, (128, 64), "bilinear")
-    score = colour.score_recovery(colour.color_to_train_ids(rgb, (256, 128), palette=pal)[0], reference)
+    rgb, reference = colour_sim.degrade_colours(_colours_of(spec, truth), truth, (128, 64), "bilinear")
+    score = colour_sim.score_recovery(colour.color_to_train_ids(rgb, (256, 128), palette=pal)[0], reference)
     assert score.valid_rate >= 0.99 and score.boundary_rate >= 0.95, score
 
 

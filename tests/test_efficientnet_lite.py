@@ -14,11 +14,12 @@ import torch
 from PIL import Image
 
 from cityseg import checkpoint as C
-from cityseg import efficientnet_lite as lite
 from cityseg.cli import main
 from cityseg.errors import CitysegError
 from cityseg.imaging import IMAGENET, Normalization, model_normalization, normalize
 from cityseg.models import MODELS, build_model
+from cityseg.models import efficientnet_lite as lite
+from cityseg.pretrained import build_starting_model
 
 timm = pytest.importorskip("timm")
 pytestmark = pytest.mark.usefixtures("one_thread_torch")  # conftest: one thread, restored after
@@ -121,7 +122,7 @@ def test_renaming_inverts_the_published_layout_for_every_variant(variant):
 def test_every_backbone_tensor_loads_from_either_layout(lite0_files, file, caplog):
     net = classifier_net("efficientnet_lite0")
     with caplog.at_level(logging.INFO, logger="cityseg"):
-        model = C.build_starting_model("fpn_efficientnet_lite0", pretrained=str(lite0_files[file]), freeze=[])
+        model = build_starting_model("fpn_efficientnet_lite0", pretrained=str(lite0_files[file]), freeze=[])
     own = model.backbone.state_dict()
     ref = net.state_dict()
     assert len(own) == 288  # 247 tensors + 41 num_batches_tracked: every one of them from the file
@@ -135,7 +136,7 @@ def test_forward_matches_timm_given_the_same_weights_and_normalisation(lite0_fil
     """Our backbone on ImageNet-normalised input (the pipeline's) equals timm's classifier trunk on the
     same photo normalised as the weights want (mean = std = 0.5); fed ImageNet's instead, it would not."""
     net = classifier_net("efficientnet_lite0")
-    model = C.build_starting_model("fpn_efficientnet_lite0", pretrained=str(lite0_files["ep.pth"]), freeze=[],
+    model = build_starting_model("fpn_efficientnet_lite0", pretrained=str(lite0_files["ep.pth"]), freeze=[],
                                    output_stride=32).eval()
     photo = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 96, 128), dtype=np.uint8))
     trunk = []
@@ -156,7 +157,7 @@ def test_another_variant_or_architecture_is_refused_naming_both(tmp_path):
     lite2 = timm.create_model(lite.timm_name("efficientnet_lite2")).state_dict()
     torch.save(to_efficientnet_pytorch(lite2, depths("efficientnet_lite2")), tmp_path / "lite2.pth")
     with pytest.raises(CitysegError) as err:
-        C.build_starting_model("deeplabv3_efficientnet_lite0", pretrained=str(tmp_path / "lite2.pth"),
+        build_starting_model("deeplabv3_efficientnet_lite0", pretrained=str(tmp_path / "lite2.pth"),
                                output_stride=32)
     msg = str(err.value)
     assert "\n" not in msg and "lite2.pth: holds the weights of efficientnet_lite2" in msg
@@ -164,7 +165,7 @@ def test_another_variant_or_architecture_is_refused_naming_both(tmp_path):
     torch.save(timm.create_model("resnet18").state_dict(), tmp_path / "resnet.pth")
     with pytest.raises(CitysegError, match="resnet.pth: holds no EfficientNet-Lite backbone, but the model's "
                                            "backbone is efficientnet_lite1"):
-        C.build_starting_model("lraspp_efficientnet_lite1", pretrained=str(tmp_path / "resnet.pth"))
+        build_starting_model("lraspp_efficientnet_lite1", pretrained=str(tmp_path / "resnet.pth"))
 
 
 @pytest.mark.parametrize("variant", list(SHARED_FILES))
@@ -173,7 +174,7 @@ def test_shared_imagenet_files_load_every_backbone_tensor(variant):
     if not path.is_file():
         pytest.skip("../shared/data/imagenet-weights is not present")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    model = C.build_starting_model(f"fpn_{variant}", pretrained=str(path), freeze=[])
+    model = build_starting_model(f"fpn_{variant}", pretrained=str(path), freeze=[])
     own = model.backbone.state_dict()
     renamed = lite.to_timm_keys(state, depths(variant))
     assert set(own) == set(renamed) - {k for k in renamed if k.startswith(("conv_head.", "bn2.", "classifier."))}
@@ -220,7 +221,7 @@ def test_older_models_and_checkpoints_keep_imagenet():
 
 
 def test_wrong_normalisation_changes_the_predictions(lite0_files):
-    model = C.build_starting_model("fpn_efficientnet_lite0", pretrained=str(lite0_files["timm.pth"]), freeze=[])
+    model = build_starting_model("fpn_efficientnet_lite0", pretrained=str(lite0_files["timm.pth"]), freeze=[])
     model.eval()
     x = normalize(torch.from_numpy(np.random.default_rng(1).integers(0, 256, (1, 3, 64, 64), dtype=np.uint8)))
     with torch.no_grad():

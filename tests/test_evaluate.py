@@ -453,7 +453,7 @@ def test_checkpoint_scores_equal_pred_dir_scores_of_its_saved_predictions(tmp_pa
 
 
 def test_checkpoint_precision_and_runtime_choose_the_path(tmp_path, caplog, monkeypatch):
-    """evaluate --checkpoint scores through a Predictor whose path runtime.choose_path picks: eager fp32
+    """evaluate --checkpoint scores through a Predictor whose path paths.choose_path picks: eager fp32
     channels_last by default (training's maths), bf16 where the hardware has it with --precision auto."""
     import logging
 
@@ -462,8 +462,8 @@ def test_checkpoint_precision_and_runtime_choose_the_path(tmp_path, caplog, monk
     ckpt, root = _tiny_checkpoint(tmp_path)
     import torch
     from cityseg.engine import evaluate as ev
+    from cityseg.inference import paths, runtime
     from cityseg.inference import predict as pr
-    from cityseg.inference import runtime
 
     chosen = []
 
@@ -479,7 +479,7 @@ def test_checkpoint_precision_and_runtime_choose_the_path(tmp_path, caplog, monk
         outs[precision, runtime_] = counts.scores()["pixel_accuracy"]
         assert n == 3
     # 3 frames of one size: far below COMPILE_PAYS_FROM, so eager in every case
-    bf16 = "bf16" in runtime.available_paths(torch.device("cpu"))
+    bf16 = "bf16" in paths.available_paths(torch.device("cpu"))
     assert chosen == ["channels_last", "channels_last", "bf16" if bf16 else "channels_last"]
     assert outs["fp32", "auto"] == outs["fp32", "torch"]  # the same path: the same scores
     assert "evaluate: whole image" in caplog.text and "3 forward passes per input shape" in caplog.text

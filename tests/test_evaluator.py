@@ -1,4 +1,4 @@
-"""engine.evaluator.Evaluator: the same counts and scores as cityseg.metrics, on tensors and under DDP."""
+"""metrics.evaluator.Evaluator: the same counts and scores as cityseg.metrics, on tensors and under DDP."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 
 from cityseg import metrics
-from cityseg.engine.evaluator import Evaluator
 from cityseg.labels import ID_TO_TRAIN_ID, IGNORE_INDEX, LABELS, NUM_CLASSES, TRAIN_ID_TO_ID
+from cityseg.metrics.evaluator import Evaluator
 
 ALL_IDS = np.array([lb.id for lb in LABELS if lb.id >= 0])
 INSTANCE_IDS = np.array([lb.id for lb in LABELS if lb.has_instances])

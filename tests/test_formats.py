@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cityseg import labels
-from cityseg.data import colour, formats
+from cityseg.data import colour, colour_sim, formats, palette
 from cityseg.errors import CitysegError
 
 ID = {name: lb.id for name, lb in labels.LABEL_BY_NAME.items()}
@@ -29,8 +29,8 @@ def _every_id_map() -> np.ndarray:
 
 def _nearest_palette(rgb: np.ndarray) -> np.ndarray:
     """The plain baseline: each pixel takes the trainId of its nearest palette colour (RGB)."""
-    d = ((rgb[..., None, :3].astype(np.int32) - colour.PALETTE.astype(np.int32)) ** 2).sum(-1)
-    return colour.PALETTE_TRAIN_IDS[d.argmin(-1)]
+    d = ((rgb[..., None, :3].astype(np.int32) - palette.PALETTE.astype(np.int32)) ** 2).sum(-1)
+    return palette.PALETTE_TRAIN_IDS[d.argmin(-1)]
 
 
 # ---------------------------------------------------------------------------- labelIds / trainIds
@@ -166,7 +166,7 @@ def test_blended_border_recovered_where_nearest_palette_picks_a_third_class():
     ids = np.zeros((64, 256), np.uint8)
     ids[:, :100] = ID["car"]  # the border falls mid-pixel: a 50/50 blend at column 12
     ids[16:40, 176:] = ID["road"]
-    rgb, reference = colour.degrade_colour_mask(ids, (32, 8), "bilinear")
+    rgb, reference = colour_sim.degrade_colour_mask(ids, (32, 8), "bilinear")
     assert (_nearest_palette(rgb) == TRAIN["truck"]).any()
     train, stats = colour.color_to_train_ids(rgb, source_size=(256, 64))
     valid = reference != labels.IGNORE_INDEX
@@ -178,7 +178,7 @@ def test_blended_border_recovered_where_nearest_palette_picks_a_third_class():
 def test_recovery_is_exact_on_nearest_resized_masks():
     ids = np.random.default_rng(1).choice(labels.VALID_LABEL_IDS, (16, 32)).astype(np.uint8)
     ids = np.kron(ids, np.ones((4, 4), np.uint8))
-    score = colour.measure_recovery(ids, (32, 16), "nearest")
+    score = colour_sim.measure_recovery(ids, (32, 16), "nearest")
     assert score.valid_ok == score.valid and score.boundary_ok == score.boundary > 0
 
 
@@ -196,7 +196,7 @@ def test_score_recovery_counts_valid_and_boundary_pixels_by_hand():
     pred = ref.copy()
     pred[0, 1] = 1  # a boundary pixel wrong
     pred[0, 0] = labels.IGNORE_INDEX  # ignore counts as a miss (row 0 col 0 is not boundary)
-    score = colour.score_recovery(pred, ref)
+    score = colour_sim.score_recovery(pred, ref)
     # valid: 12; boundary: columns 1-2 of rows 0-2 (6) plus row 2 cols 0 and 3 (next to ignore)
     assert (score.valid, score.valid_ok) == (12, 10)
     assert (score.boundary, score.boundary_ok) == (8, 7)
@@ -207,7 +207,7 @@ def test_boundary_matches_scipy_filters():
     ref = np.random.default_rng(2).integers(0, 4, (20, 30)).astype(np.uint8)
     ref = np.kron(ref, np.ones((2, 3), np.uint8))
     oracle = ndimage.maximum_filter(ref, 3, mode="nearest") != ndimage.minimum_filter(ref, 3, mode="nearest")
-    assert (colour._holds_other_label(ref) == oracle).all()
+    assert (colour_sim._holds_other_label(ref) == oracle).all()
 
 
 # ---------------------------------------------------------------------------- pairs
@@ -251,15 +251,15 @@ def _real_label_ids(fixtures_dir: Path) -> np.ndarray:
 
 def test_real_frame_recovery_meets_the_lossless_target(fixtures_dir):
     ids = _real_label_ids(fixtures_dir)
-    ours = colour.measure_recovery(ids, (512, 256), "bilinear", None)
-    baseline = colour.measure_recovery(ids, (512, 256), "bilinear", None, convert=_nearest_palette)
+    ours = colour_sim.measure_recovery(ids, (512, 256), "bilinear", None)
+    baseline = colour_sim.measure_recovery(ids, (512, 256), "bilinear", None, convert=_nearest_palette)
     assert ours.valid_rate >= 0.995 and ours.boundary_rate >= 0.95, ours
     assert baseline.boundary_rate < 0.9  # the plain nearest colour misses many border pixels
 
 
 def test_real_frame_recovery_beats_nearest_palette_under_jpeg(fixtures_dir):
     ids = _real_label_ids(fixtures_dir)
-    ours = colour.measure_recovery(ids, (256, 256), "bilinear", 75)
-    baseline = colour.measure_recovery(ids, (256, 256), "bilinear", 75, convert=_nearest_palette)
+    ours = colour_sim.measure_recovery(ids, (256, 256), "bilinear", 75)
+    baseline = colour_sim.measure_recovery(ids, (256, 256), "bilinear", 75, convert=_nearest_palette)
     assert ours.valid_rate >= 0.97
     assert ours.boundary_rate >= baseline.boundary_rate + 0.15, (ours, baseline)

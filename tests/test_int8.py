@@ -54,7 +54,8 @@ def test_benchmark_precision_int8_reports_int8(tmp_path):
     import json
 
     result = json.loads(out.read_text())
-    from cityseg.inference.runtime import cpu_has_vnni, default_path
+    from cityseg.device import cpu_has_vnni
+    from cityseg.inference.paths import default_path
 
     assert result["path"] == ("int8" if cpu_has_vnni() else default_path(torch.device("cpu")))
     assert set(result["paths"]) == {"eager_fp32", result["path"]}

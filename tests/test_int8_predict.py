@@ -16,7 +16,7 @@ from PIL import Image
 
 from cityseg.cli import main
 from cityseg.data.synthetic import render_frame
-from cityseg.inference import int8, runtime
+from cityseg.inference import int8, paths
 from cityseg.inference.predict import Predictor
 from cityseg.labels import ID_TO_TRAIN_ID, IGNORE_INDEX
 
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_own_cache")
 @pytest.fixture
 def vnni(monkeypatch):
     """Pretend the CPU has VNNI: the int8 path runs (slower, still right) on any CPU."""
-    monkeypatch.setattr(runtime, "cpu_has_vnni", lambda: True)
+    monkeypatch.setattr(paths, "cpu_has_vnni", lambda: True)
 
 
 def _frame(split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -210,11 +210,11 @@ def test_onnx_with_int8_is_refused_in_one_line(tmp_path, setup, capsys):
 
 
 def test_no_vnni_warns_once_and_runs_the_default_path(tmp_path, setup, capsys, monkeypatch):
-    monkeypatch.setattr(runtime, "cpu_has_vnni", lambda: False)
+    monkeypatch.setattr(paths, "cpu_has_vnni", lambda: False)
     ckpt = _checkpoint_in(tmp_path / "run", setup)
     code, out, err = _predict(capsys, ckpt, setup["inputs"], tmp_path / "out", "--precision", "int8",
                               "--calibration", str(setup["calib"]))
-    fallback = runtime.default_path(torch.device("cpu"))  # 3 frames: eager, bf16 or fp32 by the CPU
+    fallback = paths.default_path(torch.device("cpu"))  # 3 frames: eager, bf16 or fp32 by the CPU
     expected = ("cityseg predict: warning: --precision int8: this CPU has no VNNI (avx512_vnni, avx_vnni or amx_int8): "
                 f"int8 would be slower than fp32; running {fallback} instead")
     assert code == 0 and err.strip().splitlines() == [expected]
@@ -223,12 +223,12 @@ def test_no_vnni_warns_once_and_runs_the_default_path(tmp_path, setup, capsys, m
 
 
 def test_benchmark_without_vnni_warns_and_reports_the_default_path(tmp_path, setup, capsys, monkeypatch):
-    monkeypatch.setattr(runtime, "cpu_has_vnni", lambda: False)
+    monkeypatch.setattr(paths, "cpu_has_vnni", lambda: False)
     report = tmp_path / "bench.json"
     assert main(["benchmark", "--model", "cityseg_tiny", "--size", "96x64", "--precision", "int8", "--calibration",
                  str(setup["calib"]), "--repeats", "1", "--threads", "1", "--json", str(report)]) == 0
-    fallback = runtime.default_path(torch.device("cpu"))
+    fallback = paths.default_path(torch.device("cpu"))
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"cityseg benchmark: warning: {runtime.no_vnni_message(fallback)}"]
+        f"cityseg benchmark: warning: {paths.no_vnni_message(fallback)}"]
     result = json.loads(report.read_text())
     assert result["path"] == fallback and set(result["paths"]) == {"eager_fp32", fallback}

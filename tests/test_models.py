@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 
 from cityseg import labels
-from cityseg.checkpoint import build_starting_model
+from cityseg.pretrained import build_starting_model
 from cityseg.errors import CitysegError
 from cityseg.imaging import IMAGENET_MEAN, IMAGENET_STD
 from cityseg.models import (
@@ -231,7 +231,7 @@ def test_cityseg_checkpoint_fine_tune_and_wrong_model(tmp_path, caplog):
     src = build_model("cityseg_tiny", aux_head=True)
     ckpt = {"format": "cityseg", "version": 1, "config": {"model": {"name": "cityseg_tiny"}}, "model": src.state_dict()}
     torch.save(ckpt, tmp_path / "best.pt")
-    with caplog.at_level(logging.WARNING, logger="cityseg.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="cityseg.pretrained"):
         loaded = build_starting_model("cityseg_tiny", pretrained=str(tmp_path / "best.pt"))  # no aux: its keys are extra
     _assert_same_weights(loaded, {k: v for k, v in src.state_dict().items() if not k.startswith("aux")})
     assert "ignored" in caplog.text and "aux_classifier.0.0.weight" in caplog.text
@@ -242,7 +242,7 @@ def test_cityseg_checkpoint_fine_tune_and_wrong_model(tmp_path, caplog):
 def test_resnet_backbone_state_dict(tmp_path, caplog):
     resnet = torchvision.models.resnet50()
     torch.save(resnet.state_dict(), tmp_path / "resnet50.pth")
-    with caplog.at_level(logging.WARNING, logger="cityseg.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="cityseg.pretrained"):
         model = build_starting_model("deeplabv3_resnet50", pretrained=str(tmp_path / "resnet50.pth"))
     _assert_same_weights(model.backbone, {k: v for k, v in resnet.state_dict().items() if not k.startswith("fc.")})
     assert "2 tensors ignored" in caplog.text and "fc.weight" in caplog.text

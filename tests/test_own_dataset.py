@@ -232,9 +232,10 @@ def test_stats_of_the_prepared_folder_gives_weights_for_its_classes(toy_run, tmp
     from cityseg.engine.build import build_criterion
 
     cfg = load_config(None, [f"dataset={toy_run['desc']}", f"loss.class_weights={weights}"])
-    build_criterion(cfg)  # five weights fit toy5's five classes ...
+    build_criterion(cfg, cfg.spec())  # five weights fit toy5's five classes ...
+    cityscapes = load_config(None, [f"loss.class_weights={weights}"])
     with pytest.raises(Exception, match="give one per class \\(19\\)"):
-        build_criterion(load_config(None, [f"loss.class_weights={weights}"]))  # ... not Cityscapes' 19
+        build_criterion(cityscapes, cityscapes.spec())  # ... not Cityscapes' 19
 
 
 # --- a class described by its colour alone, end to end -------------------------------------------

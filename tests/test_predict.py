@@ -10,12 +10,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cityseg import labels
+from cityseg import device, labels
 from cityseg.cli import main
 from cityseg.config import Config
 from cityseg.errors import CitysegError
-from cityseg.inference import runtime
-from cityseg.inference.predict import Predictor, passes_per_shape, predict_logits, to_input, window_starts
+from cityseg.inference import paths, runtime
+from cityseg.inference.passes import passes_per_shape, predict_probs, window_starts
+from cityseg.inference.predict import Predictor, to_input
 
 C = labels.NUM_CLASSES
 
@@ -52,7 +53,7 @@ def rgb(h: int = 64, w: int = 64, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-# --- predict_logits --------------------------------------------------------------------------------
+# --- predict_probs --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -71,8 +72,8 @@ def test_window_starts_cover_the_axis(size, crop, stride, expected):
 @pytest.mark.parametrize("crop", [(64, 48), (100, 80)])  # exactly the image; larger than it
 def test_sliding_equals_whole_when_one_window_covers_the_image(crop):
     model, x = tiny_model(), to_input([rgb(48, 64)])
-    whole = predict_logits(model, x)
-    sliding = predict_logits(model, x, mode="sliding", crop=crop, stride=crop)
+    whole = predict_probs(model, x)
+    sliding = predict_probs(model, x, mode="sliding", crop=crop, stride=crop)
     torch.testing.assert_close(sliding, whole)
 
 
@@ -80,20 +81,20 @@ def test_overlapping_windows_average_to_whole_for_a_pixelwise_model():
     # 3x3 windows of 32x24 over 64x48 with overlaps: each pixel's probability is the same in
     # every window, so the average must equal the whole-image pass if the count map is right.
     model, x = PixelModel().eval(), to_input([rgb(48, 64), rgb(48, 64, seed=1)])
-    whole = predict_logits(model, x)
-    sliding = predict_logits(model, x, mode="sliding", crop=(32, 24), stride=(16, 12), batch_size=4)
+    whole = predict_probs(model, x)
+    sliding = predict_probs(model, x, mode="sliding", crop=(32, 24), stride=(16, 12), batch_size=4)
     torch.testing.assert_close(sliding, whole)
     torch.testing.assert_close(sliding.sum(1), torch.ones(2, 48, 64))
 
 
 def test_flip_tta_is_flip_symmetric():
     model, x = tiny_model(), to_input([rgb(32, 64)])
-    probs = predict_logits(model, x, flip=True)
-    mirrored = predict_logits(model, x.flip(-1), flip=True).flip(-1)
+    probs = predict_probs(model, x, flip=True)
+    mirrored = predict_probs(model, x.flip(-1), flip=True).flip(-1)
     torch.testing.assert_close(probs, mirrored)
     # and it is the mean of the plain and the flipped-back pass
-    plain = predict_logits(model, x)
-    flipped = predict_logits(model, x.flip(-1)).flip(-1)
+    plain = predict_probs(model, x)
+    flipped = predict_probs(model, x.flip(-1)).flip(-1)
     torch.testing.assert_close(probs, (plain + flipped) / 2)
 
 
@@ -104,7 +105,7 @@ def test_multi_scale_averages_resized_passes():
         model(half)["out"].softmax(1), size=(32, 64), mode="bilinear", align_corners=False
     )
     expected = (p_half + model(x)["out"].softmax(1)) / 2
-    torch.testing.assert_close(predict_logits(model, x, scales=[0.5, 1.0]), expected.detach())
+    torch.testing.assert_close(predict_probs(model, x, scales=[0.5, 1.0]), expected.detach())
 
 
 @pytest.mark.parametrize(
@@ -114,61 +115,61 @@ def test_multi_scale_averages_resized_passes():
 )
 def test_bad_options_raise(kwargs, match):
     with pytest.raises(CitysegError, match=match):
-        predict_logits(PixelModel(), to_input([rgb(32, 32)]), **kwargs)
+        predict_probs(PixelModel(), to_input([rgb(32, 32)]), **kwargs)
 
 
 # --- precision and paths -------------------------------------------------------------------------
 
 
 def test_bf16_refused_without_native_support(monkeypatch):
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
     cpu = torch.device("cpu")
-    assert runtime.resolve_precision("auto", cpu) == "fp32"
+    assert paths.resolve_precision("auto", cpu) == "fp32"
     with pytest.raises(CitysegError, match="no AVX512-BF16 or AMX"):
-        runtime.resolve_precision("bf16", cpu)
-    assert "bf16" not in runtime.available_paths(cpu)
-    assert runtime.select_path(cpu, "fp32", "torch") == "channels_last"
+        paths.resolve_precision("bf16", cpu)
+    assert "bf16" not in paths.available_paths(cpu)
+    assert paths.select_path(cpu, "fp32", "torch") == "channels_last"
 
 
 def test_native_bf16_read_from_cpu_flags(monkeypatch):
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
-    assert runtime.cpu_has_native_bf16()
+    monkeypatch.setattr(device, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert device.cpu_has_native_bf16()
     cpu = torch.device("cpu")
-    assert runtime.resolve_precision("auto", cpu) == "bf16"
-    assert runtime.select_path(cpu, "bf16", "compile") == "compile_bf16"
+    assert paths.resolve_precision("auto", cpu) == "bf16"
+    assert paths.select_path(cpu, "bf16", "compile") == "compile_bf16"
     with pytest.raises(CitysegError, match="fp32 only"):
-        runtime.select_path(cpu, "bf16", "onnxruntime")
+        paths.select_path(cpu, "bf16", "onnxruntime")
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_default_path_is_eager_for_little_work_and_compiled_for_much(monkeypatch, native):
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
-    monkeypatch.setattr(runtime, "_has_compiler", lambda: True)
-    cpu, pays = torch.device("cpu"), runtime.COMPILE_PAYS_FROM
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(paths, "_has_compiler", lambda: True)
+    cpu, pays = torch.device("cpu"), paths.COMPILE_PAYS_FROM
     eager, compiled = ("bf16", "compile_bf16") if native else ("channels_last", "compile")
     for work in (None, 1, 12, pays - 1):  # unknown or a handful of passes per shape: never compile
-        assert runtime.default_path(cpu, "auto", work) == eager
-        assert runtime.select_path(cpu, "auto", "auto", work) == eager
+        assert paths.default_path(cpu, "auto", work) == eager
+        assert paths.select_path(cpu, "auto", "auto", work) == eager
     for work in (pays, 10 * pays):
-        assert runtime.default_path(cpu, "auto", work) == compiled
-    assert runtime.default_path(cpu, "fp32", 10 * pays) == "compile"  # --precision alone keeps the choice by work
-    assert runtime.default_path(cpu, "fp32", 2) == "channels_last"
-    monkeypatch.setattr(runtime, "_has_compiler", lambda: False)  # no C++ compiler: eager (or onnxruntime) anyway
-    assert runtime.default_path(cpu, "auto", 10 * pays) in (eager, "onnxruntime")
-    assert "not available" in runtime.path_reason(runtime.default_path(cpu, "auto", 10 * pays), 10 * pays)
+        assert paths.default_path(cpu, "auto", work) == compiled
+    assert paths.default_path(cpu, "fp32", 10 * pays) == "compile"  # --precision alone keeps the choice by work
+    assert paths.default_path(cpu, "fp32", 2) == "channels_last"
+    monkeypatch.setattr(paths, "_has_compiler", lambda: False)  # no C++ compiler: eager (or onnxruntime) anyway
+    assert paths.default_path(cpu, "auto", 10 * pays) in (eager, "onnxruntime")
+    assert "not available" in paths.path_reason(paths.default_path(cpu, "auto", 10 * pays), 10 * pays)
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_forced_runtime_ignores_the_work(monkeypatch, native):
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
-    monkeypatch.setattr(runtime, "_has_compiler", lambda: True)
-    cpu, pays = torch.device("cpu"), runtime.COMPILE_PAYS_FROM
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(paths, "_has_compiler", lambda: True)
+    cpu, pays = torch.device("cpu"), paths.COMPILE_PAYS_FROM
     for work in (None, 1, 10 * pays):
-        assert runtime.select_path(cpu, "auto", "compile", work) == ("compile_bf16" if native else "compile")
-        assert runtime.select_path(cpu, "auto", "torch", work) == ("bf16" if native else "channels_last")
-        assert runtime.select_path(cpu, "fp32", "compile", work) == "compile"
-        assert runtime.select_path(cpu, "fp32", "torch", work) == "channels_last"
-    assert runtime.path_reason("compile", 1, "compile") == "--runtime compile"
+        assert paths.select_path(cpu, "auto", "compile", work) == ("compile_bf16" if native else "compile")
+        assert paths.select_path(cpu, "auto", "torch", work) == ("bf16" if native else "channels_last")
+        assert paths.select_path(cpu, "fp32", "compile", work) == "compile"
+        assert paths.select_path(cpu, "fp32", "torch", work) == "channels_last"
+    assert paths.path_reason("compile", 1, "compile") == "--runtime compile"
 
 
 def test_passes_per_shape_counts_scales_flips_and_windows():
@@ -192,7 +193,7 @@ def test_low_precision_keeps_image_and_logit_convolutions_fp32():
 
 @pytest.mark.parametrize("path", ["channels_last", "bf16"])
 def test_runner_paths_agree_with_fp32(path):
-    if path not in runtime.available_paths(torch.device("cpu")):
+    if path not in paths.available_paths(torch.device("cpu")):
         pytest.skip(f"{path} not available on this CPU")
     model, x = tiny_model(), to_input([rgb(64, 64)])
     base = model(x)["out"].argmax(1)
@@ -315,7 +316,7 @@ def test_predict_cli_sliding_tta_matches_api(tmp_path, checkpoint):
     assert main(["predict", "--checkpoint", str(checkpoint), str(img), "--out", str(out), "--precision", "fp32",
                  "--runtime", "torch", "--sliding", "--crop", "48x32", "--stride", "32x16", "--tta",
                  "--scales", "0.5,1"]) == 0
-    probs = predict_logits(tiny_model(), to_input([rgb(48, 80)]), mode="sliding", crop=(48, 32), stride=(32, 16),
+    probs = predict_probs(tiny_model(), to_input([rgb(48, 80)]), mode="sliding", crop=(48, 32), stride=(32, 16),
                            scales=[0.5, 1.0], flip=True)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "trainIds" / "a.png")), probs.argmax(1)[0].numpy())
 
@@ -330,9 +331,9 @@ def test_predict_follows_the_checkpoints_eval_section_unless_told(tmp_path, chec
     img = _write(tmp_path / "a.png", rgb(48, 80))
     x = to_input([rgb(48, 80)])
     expected = {
-        (): predict_logits(tiny_model(), x, scales=[0.5, 1.0], flip=True),  # the recipe's own TTA
-        ("--no-tta",): predict_logits(tiny_model(), x),
-        ("--tta",): predict_logits(tiny_model(), x, scales=[0.75, 1.0, 1.25], flip=True),
+        (): predict_probs(tiny_model(), x, scales=[0.5, 1.0], flip=True),  # the recipe's own TTA
+        ("--no-tta",): predict_probs(tiny_model(), x),
+        ("--tta",): predict_probs(tiny_model(), x, scales=[0.75, 1.0, 1.25], flip=True),
     }
     for flags, probs in expected.items():
         out = tmp_path / ("out" + "".join(flags))
@@ -346,7 +347,7 @@ def test_predict_follows_the_checkpoints_eval_section_unless_told(tmp_path, chec
 
 
 def test_predict_cli_two_images_run_eager_by_default(tmp_path, checkpoint, capsys, monkeypatch):
-    monkeypatch.setattr(runtime, "_has_compiler", lambda: True)  # compile would be available: still not chosen
+    monkeypatch.setattr(paths, "_has_compiler", lambda: True)  # compile would be available: still not chosen
     for i in range(2):
         _write(tmp_path / "in" / f"f{i}.png", rgb(32, 48, seed=i))
     chosen = []
@@ -358,12 +359,12 @@ def test_predict_cli_two_images_run_eager_by_default(tmp_path, checkpoint, capsy
     assert chosen in (["bf16"], ["channels_last"])  # eager, by the CPU's bf16 support
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("cityseg predict: 2 images"))
     assert "eager" in line and "at most 4 forward passes per input shape (3 input shapes)" in line
-    assert f"compiling pays from ~{runtime.COMPILE_PAYS_FROM}" in line
+    assert f"compiling pays from ~{paths.COMPILE_PAYS_FROM}" in line
     assert "compiling for the first image" not in line
 
 
 def test_predictor_without_a_workload_is_eager(monkeypatch):
-    monkeypatch.setattr(runtime, "_has_compiler", lambda: True)
+    monkeypatch.setattr(paths, "_has_compiler", lambda: True)
     predictor = Predictor.from_model(PixelModel(), device="cpu")
     assert predictor.path in ("bf16", "channels_last")
     assert "workload not known" in predictor.describe()
@@ -407,7 +408,7 @@ def test_predict_no_flip_keeps_the_checkpoints_scales(tmp_path, checkpoint):
     out = tmp_path / "out"
     assert main(["predict", "--checkpoint", str(tta), str(img), "--out", str(out), "--precision", "fp32",
                  "--runtime", "torch", "--no-flip"]) == 0
-    probs = predict_logits(tiny_model(), to_input([rgb(48, 80)]), scales=[0.5, 1.0], flip=False)
+    probs = predict_probs(tiny_model(), to_input([rgb(48, 80)]), scales=[0.5, 1.0], flip=False)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "trainIds" / "a.png")), probs.argmax(1)[0].numpy())
 
 

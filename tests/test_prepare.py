@@ -478,9 +478,10 @@ def test_real_pairs_are_recognised_and_their_masks_accepted():
     """The pairs copy of Cityscapes (where present): told as pairs; sampled masks well above the threshold."""
     if not PAIRS_DATA.is_dir():
         pytest.skip("../shared/data/cityscapes-pairs is not present")
-    from cityseg.data import formats, prepare
+    from cityseg.data import formats
+    from cityseg.data.prepare_source import detect_format
 
-    assert prepare.detect_format(PAIRS_DATA) == "pairs"
+    assert detect_format(PAIRS_DATA) == "pairs"
     files = sorted((PAIRS_DATA / "val").glob("*.jpg"))[::10]
     for path in files:
         photo, mask = formats.read_pair(path)

@@ -13,10 +13,12 @@ import pytest
 
 from cityseg.data import prepare as prepare_module
 from cityseg.data import synthetic
-from cityseg.data.colour import CITYSCAPES, confident_lut, palette_of
+from cityseg.data.colour import confident_lut
+from cityseg.data.palette import CITYSCAPES, palette_of
 from cityseg.datasets import load_dataset
 from cityseg.errors import CitysegError
 from cityseg.metrics import pred_dir
+from cityseg import processes
 from cityseg.processes import WorkerPool, pool_context
 
 LIMIT_S = 120  # far above what these runs take (a few seconds); a hang fails here, not in CI's limit
@@ -115,7 +117,7 @@ def test_evaluate_leaves_the_callers_malloc_settings_alone(synth_root, tmp_path,
     monkeypatch.setattr(ctypes, "CDLL", lambda name, *a, **k: LibC() if "libc" in str(name) else real_cdll(name, *a, **k))
     counts, _, frames = pred_dir.evaluate_pred_dir(preds, gt_dir, None, workers)
     assert frames == 4 and calls == []
-    pred_dir.keep_freed_memory()  # the spy does see a call made here
+    processes.keep_freed_memory()  # the spy does see a call made here
     assert len(calls) == 2
 
 

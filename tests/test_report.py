@@ -118,6 +118,16 @@ def test_run_report_is_self_contained_and_complete(run_dir):
     assert "batch_size: 4" in words
 
 
+def test_best_epoch_is_the_one_training_keeps():
+    from cityseg.engine.resume import RunState
+    from cityseg.report import best_record
+
+    records = [record(1, 0.4), record(2, 0.6), record(3, None), record(4, 0.6), record(5, 0.5)]
+    state = RunState()
+    kept = [r["epoch"] for r in records if "val_miou" in r and state.update_best(r["val_miou"], r["epoch"])]
+    assert best_record(records)["epoch"] == kept[-1] == state.best_epoch == 2  # the first of equals
+
+
 def test_run_report_draws_a_saved_confusion_matrix(run_dir):
     counts = [[100 if i == j else 3 for j in range(NUM_CLASSES)] + [1] for i in range(NUM_CLASSES)]
     (run_dir / "eval").mkdir()

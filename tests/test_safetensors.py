@@ -20,6 +20,7 @@ from cityseg.cli import main
 from cityseg.datasets import load_dataset
 from cityseg.config import Config
 from cityseg.errors import CitysegError
+from cityseg.pretrained import build_starting_model
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 DATASET = load_dataset("cityscapes").to_dict()  # the description every checkpoint carries
@@ -157,7 +158,7 @@ def test_resume_refuses_a_weights_only_file(files, tmp_path, capsys):
 
 
 def test_resume_file_names_the_run_folder(tmp_path):
-    from cityseg.engine.train import resume_folder
+    from cityseg.engine.resume import resume_folder
 
     last = tmp_path / "runs" / "demo" / "checkpoints" / "last.pt"
     C.save_checkpoint(last, tiny_state())
@@ -251,12 +252,12 @@ def test_shared_and_non_contiguous_tensors_are_saved(tmp_path):
 def test_safetensors_as_starting_weights(files, tmp_path):
     from safetensors.torch import save_file
 
-    exported = C.build_starting_model("cityseg_tiny", pretrained=str(files["st"]), freeze=[])
+    exported = build_starting_model("cityseg_tiny", pretrained=str(files["st"]), freeze=[])
     reference, _ = C.load_model(files["pt"])
     assert all(torch.equal(v, reference.state_dict()[k]) for k, v in exported.state_dict().items())
     plain = tmp_path / "plain.safetensors"  # no cityseg metadata: fine as starting weights
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(plain))
-    started = C.build_starting_model("cityseg_tiny", pretrained=str(plain), freeze=[])
+    started = build_starting_model("cityseg_tiny", pretrained=str(plain), freeze=[])
     assert all(torch.equal(v, reference.state_dict()[k]) for k, v in started.state_dict().items())
     with pytest.raises(CitysegError, match="holds model 'cityseg_tiny', but model.name is 'cityseg_small'"):
-        C.build_starting_model("cityseg_small", pretrained=str(files["st"]), freeze=[])
+        build_starting_model("cityseg_small", pretrained=str(files["st"]), freeze=[])

@@ -95,6 +95,8 @@ def test_two_trials_then_one_more_make_one_study_and_a_report(synth_root, tmp_pa
         ("loss.dice: {low: 2, high: 1}", "loss.dice: low 2 must be below high 1"),
         ("optim.lr: {low: 0, high: 1, log: true}", "optim.lr: a log scale needs low > 0"),
         ("loss.dice: {low: 0, hihg: 1}", "loss.dice: unknown field(s) hihg; valid: low, high, log, type"),
+        ("loss.dice: {low: -1, high: 1}", "loss.dice.low: -1.0 is out of range; valid: a finite number >= 0"),
+        ("train.epochs: {low: 0, high: 3}", "train.epochs.low: 0 is out of range; valid: an integer >= 1"),
     ],
 )
 def test_a_bad_space_gives_one_line(tmp_path, capsys, space, message):
@@ -123,6 +125,31 @@ def test_space_file_with_log_and_int_keys():
     assert [p.key for p in load_space(None)] == ["loss.focal", "loss.dice", "loss.focal_gamma"]
     with pytest.raises(CitysegError, match="type 'float'; valid: int"):
         parse_space({"train.epochs": {"low": 1, "high": 3, "type": "float"}})
+
+
+def test_the_trials_are_drawn_over_the_keys_searched(tmp_path, monkeypatch):
+    """Not always the loss weights: the first two searched keys (trials.png unless both are loss
+    keys), or one key against val mIoU."""
+    import cityseg.sweep as S
+    from cityseg.config import Config
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"optim.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+            "train.batch_size": optuna.distributions.IntDistribution(4, 16)}
+    for lr, batch, value in ((1e-3, 4, 0.2), (5e-3, 8, 0.3)):
+        study.add_trial(optuna.trial.create_trial(params={"optim.lr": lr, "train.batch_size": batch},
+                                                  distributions=dist, value=value))
+    path = S.plot_searched(study, tmp_path, Config(), ["optim.lr", "train.batch_size"])
+    assert path == tmp_path / "trials.png" and path.stat().st_size > 5000
+    drawn = []
+    monkeypatch.setattr(S, "plot_trials", lambda *args: drawn.append(args))
+    S.plot_searched(study, tmp_path, Config(), ["optim.lr", "train.batch_size"])
+    S.plot_searched(study, tmp_path, Config(), ["optim.lr"])
+    (points, axes, base, best, _, out), (points1, axes1, base1, best1, _, out1) = drawn
+    assert axes == ("optim.lr", "train.batch_size") and points["complete"] == [(1e-3, 4, 0.2), (5e-3, 8, 0.3)]
+    assert base == (5e-4, 8) and best == (5e-3, 8, "best (trial 1)") and out == tmp_path / "trials.png"
+    assert axes1 == ("optim.lr", "val mIoU (best epoch)") and points1["complete"] == [(1e-3, 0.2, 0.2), (5e-3, 0.3, 0.3)]
+    assert base1 == (5e-4,) and best1 == (5e-3, 0.3, "best (trial 1)")
 
 
 def test_a_nan_trial_is_recorded_failed_and_the_study_goes_on(synth_root, tmp_path, monkeypatch):

@@ -25,7 +25,7 @@ from cityseg.data.synthetic import (
     read_marker,
     render_frame,
 )
-from cityseg.data.synthetic_draw import Camera, quad_y
+from cityseg.data.synthetic_canvas import Camera, quad_y
 from cityseg.errors import CitysegError
 from cityseg.labels import ID_PALETTE, ID_TO_TRAIN_ID, LABEL_BY_ID, LABEL_BY_NAME, NUM_CLASSES, VALID_LABEL_IDS
 

@@ -25,8 +25,9 @@ import cityseg.engine.train as T
 from cityseg.cli import main
 from cityseg.config import Config, config_from_dict, load_config
 from cityseg.checkpoint import load_checkpoint, save_checkpoint
+from cityseg.engine.resume import RunState
 from cityseg.engine.runlog import Progress, RunLog, lock_run_dir, unlock_run_dir
-from cityseg.engine.schedule import build_schedule
+from cityseg.engine.schedule import Budget, build_schedule
 from cityseg.errors import CitysegError
 from cityseg.labels import NUM_CLASSES
 
@@ -82,18 +83,19 @@ def _loader(root: Path, cfg: Config) -> DataLoader:
 def _steps(cfg: Config, root: Path, steps: int) -> tuple[nn.Module, dict, list[float]]:
     """Run ``steps`` optimiser steps through the engine; return the model, its initial weights, losses."""
     B.seed_everything(0)
-    model, core = B.build_train_model(cfg, torch.device("cpu"))
-    before = {k: v.clone() for k, v in core.state_dict().items()}
-    optimizer = B.build_optimizer(cfg, core)
-    engine = B.build_engine(cfg, torch.device("cpu"), micro_batch=cfg.train.batch_size)  # no accumulation
+    model, bare_model = B.build_train_model(cfg, cfg.spec(), torch.device("cpu"))
+    before = {k: v.clone() for k, v in bare_model.state_dict().items()}
+    optimizer = B.build_optimizer(cfg, bare_model)
+    step_settings = B.build_step_settings(cfg, torch.device("cpu"), micro_batch=cfg.train.batch_size)  # no accumulation
     schedule = build_schedule(optimizer, cfg.sched, total_steps=steps)
-    state, losses = T.RunState(), []
+    loop = T.Loop(RunState(), RunLog(Path("."), cfg, enabled=False), Budget(steps), steps=1)
+    losses = []
     loader = _loader(root, cfg)
     batch = next(iter(loader))
     for _ in range(steps):  # the same batch again and again: the loss must fall
-        losses.append(T.train_one_epoch(model, B.build_criterion(cfg), optimizer, schedule, [batch], engine, state, 1,
-                                        Progress("t", 1, enabled=False), RunLog(Path("."), cfg, enabled=False)))
-    return core, before, losses
+        losses.append(T.train_one_epoch(model, B.build_criterion(cfg, cfg.spec()), optimizer, schedule, [batch],
+                                        step_settings, Progress("t", 1, enabled=False), loop))
+    return bare_model, before, losses
 
 
 @pytest.mark.parametrize(
@@ -110,17 +112,17 @@ def test_a_few_steps_per_model_learn_and_keep_frozen_stages(synth_root, name, fr
     if name == "deeplabv3_resnet50":
         extra.append("model.output_stride=16")  # same code path, a quarter of the compute
     cfg = tiny_cfg(synth_root, *extra)
-    core, before, losses = _steps(cfg, synth_root, steps=4)
+    bare_model, before, losses = _steps(cfg, synth_root, steps=4)
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
-    after = core.state_dict()
-    frozen = [n for n, p in core.named_parameters() if not p.requires_grad]
+    after = bare_model.state_dict()
+    frozen = [n for n, p in bare_model.named_parameters() if not p.requires_grad]
     assert frozen, "the freeze list froze nothing"
     for key in frozen:
         assert torch.equal(after[key], before[key]), key
     # BatchNorm of frozen stages keeps its running statistics (set_frozen_bn_eval after train())
     frozen_bn = [k for k in after if k.endswith("running_mean") and k.replace("running_mean", "weight") in frozen]
     assert frozen_bn and all(torch.equal(after[k], before[k]) for k in frozen_bn)
-    trainable = [n for n, p in core.named_parameters() if p.requires_grad]
+    trainable = [n for n, p in bare_model.named_parameters() if p.requires_grad]
     assert any(not torch.equal(after[k], before[k]) for k in trainable)
 
 
@@ -154,11 +156,12 @@ def test_gradient_accumulation_equals_one_big_batch():
         cfg.loss.ce, cfg.loss.focal, cfg.loss.dice = 1.0, 0.0, 0.0
         cfg.train.batch_size, cfg.train.micro_batch_size, cfg.optim.name, cfg.optim.weight_decay = 4, micro, "sgd", 0.0
         opt = B.build_optimizer(cfg, net)
-        engine = B.build_engine(cfg, torch.device("cpu"), micro_batch=micro)
+        step_settings = B.build_step_settings(cfg, torch.device("cpu"), micro_batch=micro)
         batches = [{"image": images[i : i + micro], "mask": targets[i : i + micro]} for i in range(0, 4, micro)]
         sched = build_schedule(opt, cfg.sched, 1)
-        T.train_one_epoch(net, B.build_criterion(cfg), opt, sched, batches, engine, T.RunState(), 1,
-                          Progress("t", 1, enabled=False), RunLog(Path("."), cfg, enabled=False))
+        loop = T.Loop(RunState(), RunLog(Path("."), cfg, enabled=False), Budget(sched.total_steps), steps=1)
+        T.train_one_epoch(net, B.build_criterion(cfg, cfg.spec()), opt, sched, batches, step_settings,
+                          Progress("t", 1, enabled=False), loop)
         return net.conv.weight.detach().clone()
 
     assert torch.allclose(run(2), run(4), atol=1e-6)
@@ -167,12 +170,12 @@ def test_gradient_accumulation_equals_one_big_batch():
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_step_runs_and_auto_is_float32_on_cpu(synth_root, amp):
     cfg = tiny_cfg(synth_root, f"train.amp={amp}")
-    engine = B.build_engine(cfg, torch.device("cpu"), micro_batch=2)
-    assert engine.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    assert (engine.scaler is not None) == (amp == "fp16")
+    step_settings = B.build_step_settings(cfg, torch.device("cpu"), micro_batch=2)
+    assert step_settings.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    assert (step_settings.scaler is not None) == (amp == "fp16")
     _, _, losses = _steps(cfg, synth_root, steps=2)
     assert all(torch.isfinite(torch.tensor(losses)))
-    assert B.build_engine(tiny_cfg(synth_root), torch.device("cpu"), 2).amp_dtype is None  # auto: fp32 on CPU
+    assert B.build_step_settings(tiny_cfg(synth_root), torch.device("cpu"), 2).amp_dtype is None  # auto: fp32 on CPU
 
 
 # --- the whole run ---------------------------------------------------------------------------
@@ -273,13 +276,13 @@ def test_existing_run_is_not_overwritten(finished_run, synth_root, capsys):
 
 def test_early_stop_and_best_checkpoint_follow_val_miou(synth_root, tmp_path, monkeypatch):
     """Validations scoring 0.5, 0.4, 0.3: early_stop=2 ends after epoch 3; best.pt stays epoch 1."""
-    real, mious = T.evaluate, iter([0.5, 0.4, 0.3, 0.2])
+    real, mious = T.validate, iter([0.5, 0.4, 0.3, 0.2])
 
     def scripted(*args):
         scores, frames = real(*args)
         return {**scores, "val_miou": next(mious)}, frames
 
-    monkeypatch.setattr(T, "evaluate", scripted)
+    monkeypatch.setattr(T, "validate", scripted)
     out = tmp_path / "run"
     summary = T.train(tiny_cfg(synth_root, "train.epochs=5", "train.early_stop=2"), out, device="cpu",
                       max_steps_per_epoch=1)
@@ -459,9 +462,11 @@ def test_two_process_gloo_ddp_run(synth_root, tmp_path):
 
     model, cfg = load_model(out / "checkpoints" / "last.pt")
     cfg.data.root, cfg.train.val_batch_size = str(synth_root), 1
-    _, val_loader, _ = B.build_loaders(cfg, synth_root, torch.device("cpu"))
-    engine = B.build_engine(cfg, torch.device("cpu"), micro_batch=2)
-    scores, _ = T.evaluate(model, B.build_criterion(cfg), val_loader, engine, cfg, Progress("v", 1, enabled=False))
+    spec = cfg.spec()
+    _, val_loader, _ = B.build_loaders(cfg, spec, synth_root, torch.device("cpu"))
+    step_settings = B.build_step_settings(cfg, torch.device("cpu"), micro_batch=2)
+    scores, _ = T.validate(model, B.build_criterion(cfg, spec), val_loader, step_settings, cfg, spec,
+                           Progress("v", 1, enabled=False))
     assert scores["val_miou"] == pytest.approx(records[-1]["val_miou"], abs=1e-9)
     assert scores["val_loss"] == pytest.approx(records[-1]["val_loss"], abs=1e-5)
 
@@ -654,7 +659,7 @@ def test_cached_run_equals_the_uncached_run(synth_root, tmp_path):
 def test_stop_signals_wait_for_a_step_boundary_inside_the_loop():
     """Inside the loop a first SIGTERM/SIGINT only asks for a stop (raised by ``check``); a second,
     or one before the loop, stops at once. Handlers are restored afterwards."""
-    from cityseg.engine.train import StopSignals
+    from cityseg.engine.runlog import StopSignals
 
     before = signal.getsignal(signal.SIGTERM)
     with StopSignals() as stop:

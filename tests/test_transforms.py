@@ -14,13 +14,13 @@ from torchvision.transforms.v2 import functional as F
 
 from cityseg import labels
 from cityseg.config import DataConfig
+from cityseg.data.resample import resample_aa_on_grid
 from cityseg.data.transforms import (
     FloatColorJitter,
     RandomScaleCrop,
     ResizeImage,
     build_transforms,
     crop_at,
-    resample_aa_on_grid,
     set_crop,
 )
 from cityseg.errors import CitysegError
@@ -175,8 +175,13 @@ def test_resample_aa_on_grid_equals_the_kernel_on_float_images():
         x = torch.rand(2, 3, *region, generator=gen) * 255
         got = resample_aa_on_grid(x, size, scales)
         want = AA_KERNEL(x, list(size), False, *scales)
-        torch.testing.assert_close(got, want, rtol=0, atol=resample_rounding(x, scales),
-                                   msg=f"{region} -> {size} at {scales}")
+        bound = resample_rounding(x, scales)
+        # the state that could matter, in the message: this test once failed only inside a full run
+        state = (f"threads {torch.get_num_threads()}, deterministic {torch.are_deterministic_algorithms_enabled()}, "
+                 f"cpu autocast {torch.is_autocast_enabled('cpu')}, grad {torch.is_grad_enabled()}")
+        torch.testing.assert_close(got, want, rtol=0, atol=bound, msg=lambda m: (
+            f"{region} -> {size} at {scales}: largest difference {float((got - want).abs().max()):.3g}, "
+            f"bound {bound:.3g}; {state}\n{m}"))
 
 
 def resample_rounding(x: torch.Tensor, scales: tuple[float, float]) -> float:

@@ -5,9 +5,10 @@
 * The weights-only export: the model's tensors in a ``.safetensors`` file whose metadata holds
   what :func:`load_model` needs besides them (:func:`save_safetensors`); :func:`load_checkpoint`
   reads it as the inference part of a checkpoint, so every ``--checkpoint`` takes it.
-* Starting weights for training (``model.pretrained=PATH``): a cityseg checkpoint, a full-model
-  state dict or a backbone state dict, ``.pt``/``.pth`` or ``.safetensors``
-  (:func:`build_starting_model`, :func:`load_pretrained`).
+* Starting weights for training (``model.pretrained=PATH``) are read from any of these files, or from a
+  plain state dict, by :mod:`cityseg.pretrained`.
+* The published ImageNet weights ``model.pretrained=imagenet`` starts from are downloaded by
+  :mod:`cityseg.weights`, beside this module but below the models, whose builders fetch them.
 
 * A Hugging Face transformers model, ``hf:REPO_OR_DIR`` (:mod:`cityseg.hf`): :func:`load_model` takes
   the reference in place of a checkpoint path.
@@ -33,11 +34,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import pickle
 import random
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +44,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from cityseg import efficientnet_lite as lite
-from cityseg import labels
 from cityseg._version import __version__
 from cityseg.config import Config, config_from_dict, dataset_value
 from cityseg.datasets import load_dataset
@@ -54,10 +51,8 @@ from cityseg.errors import CitysegError, first_line
 from cityseg.hf import HfSegmentation, from_config_dict, hf_ref, is_hf, load_hf
 from cityseg.imaging import IMAGENET, Normalization, model_normalization
 from cityseg.modelinfo import CONFIG_ATTR
-from cityseg.models import PRETRAINED, build_model, check_model_name
+from cityseg.models import build_model
 from cityseg.utils import atomic_path
-
-log = logging.getLogger(__name__)
 
 FORMAT = "cityseg"
 VERSION = 1
@@ -83,7 +78,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CitysegError(f"{path}: checkpoint not found")
     if is_safetensors(path):
-        ckpt = _safetensors_checkpoint(path, *_read_safetensors(path, map_location))
+        ckpt = safetensors_checkpoint(path, *read_safetensors(path, map_location))
     else:
         ckpt = _torch_load(path, map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -170,7 +165,7 @@ def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _safetensors_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> dict[str, Any]:
+def safetensors_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> dict[str, Any]:
     """The checkpoint dict of the ``tensors`` and ``meta`` of a file written by :func:`save_safetensors`.
 
     Raises:
@@ -191,8 +186,8 @@ def _safetensors_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: 
     return ckpt
 
 
-def _read_safetensors(path: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor],
-                                                                                    dict[str, str]]:
+def read_safetensors(path: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor],
+                                                                                   dict[str, str]]:
     """(tensors, metadata) of any safetensors file; CitysegError (one line) when it is damaged."""
     from safetensors import safe_open
 
@@ -348,11 +343,11 @@ def model_state(model: nn.Module) -> dict[str, Any]:
     it itself, :class:`cityseg.imaging.Renormalize`) and, for a transformers model, ``hf_config`` (its
     config as a dict: :func:`load_model` rebuilds the architecture from it, so the checkpoint needs
     neither the model folder nor the network)."""
-    core = getattr(model, "_orig_mod", getattr(model, "module", model))
+    bare_model = getattr(model, "_orig_mod", getattr(model, "module", model))
     entries: dict[str, Any] = {"model": strip_prefixes(model.state_dict()),
-                               "normalization": model_normalization(core).to_dict()}
-    if isinstance(core, HfSegmentation):
-        entries["hf_config"] = core.hf_config
+                               "normalization": model_normalization(bare_model).to_dict()}
+    if isinstance(bare_model, HfSegmentation):
+        entries["hf_config"] = bare_model.hf_config
     return entries
 
 
@@ -372,130 +367,6 @@ def with_dataset(cfg: Config, dataset: str | dict | None, path: str | Path) -> C
                            f"({', '.join(ours.class_names[:4])}, ...), not the {theirs.num_classes} of dataset "
                            f"{theirs.name} ({', '.join(theirs.class_names[:4])}, ...)")
     return dataclasses.replace(cfg, dataset=value)
-
-
-# --- starting weights: model.pretrained=PATH -----------------------------------------------------
-
-
-def build_starting_model(
-    name: str,
-    num_classes: int = labels.NUM_CLASSES,
-    pretrained: str = "none",
-    aux_head: bool = False,
-    freeze: Sequence[str] = ("stem", "layer1"),
-    output_stride: int = 8,
-    class_names: Sequence[str] | None = None,
-) -> nn.Module:
-    """The model a training run starts from: :func:`cityseg.models.build_model` (same arguments), where
-    ``pretrained`` may also be the path of a weights file, loaded by :func:`load_pretrained`.
-
-    Raises:
-        CitysegError: as build_model; the file is missing, unreadable or does not fit the model.
-    """
-    if pretrained in PRETRAINED:
-        return build_model(name, num_classes, pretrained, aux_head, freeze, output_stride, class_names)
-    check_model_name(name)
-    if not Path(pretrained).is_file():
-        raise CitysegError(f"model.pretrained={pretrained!r}: no such file; expected imagenet, none or a weights file")
-    model = build_model(name, num_classes, "none", aux_head, freeze, output_stride, class_names)
-    load_pretrained(model, Path(pretrained), name)  # frozen parameters are loaded too (load_state_dict copies)
-    return model
-
-
-def load_pretrained(model: nn.Module, path: Path, model_name: str) -> None:
-    """Load starting weights from ``path`` into ``model`` (built as ``model_name``).
-
-    Accepted files: a cityseg checkpoint (``{"format": "cityseg", "model": ...}``; must hold the
-    same model), a full-model state dict (keys start with ``backbone.``), or a backbone state dict
-    such as an ImageNet classifier's (its head's keys are reported and ignored). Keys lose their
-    ``module.``/``_orig_mod.`` prefixes. Missing and unexpected keys are logged.
-
-    Raises:
-        CitysegError: unreadable file, another model's checkpoint, no matching key, or a shape mismatch.
-    """
-    raw = _read_weights(path)
-    if raw.get("format") == "cityseg":
-        found = checkpoint_model_name(raw)
-        if found != model_name:
-            raise CitysegError(f"{path}: checkpoint holds model {found!r}, but model.name is {model_name!r}")
-        raw = raw["model"]
-    elif isinstance(raw.get("state_dict"), dict):  # common wrapper of other training tools
-        raw = raw["state_dict"]
-    state = strip_prefixes({k: v for k, v in raw.items() if isinstance(v, torch.Tensor)})
-    if is_hf(model_name) or any(k.startswith("backbone.") for k in state):  # hf: models have no .backbone
-        load_state(model, state, path)
-    elif variant := lite.variant_of(model_name):  # exact: every backbone tensor, or one line naming both variants
-        weights, classifier = lite.backbone_state(state, model.backbone, variant, str(path))
-        load_state(model.backbone, weights, path, what="backbone")
-        log.info("%s: %d tensors of the ImageNet classifier ignored (%s)", path, len(classifier), _examples(classifier))
-    else:
-        load_state(model.backbone, _to_backbone_keys(state, model.backbone), path, what="backbone")
-
-
-def _read_weights(path: Path) -> dict:
-    """The dict in a ``.pt``/``.pth`` file read with ``weights_only=True``, or in a ``.safetensors`` file:
-    the checkpoint dict of a cityseg export (:func:`save_safetensors`), else its plain tensors."""
-    if is_safetensors(path):
-        tensors, meta = _read_safetensors(path)
-        return _safetensors_checkpoint(path, tensors, meta) if meta.get("format") == FORMAT else tensors
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and OS errors: all "not a weights file"
-        raise CitysegError(f"{path}: not a readable weights file ({first_line(exc)})") from None
-    if not isinstance(obj, dict):
-        raise CitysegError(f"{path}: holds a {type(obj).__name__}, not a checkpoint or state dict")
-    return obj
-
-
-def _to_backbone_keys(state: dict[str, torch.Tensor], backbone: nn.Module) -> dict[str, torch.Tensor]:
-    """Rename a classification model's keys to our backbone's where they differ.
-
-    torchvision MobileNetV3 keeps its blocks under ``features.`` (our backbone is ``features``
-    itself); timm's ``features_only`` wrapper flattens ``stem.0``/``stages.0`` to ``stem_0``/``stages_0``.
-    Keys that already match are kept as they are.
-    """
-    own = set(backbone.state_dict())
-    out = {}
-    for key, value in state.items():
-        if key not in own:
-            alt = re.sub(r"^(stem|stages)\.(\d+)\.", r"\1_\2.", re.sub(r"^features\.", "", key))
-            key = alt if alt in own else key
-        out[key] = value
-    return out
-
-
-def load_state(module: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str = "model") -> None:
-    """Copy the tensors of ``state`` into ``module`` by name, checking shapes; log what did not match.
-
-    Raises:
-        CitysegError: no key matches at all, or a matching key has another shape (names the key).
-    """
-    own = module.state_dict()
-    shared = [k for k in state if k in own]
-    if not shared:
-        raise CitysegError(
-            f"{path}: none of its {len(state)} tensors fits the {what} (its keys look like "
-            f"{_examples(state)}; the {what}'s like {_examples(own)})"
-        )
-    for key in shared:
-        if state[key].shape != own[key].shape:
-            raise CitysegError(
-                f"{path}: tensor {key} has shape {tuple(state[key].shape)}, the {what} needs {tuple(own[key].shape)}"
-            )
-    result = module.load_state_dict({k: state[k] for k in shared}, strict=False)
-    unexpected = [k for k in state if k not in own]
-    log.info("loaded %d tensors from %s into the %s", len(shared), path, what)
-    if result.missing_keys:
-        log.warning("%s: %d %s tensors not in the file, left as initialised: %s",
-                    path, len(result.missing_keys), what, _examples(result.missing_keys, 8))
-    if unexpected:
-        log.warning("%s: %d tensors ignored (not in the %s): %s", path, len(unexpected), what, _examples(unexpected, 8))
-
-
-def _examples(keys, n: int = 3) -> str:
-    keys = list(keys)
-    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
-
 
 
 # --- RNG states ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ folder and into every checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -290,8 +291,48 @@ def check_value(value: Any, key: str, name: str | None = None) -> None:
             raise CitysegError(f"{name}: {shown} is out of range; valid: {valid}")
 
 
-def _section_fields(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
+def parse_number(value: Any, name: str) -> float:
+    """``value`` when it is a finite number, or its text (PyYAML reads 1e-3 as a string); CitysegError
+    naming ``name`` otherwise. (``cityseg sweep``'s bounds, checked then by :func:`check_value`.)"""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise CitysegError(f"{name}: expected a finite number, got {value!r}")
+    return value
+
+
+def section_keys(section: str) -> dict[str, Any]:
+    """The keys of config section ``section`` and their annotations; CitysegError listing the sections otherwise."""
+    sections = {name: hint for name, hint in get_type_hints(Config).items() if name not in ("name", "dataset")}
+    if section not in sections:
+        raise CitysegError(f"unknown config section {section!r}; valid sections: {', '.join(sections)} "
+                           "(and the keys name, dataset)")
+    return get_type_hints(sections[section])
+
+
+def key_type(key: str) -> Any:
+    """The annotation of config key ``section.key``; CitysegError listing the valid sections or keys otherwise."""
+    section, _, name = key.partition(".")
+    hints = section_keys(section)
+    if name not in hints:
+        raise CitysegError(f"unknown config key {section}.{name}; valid keys of {section}: {', '.join(hints)}")
+    return hints[name]
+
+
+def number_type(key: str) -> type:
+    """``int`` or ``float``, the number config key ``section.key`` holds (it may be null too); CitysegError
+    for an unknown key or one that holds no single number (listing the section's numeric keys)."""
+    key_type(key)
+    section, _, name = key.partition(".")
+    numeric = {}
+    for other, hint in section_keys(section).items():
+        kinds = [a for a in get_args(hint) if a is not type(None)] or [hint]
+        if len(kinds) == 1 and kinds[0] in (int, float):
+            numeric[other] = kinds[0]
+    if name not in numeric:
+        raise CitysegError(f"{key} is not a number; numeric keys of {section}: {', '.join(numeric) or 'none'}")
+    return numeric[name]
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -341,7 +382,6 @@ def _hint_name(hint: Any) -> str:
 def config_from_dict(raw: dict[str, Any], name: str = "demo") -> Config:
     """Build a Config from a nested dict; unknown sections or keys raise CitysegError listing the valid ones."""
     cfg = Config(name=name)
-    sections = {f.name: f for f in dataclasses.fields(Config) if f.name not in ("name", "dataset")}
     for sec_name, values in (raw or {}).items():
         if sec_name == "name":
             cfg.name = str(values)
@@ -349,21 +389,14 @@ def config_from_dict(raw: dict[str, Any], name: str = "demo") -> Config:
         if sec_name == "dataset":
             cfg.dataset = dataset_value(values)
             continue
-        if sec_name not in sections:
-            raise CitysegError(f"unknown config section {sec_name!r}; valid sections: {', '.join(sections)} "
-                               "(and the keys name, dataset)")
+        section_keys(sec_name)  # an unknown section names the valid ones
         if values is None:
             continue
         if not isinstance(values, dict):
             raise CitysegError(f"config section {sec_name!r} must be a mapping of keys to values")
         section = getattr(cfg, sec_name)
-        hints = _section_fields(type(section))
         for key, value in values.items():
-            if key not in hints:
-                raise CitysegError(
-                    f"unknown config key {sec_name}.{key}; valid keys of {sec_name}: {', '.join(hints)}"
-                )
-            value = _coerce(value, hints[key], f"{sec_name}.{key}")
+            value = _coerce(value, key_type(f"{sec_name}.{key}"), f"{sec_name}.{key}")
             check_value(value, f"{sec_name}.{key}")
             setattr(section, key, value)
     return cfg

@@ -51,7 +51,7 @@ PROCESSOR_FILE = "preprocessor_config.json"
 #: transformers model types that segment by mask classification (queries), not per-pixel logits.
 MASK_CLASSIFICATION = ("mask2former", "maskformer", "oneformer")
 
-#: stage name -> parameter-name prefixes (as :data:`cityseg.models.StageMap`).
+#: stage name -> parameter-name prefixes (as :data:`cityseg.models.parts.StageMap`).
 StageMap = dict[str, tuple[str, ...]]
 
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")  # NAME or OWNER/NAME; anything else is a path

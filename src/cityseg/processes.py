@@ -18,6 +18,7 @@ One start method for all of them (:func:`pool_context`) and one pool (:class:`Wo
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -41,6 +42,31 @@ def pool_context(preload: Sequence[str] = ()) -> BaseContext:
         ctx.set_forkserver_preload(["__main__", *preload])  # __main__: the fork server's own default
         return ctx
     return multiprocessing.get_context("spawn")
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory in the process instead of handing it back to the kernel.
+
+    Every frame allocates the same multi-megabyte arrays again (decoded maps, photos, keys, masks).
+    By default glibc returns such blocks to the kernel when they are freed, and the next frame pays
+    a page fault (and a page of zeros from the kernel) for every 4 KiB again: 15-25% of the run
+    time of ``evaluate --pred-dir`` went to system time that way. Forked workers used to inherit a
+    parent's malloc state already grown by its large tables; workers of :func:`pool_context` start
+    fresh, and without this ``prepare`` ran 24% slower with 2 workers (28.7 against 37.5 frames/s,
+    400 pairs, 2-core Xeon, 2026-12-07; 37.9 with it: BENCHMARKS.md, "A suite that cannot hang").
+    No-op where the C library is not glibc.
+
+    The setting lasts as long as the process (glibc has no call that reads it back, so it cannot be
+    undone): it is for the ``initializer`` of worker processes, never for the process that asks for
+    the work.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    mallopt(m_mmap_threshold, 32 << 20)  # blocks up to 32 MiB (glibc's maximum) come from the heap...
+    mallopt(m_trim_threshold, 1 << 30)  # ...which is not trimmed below 1 GiB of free space
 
 
 def _apply_chunk(fn: Callable[[Any], Any], chunk: Sequence[Any]) -> list[Any]:

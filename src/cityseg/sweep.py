@@ -18,18 +18,17 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
-import math
 import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, get_args, get_type_hints
+from typing import TYPE_CHECKING, Any, Iterator
 
-from cityseg.config import Config, config_from_dict
-from cityseg.utils import read_yaml
+from cityseg.config import Config, check_value, config_from_dict, number_type, parse_number
 from cityseg.errors import CitysegError, first_line
-from cityseg.utils import atomic_path, require
+from cityseg.utils import atomic_path, read_yaml, require
+from cityseg.viz import plot_trials, save_pyplot
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,9 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
 #: killed) is marked failed when the next trial of the study starts.
 HEARTBEAT_S, GRACE_S = 60, 300
 
-PLOTS = {"history": "history.png", "importance": "importance.png", "loss_weights": "loss_weights.png"}
+#: Optuna's history and importances; the trials over the searched keys (loss keys: loss_weights.png).
+PLOTS = {"history": "history.png", "importance": "importance.png", "loss_weights": "loss_weights.png",
+         "trials": "trials.png"}
 
 
 @dataclass(frozen=True)
@@ -74,69 +75,53 @@ def import_optuna():
 # --- the search space -----------------------------------------------------------------------
 
 
-def numeric_keys(section: str) -> dict[str, type]:
-    """``{key: int | float}`` of the numeric keys of one config section (Optional ones included)."""
-    hints = get_type_hints(type(getattr(Config(), section)))
-    numeric = {}
-    for key, hint in hints.items():
-        kinds = [a for a in get_args(hint) if a is not type(None)] or [hint]
-        if len(kinds) == 1 and kinds[0] in (int, float):
-            numeric[key] = kinds[0]
-    return numeric
-
-
 def parse_space(raw: Any, where: str = "--space") -> list[Param]:
     """Check a search space ``{section.key: {low, high, log?, type?}}`` against the config keys.
 
-    Unknown sections or keys raise CitysegError listing the valid ones (config.py's own message);
-    so do keys that are not numbers, ranges that are empty, and log scales that reach zero.
+    config.py says which keys exist, which hold numbers and their valid ranges, with its own
+    messages (an unknown section or key lists the valid ones); empty ranges and log scales that
+    reach zero raise CitysegError too.
     """
     if not isinstance(raw, dict) or not raw:
         raise CitysegError(f"{where}: write a mapping of section.key to {{low: ..., high: ...}}, "
-                           "e.g. loss.focal: {low: 0.0, high: 3.0}")  # fmt: skip
-    params = []
-    for dotted, spec in raw.items():
-        dotted = str(dotted)
-        if dotted.count(".") != 1:
-            raise CitysegError(f"{where}: {dotted!r} is not section.key, e.g. loss.focal")
-        section, key = dotted.split(".")
-        if not isinstance(spec, dict):
-            raise CitysegError(f"{where}: {dotted} needs {{low: ..., high: ...}}, got {spec!r}")
-        unknown = set(spec) - {"low", "high", "log", "type"}
-        if unknown:
-            raise CitysegError(f"{where}: {dotted}: unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
-                               "valid: low, high, log, type")  # fmt: skip
-        defaults = Config().to_dict()
-        try:  # config.py's own check: an unknown section or key names the valid ones
-            if not isinstance(defaults.get(section), dict):
-                config_from_dict({section: {}})
-                raise CitysegError(f"{section!r} is not a config section")  # "name"
-            config_from_dict({section: {key: defaults[section].get(key)}})
-        except CitysegError as exc:
-            raise CitysegError(f"{where}: {exc}") from None
-        numeric = numeric_keys(section)
-        if key not in numeric:
-            raise CitysegError(f"{where}: {dotted} is not a number; numeric keys of {section}: "
-                               f"{', '.join(numeric) or 'none'}")  # fmt: skip
-        kind = spec.get("type", numeric[key].__name__)
-        if kind not in ("int", "float") or (kind == "float" and numeric[key] is int):
-            valid = "int" if numeric[key] is int else "int, float"
-            raise CitysegError(f"{where}: {dotted}: type {kind!r}; valid: {valid}")
-        low, high = (_number(spec.get(b), f"{where}: {dotted}.{b}") for b in ("low", "high"))
-        log = spec.get("log", False)
-        if not isinstance(log, bool):
-            raise CitysegError(f"{where}: {dotted}.log: expected true or false, got {log!r}")
-        if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
-            raise CitysegError(f"{where}: {dotted}: an integer key needs whole numbers, got {low}..{high}")
-        if not low < high:
-            raise CitysegError(f"{where}: {dotted}: low {low} must be below high {high} "
-                               f"(to fix a value, use --set {dotted}={low})")  # fmt: skip
-        if log and low <= 0:
-            raise CitysegError(f"{where}: {dotted}: a log scale needs low > 0, got {low}")
-        if kind == "int":
-            low, high = int(low), int(high)
-        params.append(Param(dotted, low, high, log=log, integer=kind == "int"))
-    return params
+                           "e.g. loss.focal: {low: 0.0, high: 3.0}")
+    return [_param(str(dotted), spec, where) for dotted, spec in raw.items()]
+
+
+def _param(dotted: str, spec: Any, where: str) -> Param:
+    """One key of :func:`parse_space`."""
+    if dotted.count(".") != 1:
+        raise CitysegError(f"{where}: {dotted!r} is not section.key, e.g. loss.focal")
+    if not isinstance(spec, dict):
+        raise CitysegError(f"{where}: {dotted} needs {{low: ..., high: ...}}, got {spec!r}")
+    unknown = set(spec) - {"low", "high", "log", "type"}
+    if unknown:
+        raise CitysegError(f"{where}: {dotted}: unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
+                           "valid: low, high, log, type")
+    try:
+        number = number_type(dotted)
+    except CitysegError as exc:
+        raise CitysegError(f"{where}: {exc}") from None
+    kind = spec.get("type", number.__name__)
+    if kind not in ("int", "float") or (kind == "float" and number is int):
+        valid = "int" if number is int else "int, float"
+        raise CitysegError(f"{where}: {dotted}: type {kind!r}; valid: {valid}")
+    low, high = (parse_number(spec.get(b), f"{where}: {dotted}.{b}") for b in ("low", "high"))
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise CitysegError(f"{where}: {dotted}.log: expected true or false, got {log!r}")
+    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        raise CitysegError(f"{where}: {dotted}: an integer key needs whole numbers, got {low}..{high}")
+    if not low < high:
+        raise CitysegError(f"{where}: {dotted}: low {low} must be below high {high} "
+                           f"(to fix a value, use --set {dotted}={low})")
+    if log and low <= 0:
+        raise CitysegError(f"{where}: {dotted}: a log scale needs low > 0, got {low}")
+    for bound, value in (("low", low), ("high", high)):  # the key's own range (config.RANGES)
+        check_value(number(value), dotted, f"{where}: {dotted}.{bound}")
+    if kind == "int":
+        low, high = int(low), int(high)
+    return Param(dotted, low, high, log=log, integer=kind == "int")
 
 
 def load_space(path: str | Path | None) -> list[Param]:
@@ -148,15 +133,6 @@ def load_space(path: str | Path | None) -> list[Param]:
         raise CitysegError(f"--space {path}: file not found")
     raw = read_yaml(path, f"--space {path}")
     return parse_space(raw, f"--space {path}")
-
-
-def _number(value: Any, what: str) -> float:
-    if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
-        with contextlib.suppress(ValueError):
-            value = float(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise CitysegError(f"{what}: expected a finite number, got {value!r}")
-    return value
 
 
 def trial_config(base: Config, values: dict[str, Any]) -> Config:
@@ -263,7 +239,7 @@ def run_sweep(
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise CitysegError("run cityseg sweep without torchrun: start one sweep per GPU "
-                           "(CUDA_VISIBLE_DEVICES) on a shared --storage instead")  # fmt: skip
+                           "(CUDA_VISIBLE_DEVICES) on a shared --storage instead")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     space = load_space(None) if space is None else space
@@ -278,7 +254,7 @@ def run_sweep(
     before = len(study.trials)
     _note_base_changes(study, cfg)
     log.info(f"cityseg sweep: study {name!r} in {storage}: {before} trials so far, running {trials} more; "
-          f"searching {', '.join(p.key for p in space)}")  # fmt: skip
+             f"searching {', '.join(p.key for p in space)}")
 
     def objective(trial: optuna.Trial) -> float:
         values = {p.key: p.suggest(trial) for p in space}
@@ -320,7 +296,7 @@ def run_sweep(
             study.optimize(objective, trials, catch=(NonFiniteLoss,), callbacks=[announce], gc_after_trial=True)
     except KeyboardInterrupt:
         log.info(f"\ncityseg sweep: the study keeps its finished trials in {storage}; "
-              "the same command continues it")  # fmt: skip
+                 "the same command continues it")
         raise
     return write_report(study, out, cfg, space, storage)
 
@@ -337,7 +313,7 @@ def write_report(study: optuna.Study, out: Path, base: Config, space: list[Param
     counts = dict(Counter(t.state.name.lower() for t in trials))
     summary: dict[str, Any] = {"study": study.study_name, "storage": storage, "trials": len(trials), "states": counts}
     summary["csv"] = str(write_trials_csv(trials, out / "trials.csv"))
-    summary["plots"] = [str(p) for p in write_plots(study, out, base)]
+    summary["plots"] = [str(p) for p in write_plots(study, out, base, space)]
     lines = [
         f"\ncityseg sweep: study {study.study_name!r}: {len(trials)} trials "
         f"({', '.join(f'{n} {s}' for s, n in counts.items())})"
@@ -347,11 +323,11 @@ def write_report(study: optuna.Study, out: Path, base: Config, space: list[Param
         cfg = config_of(best, base)
         cfg.name = f"{study.study_name}_best"
         header = (f"# best trial {best.number} of study {study.study_name!r} ({storage}): val mIoU {best.value:.4f}\n"
-                  f"# cityseg train --config {out / 'best.yaml'}\n")  # fmt: skip
+                  f"# cityseg train --config {out / 'best.yaml'}\n")
         with atomic_path(out / "best.yaml") as tmp:
             tmp.write_text(header + cfg.to_yaml())
         summary.update(best_trial=best.number, best_value=best.value, best_params=dict(best.params),
-                       best_yaml=str(out / "best.yaml"), best_run=best.user_attrs.get("run"))  # fmt: skip
+                       best_yaml=str(out / "best.yaml"), best_run=best.user_attrs.get("run"))
         base_values = {p.key: _get(base, p.key) for p in space}
         lines += [
             f"best: trial {best.number}, val mIoU {best.value:.4f} with {_fmt(best.params)}",
@@ -373,7 +349,7 @@ def write_trials_csv(trials: list, path: Path) -> Path:
     """One row per trial: number, state, value, each parameter, times, run folder, error."""
     keys = sorted({k for t in trials for k in t.params})
     header = ["number", "state", "val_miou", *keys, "best_epoch", "last_epoch", "datetime_start", "duration_s",
-              "run", "error"]  # fmt: skip
+              "run", "error"]
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
@@ -383,103 +359,58 @@ def write_trials_csv(trials: list, path: Path) -> Path:
                 t.number, t.state.name, t.value, *(t.params.get(k) for k in keys), t.user_attrs.get("best_epoch"),
                 max(t.intermediate_values, default=None), t.datetime_start, duration, t.user_attrs.get("run"),
                 t.user_attrs.get("error"),
-            ])  # fmt: skip
+            ])
     return path
 
 
-def write_plots(study: optuna.Study, out: Path, base: Config) -> list[Path]:
-    """history.png, importance.png (>= 2 complete trials) and loss_weights.png; returns those written."""
+def write_plots(study: optuna.Study, out: Path, base: Config, space: list[Param]) -> list[Path]:
+    """history.png, importance.png (>= 2 complete trials) and the trials over the searched keys
+    (:func:`plot_searched`); returns those written."""
     optuna = import_optuna()
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     written = []
     if complete:
         from optuna.visualization import matplotlib as ov
 
-        drawers = [("history", lambda: ov.plot_optimization_history(study, target_name="val mIoU"))]
+        quiet = (optuna.exceptions.ExperimentalWarning,)
+        history = lambda: ov.plot_optimization_history(study, target_name="val mIoU")  # noqa: E731
+        written.append(save_pyplot(history, out / PLOTS["history"], "history plot", quiet))
         if len(complete) >= 2:
-            drawers.append(("importance", lambda: ov.plot_param_importances(study, target_name="val mIoU")))
-        for name, draw in drawers:
-            with _pyplot_figure(f"{name} plot") as save:
-                save(draw(), out / PLOTS[name])
-                written.append(out / PLOTS[name])
+            importance = lambda: ov.plot_param_importances(study, target_name="val mIoU")  # noqa: E731
+            written.append(save_pyplot(importance, out / PLOTS["importance"], "importance plot", quiet))
     if study.trials:
-        plot_loss_weights(study, out / PLOTS["loss_weights"], base)
-        written.append(out / PLOTS["loss_weights"])
-    return written
+        written.append(plot_searched(study, out, base, [p.key for p in space]))
+    return [path for path in written if path is not None]
 
 
-@contextlib.contextmanager
-def _pyplot_figure(what: str) -> Iterator:
-    """Yield ``save(axes, path)`` for an Optuna matplotlib plot; a plot that fails is skipped with a note."""
-    import matplotlib
-    import matplotlib.pyplot as plt
-    import optuna
-
-    figures = []
-
-    def save(axes: Any, path: Path) -> None:
-        fig = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-        figures.append(fig)
-        fig.set_size_inches(8, 5)
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110)
-
-    try:  # rc_context: Optuna's plots switch pyplot to its ggplot style for good otherwise
-        with warnings.catch_warnings(), matplotlib.rc_context():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            yield save
-    except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. importances of constant parameters
-        log.warning(f"no {what} ({exc})")
-    finally:
-        for fig in figures:
-            plt.close(fig)
-
-
-def plot_loss_weights(study: optuna.Study, path: Path, base: Config) -> None:
-    """Focal weight against Dice weight of every trial, coloured by val mIoU; best and base marked."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+def plot_searched(study: optuna.Study, out: Path, base: Config, keys: list[str]) -> Path:
+    """Every finished trial over the first two searched ``keys`` (one key: against val mIoU),
+    coloured by val mIoU, with the best trial and the base config marked (:func:`cityseg.viz.plot_trials`).
+    Written as ``loss_weights.png`` when the keys are loss keys, else ``trials.png``."""
     states = import_optuna().trial.TrialState
+    keys = keys[:2]
+
+    def point(trial: optuna.trial.FrozenTrial, score: float | None) -> tuple[float, float, float | None]:
+        values = [_get(config_of(trial, base), key) for key in keys]
+        return (values[0], values[1], score) if len(keys) == 2 else (values[0], score, score)
+
     points: dict[str, list[tuple[float, float, float | None]]] = {"complete": [], "pruned": [], "failed": []}
     for t in study.get_trials(deepcopy=False):
-        if t.state not in (states.COMPLETE, states.PRUNED, states.FAIL):
-            continue
-        loss = config_of(t, base).loss
-        xy = (loss.focal, loss.dice)
         if t.state == states.COMPLETE:
-            points["complete"].append((*xy, t.value))
-        elif t.state == states.PRUNED:
-            points["pruned"].append((*xy, None))
-        elif t.state == states.FAIL:
-            points["failed"].append((*xy, None))
-    fig = Figure(figsize=(6.5, 5), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
+            points["complete"].append(point(t, t.value))
+        elif t.state == states.PRUNED and (len(keys) == 2 or t.intermediate_values):
+            last = t.intermediate_values[max(t.intermediate_values)] if len(keys) == 1 else None
+            points["pruned"].append(point(t, last))
+        elif t.state == states.FAIL and len(keys) == 2:  # one key: a failed trial has no score to place
+            points["failed"].append(point(t, None))
+    best = None
     if points["complete"]:
-        x, y, v = zip(*points["complete"])
-        sc = ax.scatter(x, y, c=v, cmap="viridis", s=60, edgecolors="black", linewidths=0.5, label="complete")
-        fig.colorbar(sc, ax=ax, label="val mIoU (best epoch)")
-        best = config_of(study.best_trial, base).loss
-        ax.scatter([best.focal], [best.dice], marker="*", s=320, facecolors="none", edgecolors="red",
-                   linewidths=1.5, label=f"best (trial {study.best_trial.number})")  # fmt: skip
-    if points["pruned"]:
-        x, y, _ = zip(*points["pruned"])
-        ax.scatter(x, y, marker="o", s=40, facecolors="none", edgecolors="grey", label="pruned")
-    if points["failed"]:
-        x, y, _ = zip(*points["failed"])
-        ax.scatter(x, y, marker="x", s=50, color="red", label="failed (non-finite loss)")
-    ax.scatter([base.loss.focal], [base.loss.dice], marker="P", s=90, color="black",
-               label=f"base config ({base.loss.focal:g} / {base.loss.dice:g})")  # fmt: skip
-    ax.set_xlabel("loss.focal (Focal weight)")
-    ax.set_ylabel("loss.dice (Dice weight)")
-    ax.set_title(f"study {study.study_name!r}: loss weights and val mIoU")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp)
+        best = (*point(study.best_trial, study.best_value)[:2], f"best (trial {study.best_trial.number})")
+    axes = (keys[0], keys[1]) if len(keys) == 2 else (keys[0], "val mIoU (best epoch)")
+    title = f"study {study.study_name!r}: {' and '.join(keys)} of each trial against val mIoU"
+    name = PLOTS["loss_weights"] if all(key.startswith("loss.") for key in keys) else PLOTS["trials"]
+    base_values = tuple(_get(base, key) for key in keys)
+    return plot_trials(points, axes, base_values, best, title, out / name)
 
 
 def _note_base_changes(study: optuna.Study, cfg: Config) -> None:
@@ -498,7 +429,7 @@ def _note_base_changes(study: optuna.Study, cfg: Config) -> None:
     ]
     if changed:
         log.warning(f"the base config differs from the one study {study.study_name!r} began with: "
-              f"{', '.join(changed)}; trials before and after compare less well")  # fmt: skip
+                    f"{', '.join(changed)}; trials before and after compare less well")
 
 
 def config_of(trial: optuna.trial.FrozenTrial, base: Config) -> Config:

@@ -1,5 +1,5 @@
 """Pictures: palette overlays, image | ground truth | prediction | errors panels, training curves,
-confusion matrices and per-class IoU bars.
+confusion matrices, per-class IoU bars, and a sweep's trials over the keys it searched.
 
 Figures are drawn with matplotlib's object API on an Agg canvas (no pyplot, so no global
 backend switch and nothing left open) and written atomically, so a run folder never holds a
@@ -10,8 +10,10 @@ half-written PNG. Label maps are trainIds; colours come from the official palett
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,6 +28,8 @@ from cityseg.datasets import DatasetSpec
 from cityseg.errors import CitysegError
 from cityseg.imaging import denormalize
 from cityseg.utils import atomic_path
+
+log = logging.getLogger(__name__)
 
 ERROR_COLOR = (255, 0, 0)  # wrong pixels in the error map
 CORRECT_COLOR = (235, 235, 235)  # right pixels: light grey, so red and black (ignore) stand out
@@ -324,6 +328,85 @@ def plot_scores(counts: Any, out_dir: str | os.PathLike, result: dict[str, Any] 
     result = counts.scores() if result is None else result
     plot_confusion(metrics.train_confusion(counts.conf, table), Path(out_dir) / "confusion.png", table)
     plot_class_iou([c["iou"] for c in result["classes"].values()], Path(out_dir) / "iou.png", table)
+
+
+def plot_trials(
+    points: dict[str, list[tuple[float, float, float | None]]],
+    axes: tuple[str, str],
+    base: tuple[float | None, ...],
+    best: tuple[float, float, str] | None,
+    title: str,
+    out_png: str | os.PathLike,
+) -> Path:
+    """A sweep's trials as points: complete ones coloured by val mIoU, pruned ones hollow, failed ones
+    crossed; the best trial starred, the base config a plus (a dashed line when it has one value).
+
+    Args:
+        points: ``{"complete" | "pruned" | "failed": [(x, y, val mIoU or None), ...]}``.
+        axes: the labels of x and y (the searched config keys, or one key and val mIoU).
+        base: the base config's (x, y), or (x,): drawn when no value is None.
+        best: (x, y, legend label) of the best trial; None when no trial completed.
+    """
+    fig = Figure(figsize=(6.5, 5), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    if points.get("complete"):
+        x, y, v = zip(*points["complete"])
+        sc = ax.scatter(x, y, c=v, cmap="viridis", s=60, edgecolors="black", linewidths=0.5, label="complete")
+        fig.colorbar(sc, ax=ax, label="val mIoU (best epoch)")
+    if best is not None:
+        ax.scatter([best[0]], [best[1]], marker="*", s=320, facecolors="none", edgecolors="red", linewidths=1.5,
+                   label=best[2])
+    if points.get("pruned"):
+        x, y, _ = zip(*points["pruned"])
+        ax.scatter(x, y, marker="o", s=40, facecolors="none", edgecolors="grey", label="pruned")
+    if points.get("failed"):
+        x, y, _ = zip(*points["failed"])
+        ax.scatter(x, y, marker="x", s=50, color="red", label="failed (non-finite loss)")
+    if None not in base:
+        label = f"base config ({' / '.join(f'{v:g}' for v in base)})"
+        if len(base) == 2:
+            ax.scatter([base[0]], [base[1]], marker="P", s=90, color="black", label=label)
+        else:
+            ax.axvline(base[0], color="black", linestyle="--", linewidth=1, label=label)
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def save_pyplot(
+    draw: Callable[[], Any], out_png: str | os.PathLike, what: str, ignore: tuple[type[Warning], ...] = ()
+) -> Path | None:
+    """Save the pyplot figure another library draws (``draw()`` returns its axes: Optuna's matplotlib
+    plots) at 8x5 inches; None, with a warning naming ``what``, when drawing fails (e.g. importances of
+    constant parameters). ``ignore``: warning categories silenced meanwhile. Pyplot's settings are
+    restored afterwards (Optuna's plots switch it to their ggplot style for good otherwise)."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    figures = []
+    try:
+        with warnings.catch_warnings(), matplotlib.rc_context():
+            for category in ignore:
+                warnings.simplefilter("ignore", category)
+            axes = draw()
+            fig = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+            figures.append(fig)
+            fig.set_size_inches(8, 5)
+            fig.tight_layout()
+            with atomic_path(out_png) as tmp:
+                fig.savefig(tmp, dpi=110)
+        return Path(out_png)
+    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+        log.warning(f"no {what} ({exc})")
+        return None
+    finally:
+        for fig in figures:
+            plt.close(fig)
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from cityseg.commands import add_dataset_argument
+from cityseg.commands.shared_options import add_dataset_argument
 
 HELP = "time inference paths (channels_last, bf16, onnxruntime, compile, int8) against eager fp32 torch"
 log = logging.getLogger("cityseg")
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 def _int8(args: argparse.Namespace, device, paths):
     """(calibration frames or None, the path to report or None) for --precision and --calibration."""
     from cityseg.inference.int8 import calibration_frames, check_calibration
-    from cityseg.inference.runtime import int8_path
+    from cityseg.inference.paths import int8_path
 
     int8 = args.precision == "int8" or (paths is not None and "int8" in paths)
     check_calibration("int8" if int8 else args.precision, args.calibration)

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from cityseg.commands import add_dataset_argument, add_inference_arguments, check_batch_size, inference_choices
+from cityseg.commands.shared_options import add_dataset_argument, add_inference_arguments, check_batch_size, inference_choices
 
 HELP = "score predictions (label-id PNGs or a checkpoint) with the official Cityscapes metrics"
 log = logging.getLogger("cityseg")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from cityseg.commands import add_dataset_argument
+from cityseg.commands.shared_options import add_dataset_argument
 
 HELP = ("export a checkpoint to ONNX (uint8 image in, logits + labels out; dynamic N, H, W; checked) "
         "and/or to weights-only safetensors")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from cityseg.commands import add_dataset_argument, add_inference_arguments, check_batch_size, inference_choices
+from cityseg.commands.shared_options import add_dataset_argument, add_inference_arguments, check_batch_size, inference_choices
 
 HELP = "segment images with a checkpoint (or an ONNX export): trainIds, labelIds, colour and overlay PNGs"
 log = logging.getLogger("cityseg")

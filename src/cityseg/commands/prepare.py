@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from cityseg.commands import add_dataset_argument
+from cityseg.commands.shared_options import add_dataset_argument
 
 HELP = ("convert a Cityscapes tree, a 'pairs' copy or a described dataset (--dataset) into the official layout "
         "with labelTrainIds and labelIds")

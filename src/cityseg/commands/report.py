@@ -11,9 +11,9 @@ log = logging.getLogger("cityseg")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR",
-                        help="run folder (cityseg train --out) or sweep folder (cityseg sweep --out)")  # fmt: skip
+                        help="run folder (cityseg train --out) or sweep folder (cityseg sweep --out)")
     parser.add_argument("--out", metavar="FILE",
-                        help="write the page here instead (default: RUN_DIR/report.html)")  # fmt: skip
+                        help="write the page here instead (default: RUN_DIR/report.html)")
 
 
 def run(args: argparse.Namespace) -> int:

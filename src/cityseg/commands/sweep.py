@@ -20,12 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data", metavar="DIR", help="Cityscapes-layout folder (default: data.root, else the synthetic data)"
     )
     parser.add_argument("--out", required=True, metavar="DIR",
-                        help="sweep folder: study.db, trials/<number>/, best.yaml, trials.csv, plots")  # fmt: skip
+                        help="sweep folder: study.db, trials/<number>/, best.yaml, trials.csv, plots")
     parser.add_argument("--trials", required=True, type=_count, metavar="N",
-                        help="run N more trials (0: only rewrite best.yaml, trials.csv and the plots)")  # fmt: skip
+                        help="run N more trials (0: only rewrite best.yaml, trials.csv and the plots)")
     parser.add_argument("--storage", metavar="URL",
                         help="Optuna storage URL, e.g. postgresql://user@host/db for several machines on one "
-                             "study (default: sqlite:///DIR/study.db)")  # fmt: skip
+                             "study (default: sqlite:///DIR/study.db)")
     parser.add_argument("--study", metavar="NAME", help="study name (default: the config's name)")
     parser.add_argument(
         "--set",
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--space", metavar="FILE",
                         help="YAML search space, section.key: {low: L, high: H, log: true, type: int} per key "
-                             "(default: loss.focal 0..3, loss.dice 0..3, loss.focal_gamma 0.5..4)")  # fmt: skip
+                             "(default: loss.focal 0..3, loss.dice 0..3, loss.focal_gamma 0.5..4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: auto (cuda if any)")
 
@@ -53,5 +53,5 @@ def run(args: argparse.Namespace) -> int:
     if args.data is not None:
         cfg.data.root = str(args.data)
     run_sweep(cfg, args.out, args.trials, storage=args.storage, study_name=args.study, space=load_space(args.space),
-              seed=args.seed, device=args.device)  # fmt: skip
+              seed=args.seed, device=args.device)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cityseg.commands import add_dataset_argument
+from cityseg.commands.shared_options import add_dataset_argument
 
 HELP = "train a model from a recipe (configs/demo.yaml on the synthetic data by default); DDP via torchrun"
 
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     if isinstance(args.resume, str):  # --resume LAST_PT names the run folder
-        from cityseg.engine.train import resume_folder
+        from cityseg.engine.resume import resume_folder
 
         out = resume_folder(args.resume, args.out)
     saved = out / "config.yaml"

@@ -35,7 +35,7 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 
 from cityseg import labels, layout, logs
 from cityseg.data import formats, png
-from cityseg.data.colour import palette_of
+from cityseg.data.palette import palette_of
 from cityseg.datasets import DatasetSpec, is_cityscapes_table
 from cityseg.errors import CitysegError
 from cityseg.layout import (

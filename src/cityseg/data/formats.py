@@ -9,7 +9,7 @@ In order of preference (what :func:`cityseg.layout.find_label` picks when severa
    :mod:`cityseg.data.colour` (blended borders of resized or JPEG masks included).
 
 Colour masks are read in the Cityscapes colours unless a ``palette``
-(:class:`cityseg.data.colour.Palette`, e.g. ``Palette.from_spec(spec)``) says otherwise;
+(:class:`cityseg.data.palette.Palette`, e.g. ``Palette.from_spec(spec)``) says otherwise;
 :func:`load_colour` reads one under any file name. Id files always hold Cityscapes ids.
 
 Also the "pairs" copy of Cityscapes: one JPEG or PNG per frame holding the photo on its left
@@ -29,14 +29,13 @@ import numpy as np
 
 from cityseg import labels
 from cityseg.data.colour import (
-    CITYSCAPES,
     MIN_PALETTE_SHARE,
     ColourStats,
-    Palette,
     color_to_label_ids,
     color_to_train_ids,
     palette_share,
 )
+from cityseg.data.palette import CITYSCAPES, Palette
 from cityseg.data.png import read_map
 from cityseg.errors import CitysegError
 from cityseg.layout import label_kind

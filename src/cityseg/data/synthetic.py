@@ -2,7 +2,8 @@
 
 This is the embedded default dataset of the demo and the tests. Each frame is a street seen
 from a car (perspective, all 19 train classes and several void ones; see
-``synthetic_scene.py`` for what is drawn and ``synthetic_draw.py`` for how), written as::
+``synthetic_scene.py`` for what is drawn, ``synthetic_draw.py`` and ``synthetic_canvas.py`` for
+how), written as::
 
     leftImg8bit/<split>/<city>/<city>_<seq:06d>_000019_leftImg8bit.png   RGB photo
     gtFine/<split>/<city>/<stem>_gtFine_labelIds.png                      uint8 labelIds

@@ -30,7 +30,17 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from cityseg.data import synthetic_draw as d
-from cityseg.data.synthetic_draw import Camera, Canvas, quad_y, quads_y, resolved
+from cityseg.data.synthetic_canvas import (
+    INSTANCE_BASE,
+    Camera,
+    Canvas,
+    jitter,
+    pick,
+    quad_y,
+    quads_y,
+    resolved,
+    shade,
+)
 
 # Chance that a frame holds at least one of these (each frame draws them independently).
 P_TRAM = 0.55
@@ -145,28 +155,28 @@ def initial_ids(cam: Camera) -> np.ndarray:
 def draw_ground(cv: Canvas, cam: Camera, st: Street, rng: np.random.Generator) -> None:
     """Ground planes outside in, then markings and the building shadow."""
     zn, zf = cam.z_bottom * 0.7, 2000.0
-    grass = d.pick(rng, d.GRASS_COLORS)
-    paving = d.pick(rng, ((150, 145, 140), (175, 165, 150), (140, 110, 100), (120, 120, 125)))
-    asphalt = d.jitter(rng, (85, 85, 90), 10)
+    grass = pick(rng, d.GRASS_COLORS)
+    paving = pick(rng, ((150, 145, 140), (175, 165, 150), (140, 110, 100), (120, 120, 125)))
+    asphalt = jitter(rng, (85, 85, 90), 10)
     for sd in st.sides:
         far_label = d.GROUND if rng.random() < 0.25 else d.TERRAIN
         cv.polygon(quad_y(cam, 0.0, sd.x(sd.barrier), sd.x(200.0), zn, zf), far_label,
-                   d.shade(grass, 0.9) if far_label == d.TERRAIN else d.jitter(rng, (120, 105, 85)))
+                   shade(grass, 0.9) if far_label == d.TERRAIN else jitter(rng, (120, 105, 85)))
         if sd.grass:
             cv.polygon(quad_y(cam, 0.0, sd.x(sd.walk_out), sd.x(sd.barrier), zn, zf), d.TERRAIN, grass)
             if rng.random() < 0.3:  # a patch of bare ground in the grass
                 z0 = rng.uniform(8.0, 30.0)
                 cv.polygon(quad_y(cam, 0.0, sd.x(sd.walk_out), sd.x(sd.barrier), z0, z0 + rng.uniform(3, 10)), d.GROUND,
-                           d.jitter(rng, (125, 105, 80)))
+                           jitter(rng, (125, 105, 80)))
         cv.polygon(quad_y(cam, 0.0, sd.x(sd.walk_in), sd.x(sd.walk_out), zn, zf), d.SIDEWALK, paving)
         joints = resolved(np.arange(zn, 40.0, 1.5), cam.z_resolved(cam.cam_h, 1.5))
         cv.polygons(quads_y(cam, 0.0, sd.x(sd.walk_in), sd.x(sd.walk_out), joints, joints + 0.06), None,
-                    d.shade(paving, 0.8))
+                    shade(paving, 0.8))
         kerb = quad_y(cam, 0.0, sd.x(sd.walk_in), sd.x(sd.walk_in + 0.2), zn, zf)
-        cv.polygon(kerb, None, d.shade(paving, 1.2))
+        cv.polygon(kerb, None, shade(paving, 1.2))
         if sd.parking:
             cv.polygon(quad_y(cam, 0.0, sd.x(sd.curb), sd.x(sd.walk_in), zn, zf), d.PARKING,
-                       d.jitter(rng, (115, 105, 110)))
+                       jitter(rng, (115, 105, 110)))
             bays = resolved(np.arange(zn, 60.0, 5.5), cam.z_resolved(cam.cam_h, 5.5))
             cv.polygons(quads_y(cam, 0.0, sd.x(sd.curb), sd.x(sd.walk_in), bays, bays + 0.12), None, (215, 215, 210))
     left, right = st.sides
@@ -184,9 +194,9 @@ def draw_rail_track(cv: Canvas, cam: Camera, xc: float, lane_w: float, zn: float
                     rng: np.random.Generator) -> None:
     """A tram track: gravel bed, sleepers and two steel rails."""
     half = lane_w / 2
-    cv.polygon(quad_y(cam, 0.0, xc - half, xc + half, zn, zf), d.RAIL_TRACK, d.jitter(rng, (120, 110, 95), 10))
+    cv.polygon(quad_y(cam, 0.0, xc - half, xc + half, zn, zf), d.RAIL_TRACK, jitter(rng, (120, 110, 95), 10))
     sleepers = resolved(np.arange(zn, 80.0, 0.7), cam.z_resolved(cam.cam_h, 0.7))
-    cv.polygons(quads_y(cam, 0.0, xc - 1.2, xc + 1.2, sleepers, sleepers + 0.25), None, d.jitter(rng, (80, 65, 50), 8))
+    cv.polygons(quads_y(cam, 0.0, xc - 1.2, xc + 1.2, sleepers, sleepers + 0.25), None, jitter(rng, (80, 65, 50), 8))
     for rail_x in (xc - 0.75, xc + 0.75):
         cv.polygon(quad_y(cam, 0.0, rail_x - 0.07, rail_x + 0.07, zn, zf), None, (185, 185, 190))
 
@@ -241,7 +251,7 @@ def draw_tree_line(cv: Canvas, cam: Camera, rng: np.random.Generator) -> None:
     xs = np.linspace(-2, cam.width + 2, 40)
     tops = cam.horizon - cam.height * 0.04 * (1 + np.abs(rng.standard_normal(40)))
     band = np.vstack([np.column_stack([xs, tops]), [[cam.width + 2, cam.horizon + 2], [-2, cam.horizon + 2]]])
-    cv.polygon(band, d.VEGETATION, d.pick(rng, d.FOLIAGE_COLORS))
+    cv.polygon(band, d.VEGETATION, pick(rng, d.FOLIAGE_COLORS))
 
 
 def draw_barriers(cv: Canvas, cam: Camera, st: Street, rng: np.random.Generator) -> None:
@@ -430,7 +440,7 @@ def finish(photo: np.ndarray, label_ids: np.ndarray, shadow: np.ndarray, rng: np
 
 def ids_to_label_ids(ids: np.ndarray) -> np.ndarray:
     """instanceIds-style map (labelId or labelId*1000+k) -> (H, W) uint8 labelIds."""
-    return np.where(ids >= d.INSTANCE_BASE, ids // d.INSTANCE_BASE, ids).astype(np.uint8)
+    return np.where(ids >= INSTANCE_BASE, ids // INSTANCE_BASE, ids).astype(np.uint8)
 
 
 def render_scene(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:

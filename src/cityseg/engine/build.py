@@ -1,5 +1,5 @@
 """Everything ``train()`` builds before its loop: threads and seeds, data loaders, model
-(channels_last, SyncBatchNorm, DDP, compile), loss, optimiser, and the :class:`Engine` that says
+(channels_last, SyncBatchNorm, DDP, compile), loss, optimiser, and the :class:`StepSettings` that says
 how one optimiser step runs (mixed precision, gradient accumulation, clipping).
 """
 
@@ -19,13 +19,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from cityseg.checkpoint import build_starting_model
+from cityseg.pretrained import build_starting_model
 from cityseg import layout
 from cityseg.config import Config, dataset_value
 from cityseg.data import synthetic
 from cityseg.data.dataset import CityscapesDataset
 from cityseg.data.transforms import build_transforms
-from cityseg.datasets import load_dataset
+from cityseg.datasets import DatasetSpec, load_dataset
 from cityseg.engine import distributed as D
 from cityseg.engine.schedule import SCHEDULES
 from cityseg.errors import CitysegError
@@ -35,12 +35,12 @@ from cityseg.models import check_model_name
 
 log = logging.getLogger(__name__)
 
-#: Values of ``train.amp`` (see :func:`build_engine`).
+#: Values of ``train.amp`` (see :func:`build_step_settings`).
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 
 
 @dataclass
-class Engine:
+class StepSettings:
     """How one optimiser step runs: device, mixed precision, accumulation, clipping."""
 
     device: torch.device
@@ -92,36 +92,41 @@ def resolve_data_root(cfg: Config) -> Path:
     return synthetic.data_root(cfg.data)
 
 
-def adopt_dataset(cfg: Config, root: Path) -> Config:
-    """``cfg`` with the dataset a prepared folder was made for (its ``dataset.yaml``, written by
-    ``cityseg prepare --dataset``) when the config names none but Cityscapes; unchanged otherwise.
+def adopt_dataset(cfg: Config, root: Path) -> tuple[Config, DatasetSpec]:
+    """(``cfg``, its dataset description): ``cfg`` with the dataset a prepared folder was made for
+    (its ``dataset.yaml``, written by ``cityseg prepare --dataset``) when the config names none but
+    Cityscapes; unchanged otherwise. The description is resolved here once for the whole run.
 
     Raises:
         CitysegError: the config's dataset and the folder's have different class tables.
     """
+    ours = cfg.spec()
     found = layout.prepared_dataset(root)
     if found is None:
-        return cfg
-    folder, ours = load_dataset(found), cfg.spec()
+        return cfg, ours
+    folder = load_dataset(found)
     if folder.classes == ours.classes:
-        return cfg
+        return cfg, ours
     if cfg.dataset == "cityscapes":
         log.info("%s: prepared for dataset %s (%d classes); using its class table", root, folder.name,
                  folder.num_classes)
-        return dataclasses.replace(cfg, dataset=dataset_value(str(found)))
+        cfg = dataclasses.replace(cfg, dataset=dataset_value(str(found)))
+        return cfg, cfg.spec()
     raise CitysegError(f"{root}: prepared for dataset {folder.name!r} ({folder.num_classes} classes), but the config's "
                        f"dataset is {ours.name!r} ({ours.num_classes} classes); pass --dataset {found}")
 
 
-def build_loaders(cfg: Config, root: Path, dev: torch.device) -> tuple[DataLoader, DataLoader, torch.Generator]:
-    """Training loader (shuffled, sharded under DDP, seeded) and validation loader (sharded, in order).
+def build_loaders(
+    cfg: Config, spec: DatasetSpec, root: Path, dev: torch.device
+) -> tuple[DataLoader, DataLoader, torch.Generator]:
+    """Training loader (shuffled, sharded under DDP, seeded) and validation loader (sharded, in order)
+    of the frames of ``root``, labelled with ``spec``'s classes (``cfg``'s dataset).
 
     ``generator`` draws the shuffling order and the workers' base seed (torch seeds each
     worker's torch, numpy and random from it), so its state in the checkpoint fixes the next
     epoch's batches and augmentations. Workers are not persistent for the same reason: every
     epoch draws fresh worker seeds from the generator.
     """
-    spec = cfg.spec()
     train_set = CityscapesDataset(root, cfg.data.train_split, build_transforms(cfg.data, train=True), spec=spec)
     val_set = CityscapesDataset(root, cfg.data.val_split, build_transforms(cfg.data, train=False), spec=spec)
     if cfg.data.cache:  # before the workers fork, so that they share the decoded frames
@@ -165,31 +170,34 @@ def micro_batch_size(cfg: Config) -> int:
     return micro
 
 
-def build_train_model(cfg: Config, dev: torch.device) -> tuple[nn.Module, nn.Module]:
-    """Return ``(model to call, bare model)``: channels_last, SyncBatchNorm, DDP and compile as configured."""
-    core = build_starting_model(
+def build_train_model(cfg: Config, spec: DatasetSpec, dev: torch.device) -> tuple[nn.Module, nn.Module]:
+    """Return ``(model to call, bare model)`` predicting ``spec``'s classes: channels_last,
+    SyncBatchNorm, DDP and compile as configured."""
+    bare_model = build_starting_model(
         cfg.model.name,
-        num_classes=cfg.spec().num_classes,
+        num_classes=spec.num_classes,
         pretrained=cfg.model.pretrained,
         aux_head=cfg.model.aux_head,
         freeze=list(cfg.model.freeze),
         output_stride=cfg.model.output_stride,
-        class_names=cfg.spec().class_names,
+        class_names=spec.class_names,
     )
     if D.is_dist() and cfg.model.sync_bn and dev.type == "cuda":  # SyncBatchNorm has no CPU kernel
-        core = nn.SyncBatchNorm.convert_sync_batchnorm(core)
-    core = core.to(dev, memory_format=torch.channels_last if cfg.train.channels_last else torch.contiguous_format)
-    model = core
+        bare_model = nn.SyncBatchNorm.convert_sync_batchnorm(bare_model)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    bare_model = bare_model.to(dev, memory_format=memory_format)
+    model = bare_model
     if D.is_dist():
-        model = nn.parallel.DistributedDataParallel(core, device_ids=[dev.index] if dev.type == "cuda" else None)
+        model = nn.parallel.DistributedDataParallel(bare_model, device_ids=[dev.index] if dev.type == "cuda" else None)
     if cfg.train.compile:
         model = torch.compile(model)
-    return model, core
+    return model, bare_model
 
 
-def build_criterion(cfg: Config) -> nn.Module:
-    """The weighted loss of ``cfg.loss`` (called on the main head, and on the aux head by the loop)."""
-    return build_loss(cfg.loss, cfg.spec().num_classes)
+def build_criterion(cfg: Config, spec: DatasetSpec) -> nn.Module:
+    """The weighted loss of ``cfg.loss`` over ``spec``'s classes (called on the main head, and on the
+    aux head by the loop)."""
+    return build_loss(cfg.loss, spec.num_classes)
 
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -226,7 +234,7 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     raise CitysegError(f"config key optim.name: {o.name!r} is unknown; valid: {', '.join(OPTIMIZERS)}")
 
 
-def build_engine(cfg: Config, dev: torch.device, micro_batch: int) -> Engine:
+def build_step_settings(cfg: Config, dev: torch.device, micro_batch: int) -> StepSettings:
     """Mixed precision, accumulation and clipping settings.
 
     ``train.amp: auto`` is bf16 on GPUs that support it (no scaler needed), fp16 with a
@@ -240,7 +248,7 @@ def build_engine(cfg: Config, dev: torch.device, micro_batch: int) -> Engine:
         mode = "none" if dev.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[mode]
     scaler = torch.amp.GradScaler(dev.type) if dtype is torch.float16 else None
-    return Engine(
+    return StepSettings(
         device=dev,
         amp_dtype=dtype,
         scaler=scaler,
@@ -251,9 +259,11 @@ def build_engine(cfg: Config, dev: torch.device, micro_batch: int) -> Engine:
     )
 
 
-def steps_per_epoch(cfg: Config, loader: DataLoader, engine: Engine, root: Path, max_steps: int | None) -> int:
+def steps_per_epoch(
+    cfg: Config, loader: DataLoader, step_settings: StepSettings, root: Path, max_steps: int | None
+) -> int:
     """Optimiser steps per epoch: full accumulations of the loader's (drop-last) micro-batches."""
-    steps = len(loader) // engine.accum
+    steps = len(loader) // step_settings.accum
     if max_steps is not None:
         steps = min(steps, max_steps)
     if steps < 1:

@@ -58,6 +58,17 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def global_mean(value: torch.Tensor) -> float:
+    """Mean of a scalar over all processes (one tiny all-reduce; NaN anywhere gives NaN everywhere)."""
+    t = value.float().reshape(1).clone()
+    return all_reduce_sum(t).item() / get_world_size()
+
+
+def mean_over_processes(fraction: float) -> float:
+    """One value for every process (the mean), so all of them stop on the same step."""
+    return global_mean(torch.tensor(fraction)) if is_dist() else fraction
+
+
 def broadcast_object(obj: object, src: int = 0) -> object:
     """Send a picklable object from ``src`` to every process (no-op without DDP)."""
     if not is_dist():

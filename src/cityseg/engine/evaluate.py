@@ -1,10 +1,11 @@
-"""Scoring a checkpoint on one split of a Cityscapes-layout folder: ``cityseg evaluate --checkpoint``.
+"""Scoring a checkpoint on one split of a Cityscapes-layout folder: ``cityseg evaluate --checkpoint``,
+and training's closing score of its best checkpoint (:func:`score_best`).
 
 The checkpoint is loaded by :meth:`cityseg.inference.predict.Predictor.from_checkpoint`, the one
 loader, and runs as its ``eval`` section says (whole image or sliding window, multi-scale and flip
 test-time augmentation, changed by the command line's choices) on the path its ``--precision`` and
 ``--runtime`` choose; it is scored by the
-:class:`~cityseg.engine.evaluator.Evaluator` training validates with, on the folder
+:class:`~cityseg.metrics.evaluator.Evaluator` training validates with, on the folder
 :func:`cityseg.data.synthetic.data_root` picks for the config, as training does: a checkpoint
 scored on its own run's data gives the val mIoU that training logged, and the data is only read.
 """
@@ -29,11 +30,13 @@ from cityseg.data.dataset import CityscapesDataset
 from cityseg.data.synthetic import data_root
 from cityseg.data.transforms import build_transforms
 from cityseg.datasets import DatasetSpec
+from cityseg.engine import distributed as D
 from cityseg.engine.build import adopt_dataset
-from cityseg.engine.evaluator import Evaluator
+from cityseg.engine.runlog import EVAL_FILE, RunLog, nan_to_zero
 from cityseg.inference.options import InferenceChoices
 from cityseg.inference.predict import Predictor
 from cityseg.labels import train_ids_to_label_ids
+from cityseg.metrics.evaluator import Evaluator
 from cityseg.utils import save_png
 
 log = logging.getLogger(__name__)
@@ -148,10 +151,36 @@ def evaluate(
     return evaluator.counts(), time.perf_counter() - start, len(dataset)
 
 
+def score_best(cfg: Config, out: Path, root: Path, dev: torch.device, log: RunLog) -> dict[str, Any]:
+    """Score a finished run's best checkpoint once as its config's ``eval`` section infers (multi-scale,
+    flip, sliding) when that is more than validation's one whole-image pass; ``{}`` otherwise.
+
+    Writes ``OUT/`` :data:`~cityseg.engine.runlog.EVAL_FILE` (as ``cityseg evaluate --json``) and returns
+    ``{"best_miou_eval": ...}``: the figure ``cityseg evaluate --checkpoint`` and ``cityseg predict`` give
+    for that checkpoint, while the per-epoch val mIoU (which picks the best checkpoint) stays one cheap
+    pass. ``root`` is the run's data folder, ``log`` the run's (the lines go into its ``train.log``).
+    """
+    best = out / "checkpoints" / "best.pt"
+    if cfg.eval.single_pass() or not best.is_file() or not D.is_main_process():
+        return {}
+    recipe = f"eval.scales {','.join(f'{s:g}' for s in cfg.eval.scales)}{' + flip' if cfg.eval.flip else ''}"
+    if D.is_dist():  # the Evaluator would wait for the other processes' counts
+        log.info(f"score the best checkpoint with its {recipe}: cityseg evaluate --checkpoint {best}")
+        return {}
+    counts, seconds, frames = evaluate_checkpoint(best, dev.type, data=str(root))
+    result = counts.scores()
+    metrics.write_json(counts, out / EVAL_FILE, result)
+    log.info(f"best checkpoint with its {recipe} ({cfg.eval.mode}): val mIoU {nan_to_zero(result['miou']):.4f}, "
+             f"pixel accuracy {result['pixel_accuracy']:.3f}, mean class accuracy "
+             f"{nan_to_zero(result['mean_class_accuracy']):.3f} ({frames} frames, {seconds:.0f} s; "
+             f"{out / EVAL_FILE})")
+    return {"best_miou_eval": nan_to_zero(result["miou"])}
+
+
 def _dataset(cfg: Config) -> tuple[CityscapesDataset, bool]:
     """(the split as a CityscapesDataset, whether it has instanceIds): iIoU when every frame has one."""
     root = data_root(cfg.data)
-    spec = adopt_dataset(cfg, root).spec()
+    _, spec = adopt_dataset(cfg, root)
     # CityscapesDataset names any frame that lacks an instanceIds map when asked for instances
     official = metrics.table_for(spec).official  # iIoU exists for the Cityscapes table only
     with_instances = official and layout.has_instances(root, cfg.data.val_split)

@@ -1,9 +1,11 @@
 """The run folder and what training reports: ``config.yaml``, ``metrics.jsonl``, TensorBoard,
-curves, panels, progress bars (plain log lines when stdout is not a terminal).
+curves, panels, progress bars (plain log lines when stdout is not a terminal), the lines that open
+and close a run.
 
 Only rank 0 creates a :class:`RunLog` with ``enabled=True``; on other ranks every method is a
 no-op, so the loop in ``train.py`` calls them without asking which process it is. Rank 0 also holds
-the run folder's lock (:func:`lock_run_dir`) for the run's life: one writer per folder.
+the run folder's lock (:func:`hold_run_dir`) for the run's life: one writer per folder. Ctrl-C and
+``kill`` stop a run between two steps (:class:`StopSignals`), so that the folder stays whole.
 """
 
 from __future__ import annotations
@@ -15,22 +17,32 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
 
 from cityseg.config import Config
 from cityseg import logs
+from cityseg.datasets import DatasetSpec
+from cityseg.engine import distributed as D
 from cityseg.errors import CitysegError
 from cityseg.utils import atomic_path
 
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from cityseg.engine.build import StepSettings
+    from cityseg.engine.resume import RunState
+
 log = logging.getLogger(__name__)
 
-#: The best checkpoint scored with the eval section's inference at the end of a run (engine.train.score_best).
+#: The best checkpoint scored with the eval section's inference at the end of a run (engine.evaluate.score_best).
 EVAL_FILE = "eval_val.json"
 #: What a run writes into its folder; ``--force`` removes exactly these, nothing else.
 RUN_ARTEFACTS = ("config.yaml", "metrics.jsonl", "checkpoints", "tb", "curves.png", "panels.png", "report.html",
@@ -83,7 +95,7 @@ def lock_run_dir(out: Path) -> int:
         os.close(fd)
         if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise CitysegError(f"--out {out}: cannot lock {path} ({exc.strerror}); give a folder on a "
-                               "file system with file locks") from None  # fmt: skip
+                               "file system with file locks") from None
         # held through another open file: another process, or another train() of this one
         who = f"process {holder}" if holder.isdigit() else "another process"
         raise CitysegError(
@@ -103,6 +115,71 @@ def unlock_run_dir(fd: int) -> None:
     _HELD_LOCKS.discard(fd)
     fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
+
+
+@contextlib.contextmanager
+def hold_run_dir(out: Path) -> Iterator[None]:
+    """Hold the run folder's lock (:func:`lock_run_dir`, rank 0) for the run's life, taken before
+    anything in the folder is touched, so that no other ``train`` (``--resume``, ``--force``) writes or
+    clears it meanwhile. A refusal is raised by every process, so none waits at a barrier."""
+    fd, refusal = None, None
+    if D.is_main_process():
+        try:
+            fd = lock_run_dir(out)
+        except CitysegError as exc:
+            refusal = str(exc)
+    refusal = D.broadcast_object(refusal)
+    if refusal is not None:
+        raise CitysegError(refusal)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            unlock_run_dir(fd)
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and ``kill`` (SIGTERM) while training.
+
+    Until :meth:`defer` the first signal raises KeyboardInterrupt at once (nothing is written yet).
+    Inside the training loop it only asks for a stop, which :meth:`check` raises at the next step or
+    validation batch: raised between two arbitrary bytecodes it could land inside tensorboard's
+    writer (``queue.put``) and leave ``close()`` waiting for ever on the writer thread (seen in CI).
+    A second signal stops at once. Signals reach only the main thread, so elsewhere (a sweep's
+    worker thread) nothing is installed and :meth:`check` never raises.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested, self.deferring = False, False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested or not self.deferring:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def defer(self) -> None:
+        """From now on a first signal waits for :meth:`check`."""
+        self.deferring = True
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt when a stop was asked for (by any process, so all stop together)."""
+        requested = self.requested
+        if D.is_dist():
+            requested = D.global_mean(torch.tensor(float(requested))) > 0
+        if requested:
+            raise KeyboardInterrupt
 
 
 def prepare_run_dir(out: Path, resume: bool, force: bool, main: bool = True) -> None:
@@ -143,6 +220,11 @@ def truncate_metrics(path: Path, last_epoch: int) -> None:
             continue  # a line cut by a kill mid-write
     with atomic_path(path) as tmp:
         tmp.write_text("".join(f"{line}\n" for line in kept))
+
+
+def nan_to_zero(x: float | None) -> float:
+    """A score that is NaN (no class present at all) counts as 0 when comparing epochs."""
+    return 0.0 if x is None or math.isnan(x) else float(x)
 
 
 def json_safe(value: Any) -> Any:
@@ -217,7 +299,6 @@ class RunLog:
         self, out: Path, cfg: Config, enabled: bool, resume_epoch: int | None = None, resume_step: int = 0
     ) -> None:
         self.out, self.cfg, self.enabled = out, cfg, enabled
-        self.spec = cfg.spec()  # the class names and colours of panels
         self.metrics_path = out / "metrics.jsonl"
         self.tb = None
         self.logfile: logs.RunFile | None = None
@@ -266,15 +347,18 @@ class RunLog:
             + (f" val_loss {record['val_loss']:.4f} val_miou {record['val_miou']:.4f} "
                f"val_dice {record['val_dice']:.4f}" if record.get("val_loss") is not None else "")
             + f" lr {record['lr']:.2e} ({record['time']:.0f} s)"
-        )  # fmt: skip
+        )
         from cityseg.viz import plot_curves
 
         plot_curves(self.metrics_path, self.out / "curves.png")
 
-    def panels(self, frames: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]], epoch: int) -> None:
+    def panels(
+        self, frames: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]], epoch: int, spec: DatasetSpec
+    ) -> None:
         """Draw image | ground truth | prediction | errors for a few validation frames into ``panels.png``.
 
-        ``frames``: ``(name, (3, h, w) normalised image, (H, W) target, (H, W) prediction)``.
+        ``frames``: ``(name, (3, h, w) normalised image, (H, W) target, (H, W) prediction)``;
+        ``spec``: the run's class table (names and colours).
         """
         if not self.enabled or not frames:
             return
@@ -288,10 +372,10 @@ class RunLog:
             [p.numpy() for p in preds],
             names=[f"epoch {epoch}, {name}" for name in names],
             normalized=True,
-            spec=self.spec,
+            spec=spec,
         )
 
-    def finish(self, state: Any) -> dict[str, Any]:
+    def finish(self, state: RunState) -> dict[str, Any]:
         """Print where everything is and the best mIoU; return the same as a dict."""
         summary = {
             "run": str(self.out),
@@ -321,3 +405,44 @@ class RunLog:
         if self.tb is not None:
             self.tb.close()
             self.tb = None
+
+
+# --- what a run says when it starts and when its budget ends it ------------------------------
+
+
+def describe_run(
+    cfg: Config,
+    root: Path,
+    dev: torch.device,
+    step_settings: StepSettings,
+    loaders: tuple[DataLoader, DataLoader],
+    steps: int,
+    state: RunState,
+    resume: bool,
+) -> str:
+    """One line saying what is about to run: ``loaders`` are (train, val), ``steps`` per epoch."""
+    train_loader, val_loader = loaders
+    amp = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[step_settings.amp_dtype]
+    start = "starting (no checkpoint to resume yet)" if resume else "starting"
+    start = f"resuming after epoch {state.epoch}" if state.epoch else start
+    return (
+        f"{start}: {cfg.model.name} on {dev} x{D.get_world_size()}, data {root} "
+        f"({len(train_loader.dataset)} train / {len(val_loader.dataset)} val), "
+        f"batch {cfg.train.batch_size} = {train_loader.batch_size} x {step_settings.accum} accum "
+        f"x {D.get_world_size()}, "
+        f"{steps} steps/epoch, {cfg.train.epochs} epochs{budget_note(cfg)}, amp {amp}"
+    )
+
+
+def budget_note(cfg: Config) -> str:
+    """The step and time limits of a run, as a suffix of the run's opening line."""
+    limits = [f"{cfg.train.max_steps} steps"] if cfg.train.max_steps else []
+    limits += [f"{cfg.train.max_minutes:g} min"] if cfg.train.max_minutes else []
+    return f" (at most {', '.join(limits)})" if limits else ""
+
+
+def describe_budget(cfg: Config, state: RunState) -> str:
+    """Where a budget-limited run ended."""
+    t = cfg.train
+    limit = f"train.max_minutes={t.max_minutes}" if t.max_minutes else f"train.max_steps={t.max_steps}"
+    return f"{limit}, {state.step} steps in {state.elapsed / 60:.1f} min"

@@ -1,30 +1,27 @@
 """The training loop: ``train(cfg, out_dir)`` reads top to bottom, one epoch of
-:func:`train_one_epoch` then :func:`evaluate`, a checkpoint, a line in ``metrics.jsonl``.
+:func:`train_one_epoch` then :func:`validate`, a checkpoint, a line in ``metrics.jsonl``.
 
 Same code on one CPU and on N GPUs under ``torchrun --nproc_per_node=N -m cityseg train``:
 every process runs the loop on its shard of the data, gradients are averaged by DDP, the
 validation confusion matrix is summed across processes, and only rank 0 writes files or logs.
 
-Resuming (``--resume``) reloads ``checkpoints/last.pt``: weights, optimiser, schedule, grad
-scaler, counters, and every RNG (torch, numpy, python, cuda, the DataLoader generator) of every
-process, so the continued run repeats exactly what the uninterrupted run would have done; lines
-of ``metrics.jsonl`` newer than the checkpoint are cut away. A weights-only ``.safetensors``
-export cannot be resumed from (:func:`resume_folder`); it starts a new run as ``model.pretrained``.
+The rooms a run passes through: :mod:`~cityseg.engine.build` makes the loaders, model, loss,
+optimiser and :class:`~cityseg.engine.build.StepSettings`; :mod:`~cityseg.engine.resume` saves every
+epoch what ``--resume`` continues from (and restores it); :mod:`~cityseg.engine.runlog` keeps the
+run folder (its lock, ``metrics.jsonl``, TensorBoard, the stop on Ctrl-C or ``kill``); at the end
+:func:`cityseg.engine.evaluate.score_best` scores the best checkpoint as its ``eval`` section infers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import math
-import signal
 import sys
-import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,26 +29,18 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cityseg import logs, metrics
-from cityseg.checkpoint import (
-    capture_rng,
-    is_safetensors,
-    load_checkpoint,
-    load_model_state,
-    model_state,
-    restore_rng,
-    save_checkpoint,
-)
 from cityseg.config import Config
 from cityseg.data.transforms import crop_at, set_crop
+from cityseg.datasets import DatasetSpec
 from cityseg.device import resolve_device
 from cityseg.engine import distributed as D
 from cityseg.engine.build import (
-    Engine,
+    StepSettings,
     adopt_dataset,
     build_criterion,
-    build_engine,
     build_loaders,
     build_optimizer,
+    build_step_settings,
     build_train_model,
     check_names,
     resolve_data_root,
@@ -59,33 +48,21 @@ from cityseg.engine.build import (
     setup_torch,
     steps_per_epoch,
 )
-from cityseg.engine.evaluator import Evaluator
-from cityseg.engine.runlog import EVAL_FILE, Progress, RunLog, lock_run_dir, prepare_run_dir, unlock_run_dir
+from cityseg.engine.resume import Resumable, RunState, restore, save_state
+from cityseg.engine.runlog import (
+    Progress,
+    RunLog,
+    StopSignals,
+    describe_budget,
+    describe_run,
+    hold_run_dir,
+    nan_to_zero,
+    prepare_run_dir,
+)
 from cityseg.engine.schedule import Budget, LRSchedule, build_schedule
 from cityseg.errors import CitysegError
+from cityseg.metrics.evaluator import Evaluator
 from cityseg.models import set_frozen_bn_eval
-
-logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RunState:
-    """Counters that a checkpoint carries across a restart."""
-
-    epoch: int = 0  # completed epochs
-    step: int = 0  # optimiser steps taken
-    best_miou: float = -1.0
-    best_epoch: int = 0
-    stale: int = 0  # validations since the best one (early stopping)
-    elapsed: float = 0.0  # wall-time seconds of the run (the train.max_minutes budget)
-
-    def update_best(self, miou: float, epoch: int) -> bool:
-        """Record one validation's mIoU; True when it is a new best."""
-        if miou > self.best_miou:
-            self.best_miou, self.best_epoch, self.stale = miou, epoch, 0
-            return True
-        self.stale += 1
-        return False
 
 
 class NonFiniteLoss(CitysegError):
@@ -93,6 +70,17 @@ class NonFiniteLoss(CitysegError):
 
 
 Frame = tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]  # name, image, target, prediction
+
+
+@dataclass
+class Loop:
+    """What every epoch of one run shares besides the model, its optimiser and the data."""
+
+    state: RunState  # the counters, advanced by every optimiser step
+    log: RunLog
+    budget: Budget  # the run ends when its steps or minutes are used up
+    steps: int  # optimiser steps per epoch
+    stop: StopSignals = field(default_factory=StopSignals)
 
 
 def train(
@@ -116,7 +104,8 @@ def train(
             checkpoint, ``record`` being its ``metrics.jsonl`` line; what it raises propagates
             (``cityseg sweep`` prunes a trial this way).
         final_score: score the best checkpoint once more with the ``eval`` section's inference when
-            that is more than one pass (:func:`score_best`); ``cityseg sweep``'s trials skip it.
+            that is more than one pass (:func:`~cityseg.engine.evaluate.score_best`); ``cityseg
+            sweep``'s trials skip it.
 
     Sets torch's process-wide thread count (``train.threads``) and deterministic-algorithms flag.
 
@@ -129,76 +118,14 @@ def train(
     check_names(cfg)
     dev = resolve_device(device)
     D.init_distributed(dev)
+    out = Path(out_dir)
     try:
-        with hold_run_dir(Path(out_dir)), StopSignals() as stop:
-            return _train(cfg, Path(out_dir), dev, resume, force, max_steps_per_epoch, on_validation, stop, final_score)
+        with hold_run_dir(out), StopSignals() as stop:
+            prepare_run_dir(out, resume=resume, force=force, main=D.is_main_process())
+            D.barrier()
+            return _train(cfg, out, dev, resume, max_steps_per_epoch, on_validation, stop, final_score)
     finally:
         D.cleanup()
-
-
-@contextlib.contextmanager
-def hold_run_dir(out: Path) -> Iterator[None]:
-    """Hold the run folder's lock (:func:`lock_run_dir`, rank 0) for the run's life, taken before
-    anything in the folder is touched, so that no other ``train`` (``--resume``, ``--force``) writes or
-    clears it meanwhile. A refusal is raised by every process, so none waits at a barrier."""
-    fd, refusal = None, None
-    if D.is_main_process():
-        try:
-            fd = lock_run_dir(out)
-        except CitysegError as exc:
-            refusal = str(exc)
-    refusal = D.broadcast_object(refusal)
-    if refusal is not None:
-        raise CitysegError(refusal)
-    try:
-        yield
-    finally:
-        if fd is not None:
-            unlock_run_dir(fd)
-
-
-class StopSignals:
-    """Ctrl-C (SIGINT) and ``kill`` (SIGTERM) while training.
-
-    Until :meth:`defer` the first signal raises KeyboardInterrupt at once (nothing is written yet).
-    Inside the training loop it only asks for a stop, which :meth:`check` raises at the next step or
-    validation batch: raised between two arbitrary bytecodes it could land inside tensorboard's
-    writer (``queue.put``) and leave ``close()`` waiting for ever on the writer thread (seen in CI).
-    A second signal stops at once. Signals reach only the main thread, so elsewhere (a sweep's
-    worker thread) nothing is installed and :meth:`check` never raises.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.requested, self.deferring = False, False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.requested or not self.deferring:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def defer(self) -> None:
-        """From now on a first signal waits for :meth:`check`."""
-        self.deferring = True
-
-    def check(self) -> None:
-        """Raise KeyboardInterrupt when a stop was asked for (by any process, so all stop together)."""
-        requested = self.requested
-        if D.is_dist():
-            requested = global_mean(torch.tensor(float(requested))) > 0
-        if requested:
-            raise KeyboardInterrupt
 
 
 def _train(
@@ -206,32 +133,30 @@ def _train(
     out: Path,
     dev: torch.device,
     resume: bool,
-    force: bool,
     max_steps: int | None,
-    on_validation: Callable[[int, dict], None] | None = None,
-    stop: StopSignals | None = None,
-    final_score: bool = True,
-) -> dict:
-    stop = stop or StopSignals()
-    prepare_run_dir(out, resume=resume, force=force, main=D.is_main_process())
-    D.barrier()
+    on_validation: Callable[[int, dict], None] | None,
+    stop: StopSignals,
+    final_score: bool,
+) -> dict[str, Any]:
     setup_torch(cfg, dev)
     seed_everything(cfg.train.seed + D.get_rank())
     root = resolve_data_root(cfg)
-    cfg = adopt_dataset(cfg, root)
-    train_loader, val_loader, generator = build_loaders(cfg, root, dev)
-    model, core = build_train_model(cfg, dev)
-    criterion, optimizer = build_criterion(cfg), build_optimizer(cfg, core)
-    engine = build_engine(cfg, dev, micro_batch=train_loader.batch_size)
-    steps = steps_per_epoch(cfg, train_loader, engine, root, max_steps)
+    cfg, spec = adopt_dataset(cfg, root)  # the run's class table, resolved once
+    train_loader, val_loader, generator = build_loaders(cfg, spec, root, dev)
+    model, bare_model = build_train_model(cfg, spec, dev)
+    criterion, optimizer = build_criterion(cfg, spec), build_optimizer(cfg, bare_model)
+    step_settings = build_step_settings(cfg, dev, micro_batch=train_loader.batch_size)
+    steps = steps_per_epoch(cfg, train_loader, step_settings, root, max_steps)
     total = min(cfg.train.epochs * steps, cfg.train.max_steps or cfg.train.epochs * steps)
     schedule = build_schedule(optimizer, cfg.sched, total_steps=total)
+    saved = Resumable(bare_model, optimizer, schedule, step_settings.scaler, generator)
     state, last = RunState(), out / "checkpoints" / "last.pt"
     if resume and last.is_file():
-        state = restore(last, cfg, core, optimizer, schedule, engine, generator)
+        state = restore(last, cfg, saved)
     budget = Budget(total, cfg.train.max_minutes, elapsed=state.elapsed)
     log = RunLog(out, cfg, D.is_main_process(), resume_epoch=state.epoch if resume else None, resume_step=state.step)
-    log.info(describe_run(cfg, root, dev, engine, train_loader, val_loader, steps, state, resume))
+    loop = Loop(state, log, budget, steps, stop)
+    log.info(describe_run(cfg, root, dev, step_settings, (train_loader, val_loader), steps, state, resume))
     panel: tuple[int, list[Frame]] | None = None
     try:
         stop.defer()
@@ -239,18 +164,16 @@ def _train(
             started = time.perf_counter()
             if isinstance(train_loader.sampler, DistributedSampler):
                 train_loader.sampler.set_epoch(epoch)
-            crop = crop_at(cfg.data, agreed(budget.fraction(state.step)))
+            crop = crop_at(cfg.data, D.mean_over_processes(budget.fraction(state.step)))
             if set_crop(train_loader.dataset.transform, crop):
                 log.info(f"epoch {epoch}: training crops now {crop[1]}x{crop[0]} (data.crop_stages)")
             bar = log.progress(f"epoch {epoch}/{cfg.train.epochs}", steps)
-            train_loss = train_one_epoch(
-                model, criterion, optimizer, schedule, train_loader, engine, state, steps, bar, log, budget, stop
-            )
+            train_loss = train_one_epoch(model, criterion, optimizer, schedule, train_loader, step_settings, bar, loop)
             record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
-            improved, done = False, agreed(budget.fraction(state.step)) >= 1.0
+            improved, done = False, D.mean_over_processes(budget.fraction(state.step)) >= 1.0
             if epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs or done:
                 bar = log.progress("  val", len(val_loader))
-                scores, frames = evaluate(model, criterion, val_loader, engine, cfg, bar, stop)
+                scores, frames = validate(model, criterion, val_loader, step_settings, cfg, spec, bar, stop)
                 schedule.epoch_end(scores["val_loss"])
                 improved = state.update_best(scores["val_miou"], epoch)
                 panel = (epoch, frames) if improved or panel is None else panel
@@ -258,7 +181,7 @@ def _train(
             state.epoch, state.elapsed = epoch, budget.elapsed()
             record.update(step=state.step, lr=schedule.lrs()[0], time=round(time.perf_counter() - started, 3))
             log.epoch(record)  # before the checkpoint: a kill in between re-runs this epoch, cutting the line
-            save_state(out, cfg, core, optimizer, schedule, engine, generator, state, record, best=improved)
+            save_state(out, cfg, spec, saved, state, record, best=improved)
             if on_validation is not None and "val_miou" in record:
                 on_validation(epoch, record)
             if cfg.train.early_stop is not None and state.stale >= cfg.train.early_stop:
@@ -268,8 +191,8 @@ def _train(
                 log.info(f"budget used up in epoch {epoch}: {describe_budget(cfg, state)}")
                 break
     except KeyboardInterrupt:
-        saved = f"{last} holds epoch {state.epoch}" if last.is_file() else "no epoch was finished"
-        log.info(f"\ninterrupted: {saved}; continue with --resume --out {out}")
+        held = f"{last} holds epoch {state.epoch}" if last.is_file() else "no epoch was finished"
+        log.info(f"\ninterrupted: {held}; continue with --resume --out {out}")
         raise
     except NonFiniteLoss as exc:
         kept = f"{last} (epoch {state.epoch}) is intact" if last.is_file() else "no checkpoint was written yet"
@@ -280,40 +203,16 @@ def _train(
             log.close_logfile()
     try:
         if panel is not None:
-            log.panels(panel[1], epoch=panel[0])
+            log.panels(panel[1], epoch=panel[0], spec=spec)
         summary = log.finish(state)
         if final_score:
+            # imported here: the checkpoint scorer pulls in cityseg.inference, which training needs no sooner
+            from cityseg.engine.evaluate import score_best
+
             summary.update(score_best(cfg, out, root, dev, log))
         return summary
     finally:
         log.close_logfile()
-
-
-def score_best(cfg: Config, out: Path, root: Path, dev: torch.device, log: RunLog) -> dict[str, Any]:
-    """Score the best checkpoint once as its config's ``eval`` section infers (multi-scale, flip,
-    sliding) when that is more than validation's one whole-image pass; ``{}`` otherwise.
-
-    Writes ``OUT/`` :data:`~cityseg.engine.runlog.EVAL_FILE` (as ``cityseg evaluate --json``) and returns ``{"best_miou_eval": ...}``:
-    the figure ``cityseg evaluate --checkpoint`` and ``cityseg predict`` give for that checkpoint,
-    while the per-epoch val mIoU (which picks the best checkpoint) stays one cheap pass.
-    """
-    best = out / "checkpoints" / "best.pt"
-    if cfg.eval.single_pass() or not best.is_file() or not D.is_main_process():
-        return {}
-    recipe = f"eval.scales {','.join(f'{s:g}' for s in cfg.eval.scales)}{' + flip' if cfg.eval.flip else ''}"
-    if D.is_dist():  # the Evaluator would wait for the other processes' counts
-        log.info(f"score the best checkpoint with its {recipe}: cityseg evaluate --checkpoint {best}")
-        return {}
-    from cityseg.engine.evaluate import evaluate_checkpoint
-
-    counts, seconds, frames = evaluate_checkpoint(best, dev.type, data=str(root))
-    result = counts.scores()
-    metrics.write_json(counts, out / EVAL_FILE, result)
-    log.info(f"best checkpoint with its {recipe} ({cfg.eval.mode}): val mIoU {nan_to_zero(result['miou']):.4f}, "
-             f"pixel accuracy {result['pixel_accuracy']:.3f}, mean class accuracy "
-             f"{nan_to_zero(result['mean_class_accuracy']):.3f} ({frames} frames, {seconds:.0f} s; "
-             f"{out / EVAL_FILE})")
-    return {"best_miou_eval": nan_to_zero(result["miou"])}
 
 
 def train_one_epoch(
@@ -322,40 +221,36 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     schedule: LRSchedule,
     loader: DataLoader,
-    engine: Engine,
-    state: RunState,
-    steps: int,
+    step_settings: StepSettings,
     progress: Progress,
-    log: RunLog,
-    budget: Budget | None = None,
-    stop: StopSignals | None = None,
+    loop: Loop,
 ) -> float:
-    """``steps`` optimiser steps of ``engine.accum`` micro-batches each, fewer when ``budget`` runs
-    out first; returns the mean loss. A stop asked for through ``stop`` is raised after a step."""
-    budget = budget or Budget(schedule.total_steps)
-    stop = stop or StopSignals()
+    """``loop.steps`` optimiser steps of ``step_settings.accum`` micro-batches each, fewer when
+    ``loop.budget`` runs out first; returns the mean loss. A stop asked for through ``loop.stop``
+    is raised after a step."""
+    state = loop.state
     model.train()
     set_frozen_bn_eval(model)
     total, count, seen, started = 0.0, 0, 0, time.perf_counter()
-    for i, batch in enumerate(itertools.islice(loader, steps * engine.accum)):
-        images, targets = engine.to_device(batch["image"], batch["mask"])
-        last_micro = (i + 1) % engine.accum == 0
-        with maybe_no_sync(model, sync=last_micro), engine.autocast():
-            loss = compute_loss(criterion, model(images), targets, engine.aux_weight)
-        value = global_mean(loss.detach())  # also tells every process about a NaN on any one
+    for i, batch in enumerate(itertools.islice(loader, loop.steps * step_settings.accum)):
+        images, targets = step_settings.to_device(batch["image"], batch["mask"])
+        last_micro = (i + 1) % step_settings.accum == 0
+        with maybe_no_sync(model, sync=last_micro), step_settings.autocast():
+            loss = compute_loss(criterion, model(images), targets, step_settings.aux_weight)
+        value = D.global_mean(loss.detach())  # also tells every process about a NaN on any one
         if not math.isfinite(value):
             raise NonFiniteLoss(f"loss is {value} at epoch {state.epoch + 1}, step {state.step + 1}")
-        backward(loss / engine.accum, engine)
+        backward(loss / step_settings.accum, step_settings)
         total, count, seen = total + value, count + 1, seen + images.shape[0] * D.get_world_size()
         if last_micro:
-            optimizer_step(model, optimizer, engine)
+            optimizer_step(model, optimizer, step_settings)
             state.step += 1
-            fraction = agreed(budget.fraction(state.step))
+            fraction = D.mean_over_processes(loop.budget.fraction(state.step))
             schedule.step(fraction)
             lr = schedule.lrs()[0]
             progress.update(loss=total / count, lr=lr, speed=seen / (time.perf_counter() - started))
-            log.scalars(state.step, {"train/loss": value, "train/lr": lr})
-            stop.check()
+            loop.log.scalars(state.step, {"train/loss": value, "train/lr": lr})
+            loop.stop.check()
             if fraction >= 1.0:
                 break
     progress.close()
@@ -363,31 +258,31 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(
+def validate(
     model: nn.Module,
     criterion: nn.Module,
     loader: DataLoader,
-    engine: Engine,
+    step_settings: StepSettings,
     cfg: Config,
+    spec: DatasetSpec,
     progress: Progress,
     stop: StopSignals | None = None,
 ) -> tuple[dict[str, Any], list[Frame]]:
     """Validation loss and scores on whole images; returns (scores, the first frames for panels).
 
-    Logits are upsampled to the label's size before the loss and the argmax, so the numbers
-    are those ``cityseg evaluate`` gives for the same images and labels. The loss is the mean
-    over batches weighted by their size; the scores come from one confusion matrix summed over
-    every process.
+    ``spec`` is the run's class table (``cfg``'s dataset). Logits are upsampled to the label's size
+    before the loss and the argmax, so the numbers are those ``cityseg evaluate`` gives for the same
+    images and labels. The loss is the mean over batches weighted by their size; the scores come
+    from one confusion matrix summed over every process.
     """
     model.eval()
-    spec = cfg.spec()
-    evaluator = Evaluator(spec.num_classes, engine.device, boundary_tolerance=cfg.eval.boundary_tolerance,
+    evaluator = Evaluator(spec.num_classes, step_settings.device, boundary_tolerance=cfg.eval.boundary_tolerance,
                           table=metrics.table_for(spec))
-    loss_sum = torch.zeros(2, dtype=torch.float64, device=engine.device)  # (sum of loss x batch size, images)
+    loss_sum = torch.zeros(2, dtype=torch.float64, device=step_settings.device)  # (sum of loss x batch size, images)
     frames: list[Frame] = []
     for batch in loader:
-        images, targets = engine.to_device(batch["image"], batch["mask"])
-        with engine.autocast():
+        images, targets = step_settings.to_device(batch["image"], batch["mask"])
+        with step_settings.autocast():
             logits = model(images)["out"]
         logits = F.interpolate(logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False)
         n = images.shape[0]
@@ -433,23 +328,23 @@ def compute_loss(
     return loss
 
 
-def backward(loss: torch.Tensor, engine: Engine) -> None:
+def backward(loss: torch.Tensor, step_settings: StepSettings) -> None:
     """Backpropagate ``loss`` (scaled first under fp16)."""
-    if engine.scaler is not None:
-        engine.scaler.scale(loss).backward()
+    if step_settings.scaler is not None:
+        step_settings.scaler.scale(loss).backward()
     else:
         loss.backward()
 
 
-def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, engine: Engine) -> None:
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, step_settings: StepSettings) -> None:
     """Unscale (fp16), clip, step, zero the gradients."""
-    if engine.scaler is not None:
-        engine.scaler.unscale_(optimizer)
-    if engine.grad_clip is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), engine.grad_clip)
-    if engine.scaler is not None:
-        engine.scaler.step(optimizer)
-        engine.scaler.update()
+    if step_settings.scaler is not None:
+        step_settings.scaler.unscale_(optimizer)
+    if step_settings.grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), step_settings.grad_clip)
+    if step_settings.scaler is not None:
+        step_settings.scaler.step(optimizer)
+        step_settings.scaler.update()
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -460,151 +355,3 @@ def maybe_no_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextMan
     if sync or not isinstance(model, nn.parallel.DistributedDataParallel):
         return contextlib.nullcontext()
     return model.no_sync()
-
-
-def global_mean(value: torch.Tensor) -> float:
-    """Mean of a scalar over all processes (one tiny all-reduce; NaN anywhere gives NaN everywhere)."""
-    t = value.float().reshape(1).clone()
-    return D.all_reduce_sum(t).item() / D.get_world_size()
-
-
-def agreed(fraction: float) -> float:
-    """One value for every process (the mean), so all of them stop on the same step."""
-    return global_mean(torch.tensor(fraction)) if D.is_dist() else fraction
-
-
-def describe_budget(cfg: Config, state: RunState) -> str:
-    """Where a budget-limited run ended."""
-    limit = f"train.max_minutes={cfg.train.max_minutes}" if cfg.train.max_minutes else f"train.max_steps={cfg.train.max_steps}"
-    return f"{limit}, {state.step} steps in {state.elapsed / 60:.1f} min"
-
-
-def nan_to_zero(x: float | None) -> float:
-    """A score that is NaN (no class present at all) counts as 0 when comparing epochs."""
-    return 0.0 if x is None or math.isnan(x) else float(x)
-
-
-def describe_run(cfg, root, dev, engine, train_loader, val_loader, steps, state, resume) -> str:
-    """One line saying what is about to run."""
-    amp = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[engine.amp_dtype]
-    start = "starting (no checkpoint to resume yet)" if resume else "starting"
-    start = f"resuming after epoch {state.epoch}" if state.epoch else start
-    return (
-        f"{start}: {cfg.model.name} on {dev} x{D.get_world_size()}, data {root} "
-        f"({len(train_loader.dataset)} train / {len(val_loader.dataset)} val), "
-        f"batch {cfg.train.batch_size} = {train_loader.batch_size} x {engine.accum} accum x {D.get_world_size()}, "
-        f"{steps} steps/epoch, {cfg.train.epochs} epochs{budget_note(cfg)}, amp {amp}"
-    )
-
-
-def budget_note(cfg: Config) -> str:
-    """The step and time limits of a run, as a suffix of the run's opening line."""
-    limits = [f"{cfg.train.max_steps} steps"] if cfg.train.max_steps else []
-    limits += [f"{cfg.train.max_minutes:g} min"] if cfg.train.max_minutes else []
-    return f" (at most {', '.join(limits)})" if limits else ""
-
-
-# --- checkpoints ----------------------------------------------------------------------------
-
-
-def save_state(
-    out: Path,
-    cfg: Config,
-    core: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: LRSchedule,
-    engine: Engine,
-    generator: torch.Generator,
-    state: RunState,
-    record: dict[str, Any],
-    best: bool,
-) -> None:
-    """Write ``last.pt`` (and ``best.pt`` when ``best``) from rank 0, with every process's RNG state."""
-    rngs = D.all_gather_object(capture_rng(generator))  # collective: every rank must call it
-    if D.is_main_process():
-        ckpt = {
-            "config": cfg.to_dict(),
-            "dataset": cfg.spec().to_dict(),  # the class table, readable without cityseg's built-ins
-            **model_state(core),  # the weights (and an hf: model's transformers config)
-            "optimizer": optimizer.state_dict(),
-            "scheduler": schedule.state_dict(),
-            "scaler": engine.scaler.state_dict() if engine.scaler is not None else None,
-            "epoch": state.epoch,
-            "step": state.step,
-            "rng": rngs,
-            "best_miou": state.best_miou,
-            "best_epoch": state.best_epoch,
-            "stale": state.stale,
-            "elapsed": state.elapsed,
-            "metrics": record,
-        }
-        if best:
-            save_checkpoint(out / "checkpoints" / "best.pt", ckpt)
-        save_checkpoint(out / "checkpoints" / "last.pt", ckpt)
-    D.barrier()
-
-
-def resume_folder(path: str | Path, out: str | Path | None = None) -> Path:
-    """The run folder that ``--resume LAST_PT`` continues: the one whose ``checkpoints/last.pt`` is ``path``.
-
-    Raises:
-        CitysegError: ``path`` is missing, is a weights-only file (a safetensors export), is not a
-            run's ``checkpoints/last.pt``, or lies outside ``out`` (``--out``) when that is given.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CitysegError(f"--resume {path}: no such file; give a run's checkpoints/last.pt, or --resume alone "
-                           "to continue the run in --out")
-    if is_safetensors(path):
-        raise CitysegError(f"--resume {path}: the file holds weights only; resuming needs the run's full training "
-                           "checkpoint (runs/NAME/checkpoints/last.pt: optimiser, schedule, random state); to start "
-                           f"a new run from these weights, --set model.pretrained={path}")
-    if path.name != "last.pt" or path.parent.name != "checkpoints":
-        raise CitysegError(f"--resume {path}: a run continues from its checkpoints/last.pt "
-                           "(e.g. runs/demo/checkpoints/last.pt)")
-    run = path.parent.parent
-    if out is not None and Path(out).resolve() != run.resolve():
-        raise CitysegError(f"--resume {path}: belongs to the run in {run}, not to --out {out}; give one of them")
-    return run
-
-
-#: What ``--resume`` needs from ``last.pt`` besides the model and its config.
-_RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "step", "best_miou")
-
-
-def restore(
-    path: Path,
-    cfg: Config,
-    core: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: LRSchedule,
-    engine: Engine,
-    generator: torch.Generator,
-) -> RunState:
-    """Load ``last.pt`` into the freshly built objects; return the counters to continue from."""
-    ckpt = load_checkpoint(path, map_location="cpu")
-    missing = [key for key in _RESUME_KEYS if key not in ckpt]
-    if missing:
-        raise CitysegError(f"{path}: cannot resume from it: no {', '.join(map(repr, missing))} "
-                           "(a weights-only checkpoint starts a new run with model.pretrained=FILE)")
-    load_model_state(core, ckpt, path, cfg.model.name)
-    optimizer.load_state_dict(ckpt["optimizer"])
-    schedule.load_state_dict(ckpt["scheduler"])
-    if engine.scaler is not None and ckpt.get("scaler"):
-        engine.scaler.load_state_dict(ckpt["scaler"])
-    rngs = ckpt["rng"]
-    if len(rngs) == D.get_world_size():
-        restore_rng(rngs[D.get_rank()], generator)
-    elif D.is_main_process():
-        logger.warning(f"{path} was written by {len(rngs)} processes, this run has {D.get_world_size()}; "
-                    "the data order after resuming differs from an uninterrupted run")  # fmt: skip
-    return RunState(
-        epoch=int(ckpt["epoch"]),
-        step=int(ckpt["step"]),
-        best_miou=float(ckpt["best_miou"]),
-        best_epoch=int(ckpt.get("best_epoch", 0)),
-        stale=int(ckpt.get("stale", 0)),
-        elapsed=float(ckpt.get("elapsed", 0.0)),
-    )
-
-

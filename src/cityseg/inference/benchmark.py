@@ -22,18 +22,10 @@ import numpy as np
 import torch
 
 from cityseg.data.synthetic import render_frame
+from cityseg.device import cpu_flags, cpuinfo_fields
 from cityseg.errors import CitysegError
-from cityseg.inference.runtime import (
-    BASELINE,
-    COMPILE_PAYS_FROM,
-    NEEDS_CALIBRATION,
-    PATHS,
-    available_paths,
-    build_runner,
-    cpu_flags,
-    default_path,
-    runner_input,
-)
+from cityseg.inference.paths import COMPILE_PAYS_FROM, available_paths, default_path
+from cityseg.inference.runtime import BASELINE, NEEDS_CALIBRATION, PATHS, build_runner, runner_input
 from cityseg.utils import read_image
 
 log = logging.getLogger(__name__)
@@ -91,7 +83,7 @@ def cpu_peak() -> dict[str, Any]:
     import os
 
     flags = cpu_flags()
-    info = _cpuinfo_fields()
+    info = cpuinfo_fields()
     amd = "AuthenticAMD" in info.get("vendor_id", "")
     if "avx512f" in flags:
         lanes = 8 if amd else 16
@@ -105,19 +97,6 @@ def cpu_peak() -> dict[str, Any]:
     ghz = float(info.get("cpu MHz", "nan")) / 1000
     return {"model": info.get("model name", "?"), "cores": cores, "ghz": ghz, "fp32_flop_per_cycle": fp32,
             "bf16_flop_per_cycle": bf16, "fp32_gflops": cores * ghz * fp32, "bf16_gflops": cores * ghz * bf16}
-
-
-def _cpuinfo_fields() -> dict[str, str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        if ":" in line:
-            key, value = (part.strip() for part in line.split(":", 1))
-            fields.setdefault(key, value)
-    return fields
 
 
 def floor(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> dict[str, Any]:
@@ -178,7 +157,7 @@ def run_benchmark(
         ``{"baseline_ms", "ms", "path", "agreement", "speedup", "paths": {name: PathResult as dict}, ...}``
         where ``ms``/``path``/``agreement``/``speedup`` are those of the path ``cityseg predict``
         uses by default on ``device`` for a long run of same-size frames (from
-        :data:`~cityseg.inference.runtime.COMPILE_PAYS_FROM` of one size; fewer run eager).
+        :data:`~cityseg.inference.paths.COMPILE_PAYS_FROM` of one size; fewer run eager).
 
     Raises:
         CitysegError: an unknown path or one not available on ``device``.

@@ -5,7 +5,7 @@ entry point: ``cityseg predict``, ``cityseg evaluate --checkpoint``, training's 
 :meth:`cityseg.inference.predict.Predictor.from_checkpoint`. A choice that is None means "as the
 checkpoint says" (its ``eval`` section) everywhere; a choice given replaces that value in the
 config's ``eval`` section, which is then parsed once into :func:`eval_options`.
-How the chosen passes run (runner, precision, runtime) is :func:`cityseg.inference.runtime.choose_path`.
+How the chosen passes run (runner, precision, runtime) is :func:`cityseg.inference.paths.choose_path`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from cityseg.config import Config
 from cityseg.utils import parse_scales, parse_size
 
-#: ``--precision`` values: how the model computes (:func:`cityseg.inference.runtime.select_path`)
+#: ``--precision`` values: how the model computes (:func:`cityseg.inference.paths.select_path`)
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 #: ``--runtime`` values: what runs the model
 RUNTIMES = ("auto", "torch", "compile", "onnxruntime")
@@ -73,7 +73,7 @@ def apply_choices(cfg: Config, choices: InferenceChoices | None) -> Config:
 
 def eval_options(cfg: Config) -> dict[str, Any]:
     """The inference options (``mode``, ``crop``, ``stride``, ``scales``, ``flip``) of a config's
-    ``eval`` section, parsed as :func:`~cityseg.inference.predict.predict_logits` takes them."""
+    ``eval`` section, parsed as :func:`~cityseg.inference.passes.predict_probs` takes them."""
     return {
         "mode": cfg.eval.mode,
         "crop": parse_size(cfg.eval.crop_size, "eval.crop_size"),

@@ -81,7 +81,7 @@ def collect_inputs(inputs: list[str], exclude: str | Path | None = None) -> tupl
 def image_sizes(paths: list[Path]) -> list[tuple[int, int]]:
     """(width, height) of each image that PIL can open, read from the file headers only (a file it
     cannot open is left out here and reported when it is segmented). For choosing the inference
-    path by the work per input shape (:func:`cityseg.inference.predict.passes_per_shape`)."""
+    path by the work per input shape (:func:`cityseg.inference.passes.passes_per_shape`)."""
     from PIL import Image
 
     sizes = []

@@ -1,18 +1,9 @@
-"""Inference: whole-image and sliding-window prediction with test-time augmentation, and the
-:class:`Predictor` API that ``cityseg predict`` and embedding code use.
+"""The embedding API: :class:`Predictor` loads a model once and segments RGB arrays; ``cityseg
+predict``, ``cityseg evaluate --checkpoint`` and training's closing score load through it.
 
-:func:`predict_logits` is the one inference routine: ``cityseg evaluate --checkpoint``,
-``cityseg predict`` and :class:`Predictor` all call it. It takes any callable that maps
-``(N, 3, h, w)`` images to logits (a cityseg model, whose forward returns ``{"out": ...}``, or one
-of the runners of :mod:`cityseg.inference.runtime`) and returns averaged softmax probabilities at
-the input size. The images are in the space the callable takes (:func:`~cityseg.inference.runtime.input_space`):
-ImageNet-normalised floats for torch, the RGB pixels for onnxruntime, whose graph normalises them.
-
-Sliding windows follow mmsegmentation's ``slide_inference``: windows of ``crop`` every
-``stride``, the last row and column shifted back to end at the image border, so every window has
-the same size and the windows can be batched; overlapping pixels average their probabilities.
-A ``(C, H, W)`` probability buffer and an ``(H, W)`` count map per image are all that is held at
-full resolution, so 2048x1024 frames fit in a few hundred MB whatever the model.
+A Predictor holds a runner (how the model runs, :mod:`cityseg.inference.runtime`, on the path
+:func:`cityseg.inference.paths.choose_path` picks) and the inference options; its probabilities
+come from :func:`cityseg.inference.passes.predict_probs` (sliding windows, TTA).
 """
 
 from __future__ import annotations
@@ -23,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cityseg.checkpoint import load_model, with_dataset
 from cityseg.config import Config, CRFConfig, apply_overrides, config_from_dict
@@ -33,187 +23,10 @@ from cityseg.errors import CitysegError
 from cityseg.imaging import normalize
 from cityseg.inference.crf import check_available, crf_labels
 from cityseg.inference.onnx import OrtRunner, check_classes, ort_session, verify_onnx
-from cityseg.inference.options import InferenceChoices, apply_choices, eval_options, merge_options
-from cityseg.inference.runtime import build_runner, choose_path, int8_device, runner_input
-
-#: Anything that maps (N, 3, h, w) float images to (N, C, h, w) logits or ``{"out": logits}``.
-LogitsFn = Callable[[torch.Tensor], "torch.Tensor | dict[str, torch.Tensor]"]
-
-MODES = ("whole", "sliding")
-
-
-def model_logits(model: LogitsFn, x: torch.Tensor) -> torch.Tensor:
-    """Run ``model`` on ``x`` (N, 3, h, w) -> (N, C, h, w) float32 logits at ``x``'s size.
-
-    Accepts models returning torchvision's ``{"out": ...}`` dict or a bare tensor; outputs
-    at another size (a model without a final upsampling) are resized bilinearly.
-    """
-    out = model(x)
-    logits = out["out"] if isinstance(out, dict) else out
-    logits = logits.float()
-    if logits.shape[-2:] != x.shape[-2:]:
-        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    return logits
-
-
-def window_starts(size: int, crop: int, stride: int) -> list[int]:
-    """Start offsets of sliding windows along one axis (mmsegmentation's grid).
-
-    The windows ``[s, s + min(crop, size))`` cover ``[0, size)``; the last one is shifted back to
-    end at the border, so all have the same length. E.g. ``window_starts(10, 4, 3) == [0, 3, 6]``.
-    """
-    crop = min(crop, size)
-    count = max(size - crop + stride - 1, 0) // stride + 1
-    return sorted({min(i * stride, size - crop) for i in range(count)})
-
-
-def check_window(crop: tuple[int, int], stride: tuple[int, int]) -> None:
-    """Raise CitysegError unless ``0 < stride <= crop`` on both axes (else pixels go unseen)."""
-    for axis, c, s in zip("wh", crop, stride, strict=True):
-        if c <= 0 or s <= 0:
-            raise CitysegError(f"sliding window: crop {crop} and stride {stride} (WxH) must be positive")
-        if s > c:
-            raise CitysegError(
-                f"sliding window: stride {s} > crop {c} along {'width' if axis == 'w' else 'height'} leaves pixels "
-                "unpredicted; use a stride <= the crop size"
-            )
-
-
-def _whole_probs(model: LogitsFn, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Softmax of the model on whole images, ``batch_size`` at a time -> (N, C, h, w) float32."""
-    return torch.cat([model_logits(model, chunk).softmax(1) for chunk in x.split(batch_size)])
-
-
-def _sliding_probs(
-    model: LogitsFn, x: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int], batch_size: int
-) -> torch.Tensor:
-    """Average softmax over sliding windows -> (N, C, h, w) float32 at ``x``'s size.
-
-    ``crop`` and ``stride`` are (width, height). Windows of one image are run ``batch_size``
-    at a time and accumulated into a probability buffer and a count map.
-    """
-    n, _, h, w = x.shape
-    (cw, ch), (sw, sh) = crop, stride
-    ch, cw = min(ch, h), min(cw, w)
-    boxes = [(y, xx) for y in window_starts(h, ch, sh) for xx in window_starts(w, cw, sw)]
-    outputs = []
-    for image in x:
-        probs: torch.Tensor | None = None
-        count = torch.zeros((1, h, w), dtype=torch.float32, device=x.device)
-        for first in range(0, len(boxes), batch_size):
-            chunk = boxes[first : first + batch_size]
-            crops = torch.stack([image[:, y : y + ch, xx : xx + cw] for y, xx in chunk])
-            window_probs = model_logits(model, crops).softmax(1)
-            if probs is None:  # the class count is known only after the first forward pass
-                probs = window_probs.new_zeros((window_probs.shape[1], h, w))
-            for (y, xx), p in zip(chunk, window_probs, strict=True):
-                probs[:, y : y + ch, xx : xx + cw] += p
-                count[:, y : y + ch, xx : xx + cw] += 1
-        outputs.append(probs / count)
-    return torch.stack(outputs)
-
-
-def _scaled(images: torch.Tensor, scale: float) -> torch.Tensor:
-    """``images`` resized bilinearly by ``scale`` (uint8 pixels become float32 0-255 to be resized)."""
-    if scale == 1.0:
-        return images
-    h, w = images.shape[-2:]
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    return F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False)
-
-
-def predict_logits(
-    model: LogitsFn,
-    images: torch.Tensor,
-    mode: str = "whole",
-    crop: tuple[int, int] = (1024, 512),
-    stride: tuple[int, int] = (683, 341),
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    batch_size: int = 4,
-) -> torch.Tensor:
-    """Class probabilities of ``images``, averaged over scales, flips and sliding windows.
-
-    Args:
-        model: a cityseg model in eval mode, or any callable from images to logits (a runner).
-        images: (N, 3, H, W) on the model's device, in the space ``model`` takes: float32 normalised
-            with ImageNet mean/std, or RGB pixels (uint8 or float32 0-255) for a PIXELS runner.
-        mode: ``"whole"`` (one pass per image) or ``"sliding"`` (windows of ``crop``).
-        crop: sliding-window size (width, height); clipped to the (scaled) image.
-        stride: sliding-window step (width, height); at most ``crop``.
-        scales: multi-scale test-time augmentation; each scale resizes the image bilinearly
-            and its probabilities are resized back to (H, W).
-        flip: add a horizontally flipped pass per scale (its output is flipped back).
-        batch_size: images (whole) or windows (sliding) per forward pass.
-
-    Returns:
-        (N, C, H, W) float32 probabilities: the mean over passes of the per-pass softmax.
-        Despite the name (kept for the evaluation interface) these are probabilities, not logits.
-
-    Raises:
-        CitysegError: unknown mode, bad window, no or non-positive scales.
-    """
-    if mode not in MODES:
-        raise CitysegError(f"inference mode {mode!r}; valid: {', '.join(MODES)}")
-    if not scales or any(s <= 0 for s in scales):
-        raise CitysegError(f"scales {list(scales)}: need at least one positive scale")
-    if mode == "sliding":
-        check_window(tuple(crop), tuple(stride))
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise CitysegError(f"images must be (N, 3, H, W); got {tuple(images.shape)}")
-    size = images.shape[-2:]
-    total: torch.Tensor | None = None
-    passes = 0
-    with torch.inference_mode():
-        for scale in scales:
-            x = _scaled(images, float(scale))
-            for flipped in (False, True) if flip else (False,):
-                xi = x.flip(-1) if flipped else x
-                if mode == "whole":
-                    probs = _whole_probs(model, xi, batch_size)
-                else:
-                    probs = _sliding_probs(model, xi, tuple(crop), tuple(stride), batch_size)
-                if flipped:
-                    probs = probs.flip(-1)
-                if probs.shape[-2:] != size:
-                    probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
-                total = probs if total is None else total.add_(probs)
-                passes += 1
-    assert total is not None
-    return total / passes
-
-
-def passes_per_shape(
-    sizes: Sequence[tuple[int, int]],
-    mode: str = "whole",
-    crop: tuple[int, int] = (1024, 512),
-    stride: tuple[int, int] = (683, 341),
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-) -> dict[tuple[int, int], int]:
-    """Forward passes (per image) that :func:`predict_logits` makes for each input shape ``(h, w)``.
-
-    ``sizes`` are the images' (width, height), as PIL's ``Image.size`` gives them (which reads only
-    a file's header); the other options are those of :func:`predict_logits`. Each scale is its own
-    shape, a flip doubles the passes of its shape, and sliding windows count once per window (all
-    windows of an image have one shape). The largest count is the ``work`` of
-    :func:`cityseg.inference.runtime.default_path`.
-    """
-    counts: dict[tuple[int, int], int] = {}
-    (cw, ch), (sw, sh) = crop, stride
-    for width, height in sizes:
-        for scale in scales:
-            h, w = max(1, round(height * scale)), max(1, round(width * scale))
-            if mode == "sliding":
-                shape = (min(ch, h), min(cw, w))
-                passes = len(window_starts(h, shape[0], sh)) * len(window_starts(w, shape[1], sw))
-            else:
-                shape, passes = (h, w), 1
-            counts[shape] = counts.get(shape, 0) + passes * (2 if flip else 1)
-    return counts
-
-
-# --- the embedding API ---------------------------------------------------------------------------
+from cityseg.inference.options import InferenceChoices, apply_choices, merge_options
+from cityseg.inference.passes import MODES, LogitsFn, check_window, passes_per_shape, predict_probs
+from cityseg.inference.paths import choose_path, int8_device
+from cityseg.inference.runtime import build_runner, runner_input
 
 
 class Predictor:
@@ -229,8 +42,8 @@ class Predictor:
 
     Construct with :meth:`from_file` (which picks one of the next two by the file),
     :meth:`from_checkpoint`, :meth:`from_onnx` or :meth:`from_model`; the
-    keyword options (``mode``, ``crop``, ``stride``, ``scales``, ``flip``, ``batch_size``,
-    ``crf``) are those of :func:`predict_logits`, plus a :class:`~cityseg.config.CRFConfig`
+    keyword options (``mode``, ``crop``, ``stride``, ``scales``, ``flip``, ``batch_size``) are those of
+    :func:`~cityseg.inference.passes.predict_probs`, and ``crf`` a :class:`~cityseg.config.CRFConfig`
     to refine every prediction with a dense CRF.
 
     Used from Python the workload is not known in advance, so the default path is eager torch
@@ -290,14 +103,14 @@ class Predictor:
         """Wrap a cityseg model (its forward returns ``{"out": logits}``) on the chosen path.
 
         ``device``: auto | cpu | cuda; ``precision``: auto | fp32 | bf16 | int8; ``runtime``: auto |
-        torch | compile | onnxruntime (see :func:`cityseg.inference.runtime.select_path`). ``runtime="auto"``
+        torch | compile | onnxruntime (see :func:`cityseg.inference.paths.select_path`). ``runtime="auto"``
         chooses by ``work``, the largest number of forward passes that will share one input shape
-        (:func:`passes_per_shape`; ``shapes``: how many shapes, for :meth:`describe` only): eager
-        (bf16 autocast on hardware with native bf16, else fp32 channels_last) unless ``work``
-        reaches :data:`~cityseg.inference.runtime.COMPILE_PAYS_FROM`, then ``torch.compile``, whose
-        first call for each input size compiles (~30 s for DeepLabV3-ResNet50 on 2 cores, cached on
-        disk). Without ``work`` (a workload not known in advance) the default is eager; pass
-        ``runtime="compile"`` to compile for a long stream of same-size frames.
+        (:func:`~cityseg.inference.passes.passes_per_shape`; ``shapes``: how many shapes, for :meth:`describe`
+        only): eager (bf16 autocast on hardware with native bf16, else fp32 channels_last) unless ``work``
+        reaches :data:`~cityseg.inference.paths.COMPILE_PAYS_FROM`, then ``torch.compile``, whose
+        first call for each input size compiles (about half a minute for DeepLabV3-ResNet50 on a small CPU,
+        BENCHMARKS.md; cached on disk). Without ``work`` (a workload not known in advance) the default is
+        eager; pass ``runtime="compile"`` to compile for a long stream of same-size frames.
 
         ``precision="int8"`` (CPU only; ``device="auto"`` means the CPU) needs ``calibration``, a
         folder of a few dozen photos like the ones to segment: the model is quantised statically with
@@ -368,7 +181,8 @@ class Predictor:
         What runs is the checkpoint's ``eval`` section (:mod:`cityseg.inference.options`), changed by
         ``overrides`` (``section.key=value``, as ``--set``), then ``choices`` (the command line's
         inference flags), then ``options`` (``mode``, ``crop``, ``stride``, ``scales``, ``flip`` as
-        :func:`predict_logits` takes them); a choice or option that is None keeps the checkpoint's value.
+        :func:`~cityseg.inference.passes.predict_probs` takes them); a choice or option that is None keeps
+        the checkpoint's value.
         How it runs is :meth:`from_model`'s choice for ``device``, ``precision`` and ``runtime``.
 
         Args:
@@ -376,7 +190,8 @@ class Predictor:
                 (None: the checkpoint's own; Cityscapes for ``hf:``).
             sizes: the (width, height) of every image to come, or a function from the resolved config to
                 them: with ``runtime="auto"`` they choose eager or compiled by the forward passes per input
-                shape (:func:`passes_per_shape`). ``work`` gives that count directly; neither: eager.
+                shape (:func:`~cityseg.inference.passes.passes_per_shape`). ``work`` gives that count
+                directly; neither: eager.
             calibration: the photo folder of ``precision="int8"``; the int8 model is cached beside ``path``.
             crf: True refines every prediction with a dense CRF of the config's ``crf`` section (or
                 the :class:`~cityseg.config.CRFConfig` given).
@@ -430,7 +245,7 @@ class Predictor:
         pixels, or float32 ImageNet-normalised images as the datasets' validation transform gives them
         (what ``cityseg evaluate --checkpoint`` scores, as training validates)."""
         x = runner_input(self.runner, batch.to(self.device))
-        return predict_logits(self.runner, x, **self.options)
+        return predict_probs(self.runner, x, **self.options)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (H, W) uint8 trainIds (CRF-refined when the predictor has a CRF config)."""

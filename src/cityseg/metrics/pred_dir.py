@@ -13,7 +13,6 @@ path never imports torch.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import sys
@@ -23,12 +22,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cityseg import logs, metrics
+from cityseg import logs
 from cityseg.data.png import read_map
 from cityseg.errors import CitysegError
 from cityseg.labels import MAX_LABEL_ID
 from cityseg.layout import IMAGE_SUFFIX, INSTANCE_SUFFIX, LABEL_IDS_SUFFIX, frame_of_prediction, walk
-from cityseg.processes import WorkerPool
+from cityseg.metrics.counts import Counts, frame_counts
+from cityseg.processes import WorkerPool, keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ Job = tuple[Path, Path, Path | None, int | None]
 
 def evaluate_pred_dir(
     pred_dir: Path, gt_dir: Path, tolerance: int | None, workers: int | None = None
-) -> tuple[metrics.Counts, float, int]:
+) -> tuple[Counts, float, int]:
     """Score every ground-truth frame under ``gt_dir`` against its prediction under ``pred_dir``.
 
     Args:
@@ -46,7 +46,7 @@ def evaluate_pred_dir(
         workers: processes (None: the usable CPU cores; 0 or 1: this process).
 
     Returns:
-        (summed :class:`cityseg.metrics.Counts`, seconds, number of frames).
+        (summed :class:`cityseg.metrics.counts.Counts`, seconds, number of frames).
 
     Raises:
         CitysegError: see :func:`find_frames` and :func:`score_frame`.
@@ -55,7 +55,7 @@ def evaluate_pred_dir(
     frames = find_frames(pred_dir, gt_dir)
     jobs = [(p, g, i, tolerance) for p, g, i in frames]
     workers = min(workers or _usable_cores(), len(jobs))
-    total = metrics.Counts()
+    total = Counts()
     # disable=None: no bar when stderr is not a terminal (logs, benchmarks)
     with tqdm(total=len(jobs), unit="frame", desc="evaluate", disable=logs.bar_disable(), file=sys.stderr) as bar:
         if workers <= 1:  # this process: its malloc settings are the caller's, left as they are
@@ -178,7 +178,7 @@ def read_id_map(path: Path, limit: int | None, what: str) -> np.ndarray:
     return arr
 
 
-def score_frame(job: Job) -> metrics.Counts:
+def score_frame(job: Job) -> Counts:
     """Counts of one frame (runs in a worker process); no iIoU counts when the instanceIds path
     is None. CitysegError names the bad file."""
     pred_path, gt_path, inst_path, tolerance = job
@@ -196,33 +196,12 @@ def score_frame(job: Job) -> metrics.Counts:
             raise CitysegError(f"{inst_path}: instanceIds map is {inst.shape[1]}x{inst.shape[0]}, {gt_path.name} is "
                                f"{gt.shape[1]}x{gt.shape[0]}")
     try:
-        return metrics.frame_counts(pred, gt, inst, tolerance)
+        return frame_counts(pred, gt, inst, tolerance)
     except ValueError as exc:  # the only one frame_counts raises: an instance id that names no label
         raise CitysegError(f"{inst_path}: {exc}") from None
 
 
 # --- processes ----------------------------------------------------------------------------------
-
-
-def keep_freed_memory() -> None:
-    """Ask glibc to keep freed memory in the process instead of handing it back to the kernel.
-
-    Every frame allocates the same multi-megabyte arrays again (decoded maps, keys, masks). By
-    default glibc returns such blocks to the kernel when they are freed, and the next frame pays
-    a page fault (and a page of zeros from the kernel) for every 4 KiB again: 15-25% of the run
-    time went to system time that way. No-op where the C library is not glibc.
-
-    The setting lasts as long as the process (glibc has no call that reads it back, so it cannot be
-    undone): it is the initializer of the worker processes of :func:`evaluate_pred_dir`, never
-    called in the process that asks for the evaluation.
-    """
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    mallopt(m_mmap_threshold, 32 << 20)  # blocks up to 32 MiB (glibc's maximum) come from the heap...
-    mallopt(m_trim_threshold, 1 << 30)  # ...which is not trimmed below 1 GiB of free space
 
 
 def _usable_cores() -> int:

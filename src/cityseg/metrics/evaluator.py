@@ -3,12 +3,13 @@
 :class:`Evaluator` keeps the counts of :mod:`cityseg.metrics` (label-id confusion matrix,
 weighted instance counts for iIoU, boundary counts for boundary F1) as tensors on the model's
 device, sums them across DDP processes in :meth:`Evaluator.reduce`, and hands them to
-:func:`cityseg.metrics.scores` in :meth:`Evaluator.compute`: one code turns counts into numbers,
-so training's validation, ``evaluate --checkpoint`` and ``evaluate --pred-dir`` agree.
+:func:`cityseg.metrics.formulas.scores` in :meth:`Evaluator.compute`: one code turns counts into
+numbers, so training's validation, ``evaluate --checkpoint`` and ``evaluate --pred-dir`` agree.
 
-The counting here mirrors :func:`cityseg.metrics.frame_counts` with dense torch operations
+The counting here mirrors :func:`cityseg.metrics.counts.frame_counts` with dense torch operations
 (the numpy one works on sparse pixel lists, which suits a CPU but not a GPU); the tests check
-that both give the same counts.
+that both give the same counts. The only torch module of :mod:`cityseg.metrics`, so the package
+does not import it: import it as ``from cityseg.metrics.evaluator import Evaluator``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,21 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 
-from cityseg import metrics
 from cityseg.labels import CATEGORIES, IGNORE_INDEX, NUM_CLASSES, TRAIN_ID_TO_ID
+from cityseg.metrics.boundary import DEFAULT_BOUNDARY_TOLERANCE, disk_offsets
+from cityseg.metrics.counts import Counts, frame_counts
+from cityseg.metrics.tables import (
+    AVG_SIZE_OF_ID,
+    CITYSCAPES,
+    GT_INSTANCE_CATEGORY,
+    INSTANCE_OFFSET,
+    NUM_IDS,
+    PRED_INSTANCE_CATEGORY,
+    ScoreTable,
+)
 
-_L = metrics.NUM_IDS
-_OFFSET = metrics.INSTANCE_OFFSET
+_L = NUM_IDS
+_OFFSET = INSTANCE_OFFSET
 
 
 class Evaluator:
@@ -35,7 +46,7 @@ class Evaluator:
         device: where the counts live (the model's device).
         boundary_tolerance: boundary F1 matching distance in pixels; None skips boundary F1.
         instances: expect ``instance_ids`` in every :meth:`update` and report iIoU (Cityscapes only).
-        table: what is scored (:func:`cityseg.metrics.table_for` of the dataset); default the
+        table: what is scored (:func:`cityseg.metrics.tables.table_for` of the dataset); default the
             official Cityscapes table, whose confusion axes are label ids.
 
     Example::
@@ -44,18 +55,18 @@ class Evaluator:
         for images, targets in loader:
             ev.update(model(images)["out"].argmax(1), targets)
         ev.reduce()
-        scores = ev.compute()   # the dict of cityseg.metrics.scores
+        scores = ev.compute()   # the dict of cityseg.metrics.formulas.scores
     """
 
     def __init__(
         self,
         num_classes: int = NUM_CLASSES,
         device: str | torch.device = "cpu",
-        boundary_tolerance: int | None = metrics.DEFAULT_BOUNDARY_TOLERANCE,
+        boundary_tolerance: int | None = DEFAULT_BOUNDARY_TOLERANCE,
         instances: bool = False,
-        table: metrics.ScoreTable | None = None,
+        table: ScoreTable | None = None,
     ) -> None:
-        self.table = table or metrics.CITYSCAPES
+        self.table = table or CITYSCAPES
         if num_classes != self.table.num_classes:
             raise ValueError(f"Evaluator scores {self.table.num_classes} classes, got num_classes={num_classes}")
         if boundary_tolerance is not None and boundary_tolerance < 0:
@@ -74,10 +85,10 @@ class Evaluator:
         self._is_eval = torch.zeros(self._n, dtype=torch.bool).index_fill_(0, ids, True).to(dev)
         self._train_of_id = torch.full((self._n,), -1, dtype=torch.int64).index_copy_(
             0, ids, torch.arange(num_classes)).to(dev)
-        self._avg_size = torch.from_numpy(metrics.AVG_SIZE_OF_ID.copy()).to(dev)
-        self._pred_cat = torch.from_numpy(metrics.PRED_INSTANCE_CATEGORY[:_L].astype(np.int64)).to(dev)
-        self._gt_cat = torch.from_numpy(metrics.GT_INSTANCE_CATEGORY.astype(np.int64)).to(dev)
-        self._offsets = metrics.disk_offsets(boundary_tolerance) if boundary_tolerance is not None else []
+        self._avg_size = torch.from_numpy(AVG_SIZE_OF_ID.copy()).to(dev)
+        self._pred_cat = torch.from_numpy(PRED_INSTANCE_CATEGORY[:_L].astype(np.int64)).to(dev)
+        self._gt_cat = torch.from_numpy(GT_INSTANCE_CATEGORY.astype(np.int64)).to(dev)
+        self._offsets = disk_offsets(boundary_tolerance) if boundary_tolerance is not None else []
         # On the CPU the numpy counting of cityseg.metrics (sparse pixel lists) is ~50x faster than
         # these dense tensor operations; both follow one definition and are tested equal.
         # (the numpy counting knows the Cityscapes table only)
@@ -127,7 +138,7 @@ class Evaluator:
         inst_np = instance_ids.cpu().numpy() if self.instances else None
         for j in range(pred_np.shape[0]):
             inst = inst_np[j] if inst_np is not None else None
-            c = metrics.frame_counts(pred_np[j], gt_np[j], inst, self.boundary_tolerance)
+            c = frame_counts(pred_np[j], gt_np[j], inst, self.boundary_tolerance)
             self.conf += torch.from_numpy(c.conf)
             if c.instances is not None:
                 self.instance_counts += torch.from_numpy(c.instances)
@@ -142,7 +153,7 @@ class Evaluator:
         return torch.where(valid, self._train_to_id[train_ids.clamp(0, self.num_classes - 1)], self.table.void_id)
 
     def _instance_counts(self, pred_ids: torch.Tensor, inst: torch.Tensor) -> torch.Tensor:
-        """(2, NUM_CLASSES + K) weighted instance tp/fn, as :func:`cityseg.metrics.instance_counts`."""
+        """(2, NUM_CLASSES + K) weighted instance tp/fn, as :func:`cityseg.metrics.counts.instance_counts`."""
         out = torch.zeros_like(self.instance_counts)
         span = _L * _OFFSET  # instance ids of one frame lie in [0, span): keys stay apart per frame
         frame = torch.arange(inst.shape[0], device=self.device).view(-1, 1, 1).expand_as(inst)
@@ -176,7 +187,7 @@ class Evaluator:
         return out
 
     def _boundary_counts(self, pred_ids: torch.Tensor, gt_ids: torch.Tensor) -> torch.Tensor:
-        """(4, NUM_CLASSES) boundary counts, the definition of :func:`cityseg.metrics.boundary_counts`."""
+        """(4, NUM_CLASSES) boundary counts, the definition of :func:`cityseg.metrics.boundary.boundary_counts`."""
         valid = self._is_eval[gt_ids]
         edges = [self._boundary_labels(m, valid) for m in (pred_ids, gt_ids)]
         out = torch.zeros(4, self.num_classes, dtype=torch.int64, device=self.device)
@@ -215,9 +226,9 @@ class Evaluator:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         self._reduced = True
 
-    def counts(self) -> metrics.Counts:
-        """The counts as numpy :class:`cityseg.metrics.Counts` (iIoU/boundary parts None when off)."""
-        return metrics.Counts(
+    def counts(self) -> Counts:
+        """The counts as numpy :class:`cityseg.metrics.counts.Counts` (iIoU/boundary parts None when off)."""
+        return Counts(
             conf=self.conf.cpu().numpy(),
             instances=self.instance_counts.cpu().numpy() if self.instances else None,
             boundary=self.boundary.cpu().numpy() if self.boundary_tolerance is not None else None,
@@ -226,7 +237,7 @@ class Evaluator:
         )
 
     def compute(self) -> dict[str, Any]:
-        """The scores dict of :func:`cityseg.metrics.scores` (NaN where undefined)."""
+        """The scores dict of :func:`cityseg.metrics.formulas.scores` (NaN where undefined)."""
         return self.counts().scores()
 
 

@@ -16,6 +16,9 @@ an output stride of 8 or 16 is asked for). This module adds what timm does not d
 
 The weights are TensorFlow's: inputs scaled to [-1, 1] (mean = std = 0.5 per channel), which
 timm's pretrained config says and :func:`normalization` reads from it.
+
+The models on these backbones: :func:`cityseg.models.backbones.lite_backbone`; the loader of their
+weights files: :func:`cityseg.pretrained.load_pretrained`.
 """
 
 from __future__ import annotations
