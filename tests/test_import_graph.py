@@ -11,6 +11,8 @@ import ast
 import sys
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -132,6 +134,51 @@ def test_models_are_architectures_only():
     users = sorted(m for m, deps in graph.items() if "cityseg.models" in deps)
     assert users == ["cityseg.checkpoint", "cityseg.commands.benchmark", "cityseg.engine.build", "cityseg.engine.train",
                      "cityseg.pretrained"]
+
+
+#: The layers of README's Layout, lowest first: a module imports only from its own layer or below.
+#: A module is placed by its longest prefix here (``cityseg.data.png`` by ``cityseg.data``).
+LAYERS = [
+    # foundations: errors, names on disk, the label table, devices, processes, messages, downloads
+    ["cityseg._version", "cityseg.errors", "cityseg.utils", "cityseg.layout", "cityseg.labels", "cityseg.device",
+     "cityseg.processes", "cityseg.logs", "cityseg.weights"],
+    # descriptions: datasets, normalisation, the typed config, what a model says about itself
+    ["cityseg.datasets", "cityseg.imaging", "cityseg.config", "cityseg.modelinfo"],
+    # data, metrics, pictures, losses, the transformers adapter
+    ["cityseg.data", "cityseg.metrics", "cityseg.viz", "cityseg.losses", "cityseg.stats", "cityseg.hf"],
+    ["cityseg.models"],
+    ["cityseg.checkpoint", "cityseg.pretrained"],
+    ["cityseg.inference"],
+    ["cityseg.engine"],
+    ["cityseg.sweep", "cityseg.report"],
+    ["cityseg.commands", "cityseg.cli", "cityseg.__main__", "cityseg"],
+]
+
+
+def _placed_by(module: str, prefix: str) -> bool:
+    # the package itself (``cityseg``) places only its __init__, not everything below it
+    return module == prefix or (prefix != "cityseg" and module.startswith(prefix + "."))
+
+
+def layer_of(module: str) -> int:
+    """The index in :data:`LAYERS` of ``module``'s longest listed prefix; ValueError when none."""
+    best = max((p for layer in LAYERS for p in layer if _placed_by(module, p)), key=len)
+    return next(i for i, layer in enumerate(LAYERS) if best in layer)
+
+
+def test_no_module_imports_one_from_a_higher_layer():
+    graph, _ = import_graph()
+    unplaced = [m for m in graph if not any(_placed_by(m, p) for layer in LAYERS for p in layer)]
+    assert unplaced == [], "place these modules in LAYERS (and README's Layout)"
+    upward = sorted((m, d) for m, deps in graph.items() for d in deps if layer_of(d) > layer_of(m))
+    assert upward == []
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert layer_of("cityseg.metrics.pred_dir") < layer_of("cityseg.engine.train")
+    assert layer_of("cityseg") == len(LAYERS) - 1 and layer_of("cityseg.checkpoint") == 4
+    with pytest.raises(ValueError):  # a module no layer names is not silently put under the package
+        layer_of("cityseg.somewhere_new")
 
 
 def test_cycle_finder_finds_a_planted_cycle():
