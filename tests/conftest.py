@@ -25,6 +25,24 @@ def _isolated_data_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CITYSEG_DATA_HOME", str(tmp_path_factory.getbasetemp() / "data_home"))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _torch_settings_restored_per_module():
+    """Every test module starts with the torch settings of the session. A module-scoped fixture that
+    trains once for a module's tests (train() sets the thread count and deterministic algorithms for
+    the process) runs before the per-test fixture below records its baseline, so that fixture alone
+    would carry the change into every later module: it did, from test_own_dataset.py to
+    test_transforms.py, whose resample test then ran under deterministic algorithms (NaN-filled
+    uninitialised memory) and one thread. This fixture is set up before the module's other fixtures
+    and torn down after them."""
+    import torch
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
 @pytest.fixture(autouse=True)
 def _torch_settings_restored():
     """Every test starts with the torch settings of the session: a test (or the train() it calls)
