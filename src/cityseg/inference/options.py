@@ -83,9 +83,6 @@ def eval_options(cfg: Config) -> dict[str, Any]:
     }
 
 
-#: the keys of :func:`eval_options`: what a Predictor takes as Python values (None: the config's)
-OPTION_KEYS = ("mode", "crop", "stride", "scales", "flip")
-
 
 def merge_options(cfg: Config, given: dict[str, Any]) -> dict[str, Any]:
     """:func:`eval_options` of ``cfg`` with the Python API's options (``mode="sliding"``, ``flip=False``,
