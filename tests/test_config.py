@@ -35,7 +35,7 @@ def test_seed_recipe_is_the_seeds():
 def test_published_recipe_is_80k_iterations_of_8():
     cfg = load_config(CONFIG_DIR / "published_r50.yaml")
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == ("sgd", 0.01, 0.9, 1e-4)
-    assert (cfg.sched.name, cfg.sched.power) == ("poly", 0.9) and cfg.data.crop_size == "1024x512"
+    assert (cfg.sched.name, cfg.sched.power) == ("poly", 0.9) and cfg.data.crop_size == (1024, 512)
     assert cfg.model.aux_head and cfg.loss.aux_weight == 0.4
     assert abs(cfg.train.epochs * 2975 / cfg.train.batch_size - 80_000) < 2975 / cfg.train.batch_size
 
@@ -225,3 +225,21 @@ def test_a_plain_install_finds_its_recipes_from_an_unrelated_folder(tmp_path):
     done = subprocess.run([sys.executable, "-c", code.replace("'--config', 'seed'", ""), str(target)], cwd=elsewhere,
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0 and "cityseg_tiny" in done.stdout, done.stderr
+
+
+def test_sizes_are_parsed_once_when_the_config_is_read():
+    from cityseg.config import DataConfig, EvalConfig
+    from cityseg.utils import Size
+
+    cfg = load_config("demo", ["data.crop_size=64x32", "data.crop_stages=[32x16, 48x24]", "eval.stride=24x12"])
+    assert cfg.data.crop_size == Size(64, 32) and cfg.data.crop_stages == [Size(32, 16), Size(48, 24)]
+    assert isinstance(cfg.eval.stride, Size) and (cfg.eval.stride.width, cfg.eval.stride.height) == (24, 12)
+    raw = cfg.to_dict()  # written back as text: the YAML of a run folder, a checkpoint's config
+    assert (raw["data"]["crop_size"], raw["data"]["crop_stages"], raw["eval"]["stride"]) == ("64x32", ["32x16", "48x24"], "24x12")
+    assert config_from_dict(raw, name=cfg.name) == cfg
+    assert yaml.safe_load(cfg.to_yaml())["data"]["crop_size"] == "64x32"
+    assert DataConfig(crop_size="48x32").crop_size == (48, 32) and EvalConfig(crop_size=(64, 48)).crop_size == (64, 48)
+    with pytest.raises(CitysegError, match=r"config key data.crop_stages: '32x0' is not a size"):
+        load_config("demo", ["data.crop_stages=[32x16, 32x0]"])  # refused at reading, not when training reaches it
+    with pytest.raises(CitysegError, match="config key data.val_size: 'big' is not a size"):
+        DataConfig(val_size="big")

@@ -309,3 +309,23 @@ def test_kitti_frames(fixtures_dir, tmp_path):
     ids = np.asarray(Image.open(fixtures_dir / "kitti" / "semantic" / "000000_10.png"))
     assert (read_train_ids(spec, fixtures_dir / "kitti" / "semantic" / "000000_10.png")
             == labels.label_ids_to_train_ids(ids)).all()
+
+
+def test_the_id_table_is_the_descriptions_own():
+    from cityseg import labels
+    from cityseg.metrics import CITYSCAPES, table_for
+
+    city = load_dataset("cityscapes").id_table
+    assert city.official and city.eval_ids == tuple(lb.id for lb in labels.TRAIN_LABELS)
+    assert (city.num_ids, city.void_id, city.max_label_id) == (labels.MAX_LABEL_ID + 1, 0, labels.MAX_LABEL_ID)
+    # the same table under another name, or read back from a checkpoint's mapping, is the official one
+    assert load_dataset("kitti").id_table == city
+    assert DatasetSpec.from_dict({**load_dataset("cityscapes").to_dict(), "name": "mine"}).id_table == city
+    assert table_for(load_dataset("kitti")) is CITYSCAPES and CITYSCAPES.instance_classes
+    toy = DatasetSpec.from_dict({"name": "toy", "classes": [{"name": "a", "color": [1, 2, 3], "ids": [7]},
+                                                           {"name": "b", "color": [4, 5, 6], "ids": [9]}],
+                                 "void": {"ids": [0]}, "images": "{split}/i/{stem}.png", "labels": "{split}/l/{stem}.png"})
+    own = toy.id_table
+    assert not own.official and (own.eval_ids, own.num_ids, own.void_id, own.max_label_id) == ((0, 1), 3, 2, None)
+    table = table_for(toy)
+    assert table.instance_classes == () and list(table.eval_ids) == [0, 1] and table.names == ("a", "b")

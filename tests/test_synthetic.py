@@ -269,7 +269,7 @@ def test_cli_defaults_are_the_demo_config():
 
     cfg = DataConfig()
     defaults = (synth.DEFAULT_TRAIN, synth.DEFAULT_VAL, synth.DEFAULT_SIZE)
-    assert defaults == (cfg.synth_train, cfg.synth_val, cfg.synth_size)
+    assert defaults == (cfg.synth_train, cfg.synth_val, str(cfg.synth_size))
 
 
 # ----------------------------------------------------------------------------- ensure_data

@@ -354,8 +354,6 @@ def test_val_transform_resizes_the_image_only():
 @pytest.mark.parametrize(
     "field, value, key",
     [
-        ("crop_size", "512", "data.crop_size"),
-        ("crop_stages", ["32x16", "big"], r"data.crop_stages\[1\]"),
         ("scale_range", [2.0, 0.5], "data.scale_range"),
         ("scale_range", [0.5], "data.scale_range"),
         ("color_jitter", -0.1, "data.color_jitter"),
@@ -365,6 +363,13 @@ def test_bad_config_values_name_the_key(field, value, key):
     cfg = DataConfig(**{field: value})
     with pytest.raises(CitysegError, match=key):
         build_transforms(cfg, train=True)
+
+
+@pytest.mark.parametrize(("field", "value", "key"), [("crop_size", "512", "data.crop_size: '512' is not a size"),
+                                                      ("crop_stages", ["32x16", "big"], "data.crop_stages: 'big'")])
+def test_bad_sizes_are_refused_when_the_config_is_built(field, value, key):
+    with pytest.raises(CitysegError, match=key):
+        DataConfig(**{field: value})
 
 
 def test_crop_stages_share_the_run_equally_and_end_on_crop_size():

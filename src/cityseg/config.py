@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import yaml
 
 from cityseg.datasets import BUILTINS, DatasetSpec, load_dataset
 from cityseg.errors import CitysegError
-from cityseg.utils import parse_size, read_yaml
+from cityseg.utils import Size, parse_size, read_yaml
 
 #: Where the recipes live: package data (``cityseg/configs/*.yaml``), so that a plain
 #: ``pip install`` finds them too; the checkout's ``configs/`` is a link to this folder.
@@ -55,19 +56,22 @@ class DataConfig:
     root: str | None = None  # Cityscapes-layout folder; None: the synthetic default data (generated on first use)
     train_split: str = "train"
     val_split: str = "val"
-    crop_size: str = "256x128"  # WIDTHxHEIGHT of training crops
+    crop_size: Size = Size(256, 128)  # WIDTHxHEIGHT of training crops
     # progressive resizing: smaller WIDTHxHEIGHT crops for the first equal shares of the run (by the
     # budget's fraction, as the LR schedule), crop_size for the last share; [] keeps crop_size throughout
-    crop_stages: list[str] = field(default_factory=list)
+    crop_stages: list[Size] = field(default_factory=list)
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])  # random scale before cropping
     hflip: bool = True
     color_jitter: float = 0.2  # brightness/contrast/saturation strength; 0 disables
-    val_size: str | None = None  # WIDTHxHEIGHT to resize validation images to; labels are still scored at full size
+    val_size: Size | None = None  # WIDTHxHEIGHT to resize validation images to; labels are still scored at full size
     workers: int = 2  # DataLoader worker processes per GPU/process
     cache: bool = False  # decode every frame once into memory before training (small frames: ~0.26 MB each at 256x256)
     synth_train: int = 200  # size of the synthetic default data (used when root is None)
     synth_val: int = 40
-    synth_size: str = "256x128"
+    synth_size: Size = Size(256, 128)
+
+    def __post_init__(self) -> None:
+        _parse_sizes(self, "data")
 
 
 @dataclass
@@ -142,11 +146,14 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     mode: str = "whole"  # whole | sliding
-    crop_size: str = "1024x512"  # WIDTHxHEIGHT of sliding windows
-    stride: str = "683x341"  # WIDTHxHEIGHT step of sliding windows
+    crop_size: Size = Size(1024, 512)  # WIDTHxHEIGHT of sliding windows
+    stride: Size = Size(683, 341)  # WIDTHxHEIGHT step of sliding windows
     scales: list[float] = field(default_factory=lambda: [1.0])  # multi-scale TTA
     flip: bool = False  # horizontal-flip TTA
     boundary_tolerance: int = 2  # pixels; boundary F1 counts a boundary pixel matched within this distance
+
+    def __post_init__(self) -> None:
+        _parse_sizes(self, "eval")
 
     def single_pass(self) -> bool:
         """True when inference is one whole-image pass: what validation during training runs. Else
@@ -189,7 +196,8 @@ class Config:
         return load_dataset(self.dataset)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain YAML values: sizes as their ``"WxH"`` text."""
+        return _plain(dataclasses.asdict(self))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -268,18 +276,47 @@ RANGES: dict[str, Range] = {
     "crf.bilateral_compat": Range(0),
 }
 
-#: Keys whose value is a WIDTHxHEIGHT size (checked by :func:`cityseg.utils.parse_size`).
-SIZE_KEYS = ("data.crop_size", "data.val_size", "data.synth_size", "eval.crop_size", "eval.stride")
+def _is_size(hint: Any) -> bool:
+    """A size key's annotation: Size, Size | None or list[Size]."""
+    return hint is Size or Size in get_args(hint)
+
+
+@functools.cache
+def _size_fields(section: type) -> dict[str, Any]:
+    return {name: hint for name, hint in get_type_hints(section).items() if _is_size(hint)}
+
+
+def _parse_sizes(section: Any, name: str) -> None:
+    # "WxH" text given to a section (its YAML, or Python code building one) is parsed here, once;
+    # every reader then gets a Size
+    for key, hint in _size_fields(type(section)).items():
+        setattr(section, key, _coerce(getattr(section, key), hint, f"{name}.{key}"))
+
+
+#: Keys whose value is one WIDTHxHEIGHT size (``--set`` keeps their text: YAML 1.1 reads 0x100 as 256).
+SIZE_KEYS = tuple(f"{name}.{key}" for name, section in (("data", DataConfig), ("eval", EvalConfig))
+                  for key, hint in _size_fields(section).items() if get_origin(hint) is not list)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Size):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def check_value(value: Any, key: str, name: str | None = None) -> None:
     """CitysegError naming ``name`` (default: ``config key KEY``) and the valid range when an
-    already typed ``value`` lies outside :data:`RANGES` or is not a valid size (:data:`SIZE_KEYS`)."""
+    already typed ``value`` lies outside :data:`RANGES`. (Sizes are checked as they are parsed.)"""
     name = name or f"config key {key}"
     if value is None:
-        return
-    if key in SIZE_KEYS:
-        parse_size(value, name)
         return
     bound = RANGES.get(key)
     if bound is None:
@@ -367,6 +404,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             except ValueError:
                 pass
         raise CitysegError(f"config key {key}: expected a number, got {value!r}")
+    if hint is Size:
+        if isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) for v in value):
+            value = f"{value[0]}x{value[1]}"  # Size(w, h) or (w, h) given from Python
+        if isinstance(value, str):
+            return parse_size(value, f"config key {key}")
+        raise CitysegError(f"config key {key}: {value!r} is not a size; write WIDTHxHEIGHT, e.g. 1024x512")
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

@@ -72,6 +72,33 @@ class ClassSpec:
 
 
 @dataclass(frozen=True)
+class IdTable:
+    """The label ids a description's train classes stand for, where scoring and the id maps cityseg
+    writes ask for them (:attr:`DatasetSpec.id_table`).
+
+    A description with the Cityscapes classes and ids (``cityscapes``, ``kitti``, or a file listing
+    the same table) has the official table: label-id axes ``0..MAX_LABEL_ID`` with void 0, label
+    files holding no id above ``MAX_LABEL_ID``, and the official instance scores (iIoU) and palette.
+    Any other counts on train-id axes with one void id after them, and its label files may hold ids
+    it does not list (ignored).
+
+    Attributes:
+        eval_ids: per train id, its id on the confusion matrix's axes.
+        num_ids: size of those axes.
+        void_id: the id a void or ignored prediction is counted as.
+        max_label_id: the highest id a label file may hold (None: any; unlisted ids are ignored).
+        official: the Cityscapes table (:mod:`cityseg.labels`), whose palette, instance table and
+            evaluator parity cityseg's tables are built from.
+    """
+
+    eval_ids: tuple[int, ...]
+    num_ids: int
+    void_id: int
+    max_label_id: int | None
+    official: bool
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """A dataset's class table and file layout. Train id ``i`` is ``classes[i]``.
 
@@ -100,6 +127,11 @@ class DatasetSpec:
     def categories(self) -> tuple[str, ...]:
         """Category names in order of first use (empty when no class names one)."""
         return tuple(dict.fromkeys(c.category for c in self.classes if c.category))
+
+    @property
+    def id_table(self) -> IdTable:
+        """The ids its classes stand for in scores and written maps (:class:`IdTable`)."""
+        return _id_table(self.classes, self.void_ids)
 
     @property
     def palette(self) -> np.ndarray:
@@ -384,11 +416,14 @@ def _builtin(name: str) -> DatasetSpec:
     return _parse(BUILTINS[name]().to_dict(), f"built-in {name}")  # the built-ins pass the same checks
 
 
-def is_cityscapes_table(spec: DatasetSpec) -> bool:
-    """True when ``spec`` has the Cityscapes classes and label ids (cityscapes, kitti): the official
-    scores (label-id confusion, categories, iIoU) and the benchmark-server files apply to it."""
-    city = _builtin("cityscapes")
-    return spec.classes == city.classes and spec.void_ids == city.void_ids
+@functools.cache
+def _id_table(classes: tuple[ClassSpec, ...], void_ids: tuple[int, ...]) -> IdTable:
+    # the one place that tells the official table from a dataset's own (IdTable's docstring)
+    city = _cityscapes()
+    if classes == city.classes and void_ids == city.void_ids:
+        return IdTable(tuple(c.ids[0] for c in classes), labels.MAX_LABEL_ID + 1, 0, labels.MAX_LABEL_ID, True)
+    k = len(classes)
+    return IdTable(tuple(range(k)), k + 1, k, None, False)
 
 
 def load_dataset(name_or_path: str | os.PathLike | DatasetSpec | dict[str, Any]) -> DatasetSpec:

@@ -7,7 +7,7 @@ import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import yaml
@@ -24,8 +24,19 @@ MAX_SIDE, MAX_PIXELS = 8192, 8192 * 8192
 MAX_SCALE = 8.0
 
 
-def parse_size(text: str, what: str = "size") -> tuple[int, int]:
-    """Parse ``"WxH"`` (width x height, as everywhere in the CLI) -> ``(width, height)``.
+class Size(NamedTuple):
+    """A width x height in pixels, as :func:`parse_size` reads it from ``"WxH"`` text once (the
+    config's size keys hold these); ``str()`` writes the text back."""
+
+    width: int
+    height: int
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+def parse_size(text: str, what: str = "size") -> Size:
+    """Parse ``"WxH"`` (width x height, as everywhere in the CLI) -> ``Size(width, height)``.
 
     Raises:
         CitysegError: not ``WxH`` with positive integers, or larger than :data:`MAX_SIDE` a side
@@ -37,7 +48,7 @@ def parse_size(text: str, what: str = "size") -> tuple[int, int]:
     w, h = int(m.group(1)), int(m.group(2))
     if max(w, h) > MAX_SIDE or w * h > MAX_PIXELS:
         raise CitysegError(f"{what}: {text!r} is too large; valid: at most {MAX_SIDE} a side and {MAX_PIXELS:,} pixels")
-    return w, h
+    return Size(w, h)
 
 
 def parse_scales(text: str) -> list[float]:

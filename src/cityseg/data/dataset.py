@@ -36,7 +36,7 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from cityseg import labels, layout, logs
 from cityseg.data import formats, png
 from cityseg.data.palette import palette_of
-from cityseg.datasets import DatasetSpec, is_cityscapes_table
+from cityseg.datasets import DatasetSpec, load_dataset
 from cityseg.errors import CitysegError
 from cityseg.layout import (
     INSTANCE_SUFFIX,
@@ -50,9 +50,6 @@ from cityseg.layout import (
 
 log = logging.getLogger(__name__)
 
-# labelIds -> trainIds as a torch table; index_select with int32 indices is the fastest
-# lookup in torch for a uint8 map (1.5 ms per 2048x1024 frame vs 8 ms for lut[map.long()]).
-_ID_TO_TRAIN_ID = torch.from_numpy(labels.ID_TO_TRAIN_ID.copy())
 _TORCH_ERROR_PREFIX = re.compile(r"^\w+, \S+:\d+, ")
 
 
@@ -87,32 +84,33 @@ def read_train_ids(path: Path, spec: DatasetSpec | None = None) -> torch.Tensor:
     """(H, W) uint8 trainIds from any label file (``IGNORE_INDEX`` where not evaluated) of the dataset
     ``spec`` (None: Cityscapes)."""
     name = path.name
-    generic = spec is not None and not is_cityscapes_table(spec)
+    spec = spec or load_dataset("cityscapes")
     if name.endswith(LABEL_IDS_SUFFIX) or name.endswith(TRAIN_IDS_SUFFIX):
         grey = _decode_grey(path)
         raw = grey[None] if grey is not None else _decode(path)
         if raw.shape[0] == 1 and raw.dtype == torch.uint8:  # the official 8-bit grey maps
             ids = raw[0]
             if name.endswith(TRAIN_IDS_SUFFIX):
-                return _checked_train_ids(ids, path, spec.num_classes if generic else labels.NUM_CLASSES)
-            if generic:  # the description's raw ids; void and unlisted ids are ignored
-                return _id_lut(spec).index_select(0, ids.reshape(-1).int()).view(ids.shape)
-            return _label_ids_to_train_ids(ids, path)
+                return _checked_train_ids(ids, path, spec.num_classes)
+            return _label_ids_to_train_ids(ids, path, spec)
     # colour masks, and id maps saved in unusual PNG modes: the readers of formats.py
-    return torch.from_numpy(formats.read_label(path, palette=palette_of(spec) if generic else None))
+    return torch.from_numpy(formats.read_label(path, palette=palette_of(spec)))
 
 
 @functools.cache
 def _id_lut(spec: DatasetSpec) -> torch.Tensor:
+    # labelIds -> trainIds as a torch table; index_select with int32 indices is the fastest
+    # lookup in torch for a uint8 map (1.5 ms per 2048x1024 frame vs 8 ms for lut[map.long()]).
     return torch.from_numpy(spec.id_to_train_id.copy())
 
 
-def _label_ids_to_train_ids(ids: torch.Tensor, path: Path) -> torch.Tensor:
-    top = int(ids.max())
-    if top > labels.MAX_LABEL_ID:  # label ids are 0..MAX_LABEL_ID, all in the table
-        raise CitysegError(f"{path}: label id {top} is not in the Cityscapes table (valid: 0..{labels.MAX_LABEL_ID})")
-    flat = _ID_TO_TRAIN_ID.index_select(0, ids.reshape(-1).int())
-    return flat.view(ids.shape)
+def _label_ids_to_train_ids(ids: torch.Tensor, path: Path, spec: DatasetSpec) -> torch.Tensor:
+    # the description's ids; void and unlisted ids are ignored, and ids above the table's highest
+    # refused (the official table, the only one with a highest: cityseg.datasets.IdTable)
+    top, highest = int(ids.max()), spec.id_table.max_label_id
+    if highest is not None and top > highest:
+        raise CitysegError(f"{path}: label id {top} is not in the Cityscapes table (valid: 0..{highest})")
+    return _id_lut(spec).index_select(0, ids.reshape(-1).int()).view(ids.shape)
 
 
 def _checked_train_ids(ids: torch.Tensor, path: Path, num_classes: int = labels.NUM_CLASSES) -> torch.Tensor:

@@ -171,10 +171,9 @@ PALETTE, PALETTE_TRAIN_IDS, PALETTE_LABEL_IDS = CITYSCAPES.colours, CITYSCAPES.t
 @functools.cache
 def palette_of(spec: DatasetSpec) -> Palette:
     """The palette of a dataset, built once per description (its lookup tables are cached on it):
-    :data:`CITYSCAPES` for the Cityscapes table (cityscapes, kitti), else :meth:`Palette.from_spec`."""
-    from cityseg.datasets import is_cityscapes_table
-
-    return CITYSCAPES if is_cityscapes_table(spec) else Palette.from_spec(spec)
+    :data:`CITYSCAPES` for the official table (cityscapes, kitti: its void colours keep their own
+    label ids), else :meth:`Palette.from_spec`."""
+    return CITYSCAPES if spec.id_table.official else Palette.from_spec(spec)
 
 
 def rgb_codes(rgb: np.ndarray) -> np.ndarray:

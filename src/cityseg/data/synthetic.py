@@ -337,5 +337,5 @@ def data_root(data: DataConfig) -> Path:
     with :data:`DEFAULT_SEED`): the one place that decides which frames a config trains and scores on."""
     if data.root is not None:
         return Path(data.root).expanduser()
-    size = parse_size(data.synth_size, "data.synth_size")
+    size = data.synth_size
     return Path(ensure_default_data(train=data.synth_train, val=data.synth_val, size=size, seed=DEFAULT_SEED))

@@ -36,7 +36,6 @@ from cityseg.data.resample import plan_axis, resample_image, resample_mask
 from cityseg.errors import CitysegError
 from cityseg.labels import IGNORE_INDEX
 from cityseg.imaging import IMAGENET_MEAN, IMAGENET_STD
-from cityseg.utils import parse_size
 
 #: Default padding values: masks get the ignore label, images black (0 before normalisation).
 DEFAULT_FILL: dict[type | str, int] = {tv_tensors.Mask: IGNORE_INDEX, "others": 0}
@@ -197,14 +196,8 @@ class ResizeImage(v2.Transform):
 
 def crop_sizes(cfg: DataConfig) -> list[tuple[int, int]]:
     """The training crops ``(height, width)`` of the run's equal shares: ``data.crop_stages`` then
-    ``data.crop_size`` (one entry without stages).
-
-    Raises:
-        CitysegError: a size that does not parse, naming its key.
-    """
-    texts = [(f"data.crop_stages[{i}]", text) for i, text in enumerate(cfg.crop_stages or [])]
-    sizes = [parse_size(text, key) for key, text in [*texts, ("data.crop_size", cfg.crop_size)]]
-    return [(h, w) for w, h in sizes]
+    ``data.crop_size`` (one entry without stages)."""
+    return [(h, w) for w, h in [*(cfg.crop_stages or []), cfg.crop_size]]
 
 
 def crop_at(cfg: DataConfig, fraction: float) -> tuple[int, int]:
@@ -251,7 +244,7 @@ def build_transforms(cfg: DataConfig, train: bool) -> v2.Compose:
     if not train:
         resize = []
         if cfg.val_size:
-            w, h = parse_size(cfg.val_size, "data.val_size")
+            w, h = cfg.val_size
             resize.append(ResizeImage((h, w)))
         return v2.Compose([*resize, to_tensors, normalise])
 

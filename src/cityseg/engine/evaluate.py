@@ -29,13 +29,12 @@ from cityseg.config import Config
 from cityseg.data.dataset import CityscapesDataset
 from cityseg.data.synthetic import data_root
 from cityseg.data.transforms import build_transforms
-from cityseg.datasets import DatasetSpec
+from cityseg.datasets import DatasetSpec, load_dataset
 from cityseg.engine import distributed as D
 from cityseg.engine.build import adopt_dataset
 from cityseg.engine.runlog import EVAL_FILE, RunLog, nan_to_zero
 from cityseg.inference.options import InferenceChoices
 from cityseg.inference.predict import Predictor
-from cityseg.labels import train_ids_to_label_ids
 from cityseg.metrics.evaluator import Evaluator
 from cityseg.utils import save_png
 
@@ -182,9 +181,9 @@ def _dataset(cfg: Config) -> tuple[CityscapesDataset, bool]:
     root = data_root(cfg.data)
     _, spec = adopt_dataset(cfg, root)
     # CityscapesDataset names any frame that lacks an instanceIds map when asked for instances
-    official = metrics.table_for(spec).official  # iIoU exists for the Cityscapes table only
-    with_instances = official and layout.has_instances(root, cfg.data.val_split)
-    if not with_instances and official:
+    scores_instances = bool(metrics.table_for(spec).instance_classes)  # the official table's iIoU
+    with_instances = scores_instances and layout.has_instances(root, cfg.data.val_split)
+    if not with_instances and scores_instances:
         log.warning(f"no *{layout.INSTANCE_SUFFIX} files in {root}: iIoU is not computed")
     transform = build_transforms(cfg.data, train=False)
     dataset = CityscapesDataset(root, cfg.data.val_split, transform=transform, with_instances=with_instances,
@@ -193,9 +192,7 @@ def _dataset(cfg: Config) -> tuple[CityscapesDataset, bool]:
 
 
 def save_prediction(pred: torch.Tensor, out_dir: Path, name: str, spec: DatasetSpec | None = None) -> None:
-    """Write (H, W) trainIds as label ids (official ones for Cityscapes; else the first id of each
-    class of ``spec``) to :func:`cityseg.layout.prediction_path`."""
-    train_ids = pred.to("cpu").numpy().astype("uint8")
-    generic = spec is not None and not metrics.table_for(spec).official
-    ids = spec.train_ids_to_ids(train_ids) if generic else train_ids_to_label_ids(train_ids)
-    save_png(ids, layout.prediction_path(out_dir, name))
+    """Write (H, W) trainIds as the label ids of ``spec`` (None: Cityscapes, whose are the official
+    ones) to :func:`cityseg.layout.prediction_path`."""
+    spec = spec or load_dataset("cityscapes")
+    save_png(spec.train_ids_to_ids(pred.to("cpu").numpy().astype("uint8")), layout.prediction_path(out_dir, name))

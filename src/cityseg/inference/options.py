@@ -63,11 +63,9 @@ def apply_choices(cfg: Config, choices: InferenceChoices | None) -> Config:
     if choices.sliding is not None:
         ev.mode = "sliding" if choices.sliding else "whole"
     if choices.crop is not None:
-        parse_size(choices.crop, "--crop")
-        ev.crop_size = choices.crop
+        ev.crop_size = parse_size(choices.crop, "--crop")
     if choices.stride is not None:
-        parse_size(choices.stride, "--stride")
-        ev.stride = choices.stride
+        ev.stride = parse_size(choices.stride, "--stride")
     return dataclasses.replace(cfg, eval=ev)
 
 
@@ -76,8 +74,8 @@ def eval_options(cfg: Config) -> dict[str, Any]:
     ``eval`` section, parsed as :func:`~cityseg.inference.passes.predict_probs` takes them."""
     return {
         "mode": cfg.eval.mode,
-        "crop": parse_size(cfg.eval.crop_size, "eval.crop_size"),
-        "stride": parse_size(cfg.eval.stride, "eval.stride"),
+        "crop": tuple(cfg.eval.crop_size),
+        "stride": tuple(cfg.eval.stride),
         "scales": tuple(float(s) for s in cfg.eval.scales),
         "flip": bool(cfg.eval.flip),
     }

@@ -24,10 +24,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cityseg import labels, layout, logs
+from cityseg import layout, logs
 from cityseg.data.dataset import read_train_ids
-from cityseg.data.formats import read_label
-from cityseg.datasets import DatasetSpec, is_cityscapes_table, load_dataset
+from cityseg.datasets import DatasetSpec, load_dataset
 from cityseg.errors import CitysegError
 from cityseg.inference.predict import Predictor
 from cityseg.utils import read_image, save_png
@@ -150,11 +149,9 @@ def write_outputs(
     """Write the four maps of (H, W) uint8 trainIds (and the panel) in the ids and colours of ``spec``
     (None: Cityscapes); report a failure in one line and return False."""
     spec = spec or load_dataset("cityscapes")
-    official = is_cityscapes_table(spec)
     try:
         save_png(pred, out / "trainIds" / f"{stem}.png")
-        ids = labels.train_ids_to_label_ids(pred) if official else spec.train_ids_to_ids(pred)
-        save_png(ids, out / "labelIds" / f"{stem}.png")
+        save_png(spec.train_ids_to_ids(pred), out / "labelIds" / f"{stem}.png")
         save_png(spec.colorize(pred), out / "color" / f"{stem}.png")
         save_png(overlay(image, pred, normalized=False, spec=spec), out / "overlay" / f"{stem}.png")
         if gt_index is not None:
@@ -180,8 +177,7 @@ def write_panel(out: Path, stem: str, image: np.ndarray, pred: np.ndarray, gt_in
         tqdm.write(f"cityseg predict: note: no ground truth {key}_gtFine_*.png under --gt; no panel for {stem}",
                    file=sys.stderr)
         return
-    gt = read_label(gt_index[key]) if spec is None or is_cityscapes_table(spec) else (
-        read_train_ids(gt_index[key], spec).numpy())
+    gt = read_train_ids(gt_index[key], spec).numpy()
     if gt.shape != pred.shape:
         raise CitysegError(
             f"{gt_index[key]}: ground truth is {gt.shape[1]}x{gt.shape[0]}, the image {pred.shape[1]}x{pred.shape[0]} "

@@ -71,7 +71,7 @@ class Evaluator:
             raise ValueError(f"Evaluator scores {self.table.num_classes} classes, got num_classes={num_classes}")
         if boundary_tolerance is not None and boundary_tolerance < 0:
             raise ValueError(f"boundary_tolerance must be >= 0 or None, got {boundary_tolerance}")
-        if instances and not self.table.official:
+        if instances and not self.table.instance_classes:
             raise ValueError("instance scores (iIoU) are defined for the Cityscapes table only")
         self.device = torch.device(device)
         self.boundary_tolerance = boundary_tolerance
@@ -91,8 +91,8 @@ class Evaluator:
         self._offsets = disk_offsets(boundary_tolerance) if boundary_tolerance is not None else []
         # On the CPU the numpy counting of cityseg.metrics (sparse pixel lists) is ~50x faster than
         # these dense tensor operations; both follow one definition and are tested equal.
-        # (the numpy counting knows the Cityscapes table only)
-        self._use_numpy = self.device.type == "cpu" and self.table.official
+        # (the numpy kernels are built on the lookup tables of the Cityscapes table)
+        self._use_numpy = self.device.type == "cpu" and self.table is CITYSCAPES
         self.reset()
 
     def reset(self) -> None:

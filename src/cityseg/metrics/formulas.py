@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from cityseg.labels import NUM_CLASSES
-from cityseg.metrics.tables import CITYSCAPES, INSTANCE_CATEGORY_IDS, INSTANCE_CLASSES, ScoreTable, lift
+from cityseg.metrics.tables import CITYSCAPES, ScoreTable, lift
 
 
 def _ratio(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
@@ -86,8 +86,8 @@ def scores(
     dice = _ratio(2 * tp, 2 * tp + fp + fn)
     accuracy = _ratio(tp, tp + fn)
     iiou = np.full(k, np.nan)
-    if instances is not None and t.official:
-        cls = list(INSTANCE_CLASSES)
+    if instances is not None and t.instance_classes:
+        cls = list(t.instance_classes)
         tpw, fnw = instances[0, cls], instances[1, cls]
         iiou[cls] = _ratio(tpw, tpw + fp[cls] + fnw)
     cat_iou, cat_iiou = _category_scores(conf, instances, t)
@@ -115,7 +115,7 @@ def scores(
 
 def _defined_keys(result: dict[str, Any], t: ScoreTable) -> dict[str, Any]:
     """Drop the scores ``t`` does not define: iIoU outside Cityscapes, categories where it has none."""
-    if not t.official:
+    if not t.instance_classes:
         for key in ("iiou", "category_iiou"):
             result.pop(key)
         for entry in [*result["classes"].values(), *result["categories"].values()]:
@@ -141,9 +141,9 @@ def _category_scores(
         fn = conf[ids].sum() - tp
         fp = conf[np.ix_(others, ids)].sum()
         iou[k] = _ratio(tp, tp + fp + fn)
-        inst_ids = INSTANCE_CATEGORY_IDS[k] if t.official else None
+        inst_ids = t.instance_category_ids[k]
         if instances is not None and inst_ids is not None:
-            tpw, fnw = instances[0, NUM_CLASSES + k], instances[1, NUM_CLASSES + k]
+            tpw, fnw = instances[0, t.num_classes + k], instances[1, t.num_classes + k]
             fp_inst = conf[np.ix_(others, list(inst_ids))].sum()  # caravan/trailer columns included
             iiou[k] = _ratio(tpw, tpw + fp_inst + fnw)
     return iou, iiou

@@ -9,6 +9,7 @@ need to know about it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,7 +112,8 @@ class ScoreTable:
         num_ids: size of the confusion matrix's axes.
         void_id: the id a void or ignored prediction is counted as.
         categories: category names; ``category_ids``: per category, the ids of its classes.
-        official: the Cityscapes table (instance scores and the official parity apply).
+        instance_classes: train ids scored by iIoU (the official instance table; empty: no iIoU).
+        instance_category_ids: per category, the ids of an instance category (its iIoU), or None.
         palette: (K, 3) uint8 class colours, for plots.
     """
 
@@ -121,7 +123,8 @@ class ScoreTable:
     void_id: int
     categories: tuple[str, ...] = ()
     category_ids: tuple[tuple[int, ...], ...] = ()
-    official: bool = False
+    instance_classes: tuple[int, ...] = ()
+    instance_category_ids: tuple[tuple[int, ...] | None, ...] = ()
     palette: np.ndarray | None = None
 
     @property
@@ -134,23 +137,26 @@ class ScoreTable:
 
 
 #: The official Cityscapes table: every score of the official evaluator.
-CITYSCAPES = ScoreTable(tuple(CLASS_NAMES), EVAL_IDS, NUM_IDS, 0, tuple(CATEGORIES), CATEGORY_IDS, official=True,
-                        palette=TRAIN_PALETTE[:NUM_CLASSES])
+CITYSCAPES = ScoreTable(tuple(CLASS_NAMES), EVAL_IDS, NUM_IDS, 0, tuple(CATEGORIES), CATEGORY_IDS,
+                        INSTANCE_CLASSES, INSTANCE_CATEGORY_IDS, palette=TRAIN_PALETTE[:NUM_CLASSES])
 
 
 def table_for(spec: Any) -> ScoreTable:
-    """The :class:`ScoreTable` of a :class:`cityseg.datasets.DatasetSpec`: :data:`CITYSCAPES` for a
-    dataset with the Cityscapes classes and ids (cityscapes, kitti), else train-id axes with the
-    void id K (K classes) and the categories its description names."""
-    from cityseg.datasets import is_cityscapes_table
+    """The :class:`ScoreTable` of a :class:`cityseg.datasets.DatasetSpec` (None: Cityscapes), on the
+    axes its :attr:`~cityseg.datasets.DatasetSpec.id_table` gives: :data:`CITYSCAPES` for the
+    official table (cityscapes, kitti), else the categories its description names and no iIoU."""
+    return CITYSCAPES if spec is None else _table(spec)
 
-    if spec is None or is_cityscapes_table(spec):
+
+@functools.cache
+def _table(spec: Any) -> ScoreTable:
+    ids = spec.id_table
+    if ids.official:  # its categories, instance table and average sizes are the official ones above
         return CITYSCAPES
-    k = spec.num_classes
     cats = tuple(spec.categories)
-    members = tuple(tuple(i for i, c in enumerate(spec.classes) if c.category == cat) for cat in cats)
-    return ScoreTable(tuple(spec.class_names), np.arange(k, dtype=np.intp), k + 1, k, cats, members,
-                      palette=spec.palette)
+    members = tuple(tuple(ids.eval_ids[i] for i, c in enumerate(spec.classes) if c.category == cat) for cat in cats)
+    return ScoreTable(tuple(spec.class_names), np.array(ids.eval_ids, dtype=np.intp), ids.num_ids, ids.void_id,
+                      cats, members, (), (None,) * len(cats), palette=spec.palette)
 
 
 def lift(conf: np.ndarray, t: ScoreTable | None = None) -> np.ndarray:
