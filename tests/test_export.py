@@ -10,8 +10,8 @@ import torch
 
 from cityseg import labels
 from cityseg.cli import main
-from cityseg.config import Config
 from cityseg.errors import CitysegError
+from model_files import write_checkpoint
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -49,13 +49,7 @@ class PoolingHead(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from cityseg.checkpoint import save_checkpoint
-
-    cfg = Config()
-    cfg.model.name, cfg.model.freeze = "cityseg_tiny", []
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, {"config": cfg.to_dict(), "model": tiny_model().state_dict(), "epoch": 1, "step": 1})
-    return path
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", tiny_model())
 
 
 def rgb(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -150,7 +150,7 @@ LAYERS = [
     ["cityseg.checkpoint", "cityseg.pretrained"],
     ["cityseg.inference"],
     ["cityseg.engine"],
-    ["cityseg.sweep", "cityseg.report"],
+    ["cityseg.sweep", "cityseg.report", "cityseg.serve"],
     ["cityseg.commands", "cityseg.cli", "cityseg.__main__", "cityseg"],
 ]
 

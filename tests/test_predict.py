@@ -12,8 +12,8 @@ from torch import nn
 
 from cityseg import device, labels
 from cityseg.cli import main
-from cityseg.config import Config
 from cityseg.errors import CitysegError
+from model_files import write_checkpoint
 from cityseg.inference import paths, runtime
 from cityseg.inference.passes import passes_per_shape, predict_probs, window_starts
 from cityseg.inference.predict import Predictor, to_input
@@ -231,13 +231,7 @@ def test_predictor_rejects_non_rgb_arrays(bad):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from cityseg.checkpoint import save_checkpoint
-
-    cfg = Config()
-    cfg.model.name, cfg.model.freeze = "cityseg_tiny", []
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, {"config": cfg.to_dict(), "model": tiny_model().state_dict(), "epoch": 1, "step": 1})
-    return path
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", tiny_model())
 
 
 def _write(path, array):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -13,13 +12,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from headless_browser import REQUIRE_BROWSER, browser_or_skip
 from PIL import Image
 
 from cityseg.cli import main
 from cityseg.labels import CLASS_NAMES, NUM_CLASSES
 from cityseg.report import build_report, write_report
-
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
 class Page(HTMLParser):
@@ -203,23 +201,7 @@ def test_report_command_writes_into_the_run(run_dir, capsys):
 # --- in a real browser ---------------------------------------------------------------------------
 
 
-# CI (.ci/run) sets this so that a missing browser fails the run instead of skipping the test
-REQUIRE_BROWSER = "CITYSEG_REQUIRE_BROWSER"
-
-
-def find_browser() -> str | None:
-    return next((path for name in BROWSERS if (path := shutil.which(name))), None)
-
-
-def browser_or_skip() -> str:
-    """The headless browser's path; without one, skip (a laptop) or fail (CI: $CITYSEG_REQUIRE_BROWSER=1)."""
-    browser = find_browser()
-    if browser is None:
-        reason = f"no headless browser on PATH (looked for {', '.join(BROWSERS)}); apt-get install chromium"
-        if os.environ.get(REQUIRE_BROWSER, "") not in ("", "0"):
-            pytest.fail(f"{reason}; {REQUIRE_BROWSER} is set, so the browser test must run", pytrace=False)
-        pytest.skip(reason)
-    return browser
+# browser_or_skip, REQUIRE_BROWSER: tests/headless_browser.py (test_serve.py uses them too)
 
 
 @pytest.mark.parametrize("require, outcome", [(None, pytest.skip.Exception), ("0", pytest.skip.Exception),

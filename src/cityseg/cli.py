@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "sweep": "cityseg.commands.sweep",
     "evaluate": "cityseg.commands.evaluate",
     "predict": "cityseg.commands.predict",
+    "serve": "cityseg.commands.serve",
     "export": "cityseg.commands.export",
     "benchmark": "cityseg.commands.benchmark",
     "report": "cityseg.commands.report",

@@ -1,8 +1,19 @@
-"""The options several subcommands share: ``--dataset`` and the inference flags of ``predict`` and ``evaluate``."""
+"""The options several subcommands share: the model (``--checkpoint``, ``--onnx``, ``--dataset``) and
+its loading, and the inference flags of ``predict``, ``serve`` and ``evaluate``."""
 
 from __future__ import annotations
 
 import argparse
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` or ``--onnx`` (one required) and ``--dataset``: the model of ``predict`` and ``serve``,
+    loaded by :func:`load_predictor`."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="CKPT",
+                        help="cityseg checkpoint, or hf:REPO_OR_DIR (a Hugging Face transformers model)")
+    source.add_argument("--onnx", metavar="FILE", help="model written by `cityseg export` (run with onnxruntime)")
+    add_dataset_argument(parser, "the model's; with another, it must have the model's classes")
 
 
 def add_dataset_argument(parser: argparse.ArgumentParser, default: str) -> None:
@@ -62,3 +73,25 @@ def check_batch_size(args: argparse.Namespace) -> None:
 
     if args.batch_size < 1:
         raise CitysegError(f"--batch-size {args.batch_size}: must be >= 1")
+
+
+def load_predictor(args: argparse.Namespace, sizes):
+    """The Predictor of :func:`add_model_arguments` with the command line's choices; ``sizes``: the
+    (width, height) of every input, the work that chooses the path (None: unknown, eager unless
+    ``--runtime compile``)."""
+    from cityseg.errors import CitysegError
+    from cityseg.inference.int8 import check_calibration
+    from cityseg.inference.predict import Predictor
+
+    check_calibration(args.precision, args.calibration)
+    common = {"dataset": args.dataset, "overrides": args.set, "choices": inference_choices(args),
+              "crf": args.crf, "batch_size": args.batch_size}
+    if args.onnx is None:
+        return Predictor.from_checkpoint(args.checkpoint, args.device, args.precision, args.runtime, sizes=sizes,
+                                         calibration=args.calibration, **common)
+    if args.precision == "int8":
+        raise CitysegError("--precision int8 quantises a --checkpoint; --onnx runs its file in fp32 "
+                           "(use --checkpoint CKPT --precision int8 --calibration DIR)")
+    if args.precision == "bf16" or args.runtime not in ("auto", "onnxruntime"):
+        raise CitysegError("--onnx runs with onnxruntime in fp32; drop --precision bf16 / --runtime")
+    return Predictor.from_onnx(args.onnx, device="cuda" if args.device == "cuda" else "cpu", **common)

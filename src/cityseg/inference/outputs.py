@@ -9,6 +9,9 @@ For each input ``<stem>.png`` (any image type), at the input's size::
     OUT/overlay/<stem>.png    palette colours blended over the photo
     OUT/panel/<stem>.png      with a ground-truth folder: image | ground truth | prediction | errors
 
+Videos (:data:`~cityseg.inference.video_io.VIDEO_EXTENSIONS`) are found beside the images and
+written by :mod:`cityseg.inference.video`.
+
 A bad input (missing, unreadable, a name another input already uses) is reported in one line
 on stderr and skipped, and the others are still done; the functions that loop return how many
 failed. A frame without ground truth gets its four maps and a one-line note instead of a panel
@@ -29,6 +32,7 @@ from cityseg.data.dataset import read_train_ids
 from cityseg.datasets import DatasetSpec, load_dataset
 from cityseg.errors import CitysegError
 from cityseg.inference.predict import Predictor
+from cityseg.inference.video_io import VIDEO_EXTENSIONS, is_video, probe
 from cityseg.utils import read_image, save_png
 from cityseg.viz import overlay, save_panel
 
@@ -39,7 +43,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 
 
 def collect_inputs(inputs: list[str], exclude: str | Path | None = None) -> tuple[list[Path], list[str]]:
-    """Expand files, folders and globs -> (image paths in order, one message per bad input).
+    """Expand files, folders and globs -> (image and video paths in order, one message per bad input).
 
     A path found twice is kept once; two different files with the same stem would write the same
     outputs, so the second is refused. Folders are searched recursively, skipping ``exclude``
@@ -53,10 +57,11 @@ def collect_inputs(inputs: list[str], exclude: str | Path | None = None) -> tupl
         if path.is_dir():
             found = sorted(
                 p for p in path.rglob("*")
-                if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not (skip and p.resolve().is_relative_to(skip))
+                if p.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS and p.is_file()
+                and not (skip and p.resolve().is_relative_to(skip))
             )
             if not found:
-                problems.append(f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+                problems.append(f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) or videos in this folder")
             files += found
         elif path.is_file():
             files.append(path)
@@ -78,13 +83,21 @@ def collect_inputs(inputs: list[str], exclude: str | Path | None = None) -> tupl
 
 
 def image_sizes(paths: list[Path]) -> list[tuple[int, int]]:
-    """(width, height) of each image that PIL can open, read from the file headers only (a file it
-    cannot open is left out here and reported when it is segmented). For choosing the inference
-    path by the work per input shape (:func:`cityseg.inference.passes.passes_per_shape`)."""
+    """(width, height) of each image that PIL can open, and of each frame of each video (its frame count
+    and size from the stream's header), read from the file headers only (a file that cannot be opened
+    is left out here and reported when it is segmented). For choosing the inference path by the work
+    per input shape (:func:`cityseg.inference.passes.passes_per_shape`)."""
     from PIL import Image
 
     sizes = []
     for path in paths:
+        if is_video(path):
+            try:
+                info = probe(path)
+            except CitysegError:
+                continue
+            sizes += [(info.width, info.height)] * (info.frames or 1)
+            continue
         try:
             with Image.open(path) as img:
                 sizes.append(img.size)

@@ -8,7 +8,7 @@ come from :func:`cityseg.inference.passes.predict_probs` (sliding windows, TTA).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +266,23 @@ class Predictor:
                 for i, p in zip(chunk, probs, strict=True):
                     results[i] = self._labels(p, images[i])
         return results  # type: ignore[return-value]
+
+    def predict_video(self, source: str | Path | Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """(H, W) uint8 trainIds of each frame of ``source``, lazily, in order: a video file (any container
+        and codec FFmpeg reads, decoded in a thread ahead of the model) or an iterable of (H, W, 3) uint8
+        RGB frames. Frames go through :meth:`predict_batch` ``batch_size`` at a time, so memory stays flat
+        in the video's length. Example::
+
+            for i, train_ids in enumerate(predictor.predict_video("drive.mp4")):
+                ...
+
+        Raises:
+            CitysegError: at once, ``source`` is a file that is no video; a video damaged mid-stream
+                ends after the frames before the damage, with one logged warning.
+        """
+        from cityseg.inference.video_io import stream_labels
+
+        return stream_labels(self.predict_batch, source, self.options["batch_size"])
 
     def _labels(self, probs: np.ndarray, image: np.ndarray) -> np.ndarray:
         if self.crf is not None:
