@@ -330,6 +330,36 @@ def test_onnx_and_tta_on_a_video_agree_with_the_same_on_pngs(tmp_path, checkpoin
                                           png(p / "trainIds" / f"clip_{i:06d}.png"))
 
 
+@pytest.mark.slow
+def test_int8_sliding_crf_and_hf_on_a_video_agree_with_the_same_on_pngs(tmp_path, checkpoint, monkeypatch):
+    from cityseg.inference import paths
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("pydensecrf.densecrf")
+    pytest.importorskip("transformers")
+    from test_hf import save_segformer
+
+    from cityseg import labels
+
+    monkeypatch.setattr(paths, "cpu_has_vnni", lambda: True)  # the int8 path runs (slower, still right) anywhere
+    clip = write_clip(tmp_path / "clip.mp4", [scene(i, 48, 64) for i in range(3)])
+    save_frames_as_png(read_clip(clip)[0], tmp_path / "png", "clip")
+    hf = save_segformer(tmp_path / "segformer", list(labels.CLASS_NAMES))
+    exact = ["--precision", "fp32", "--runtime", "torch"]
+    runs = {"int8": ["--checkpoint", str(checkpoint), "--precision", "int8", "--calibration", str(tmp_path / "png")],
+            "sliding": ["--checkpoint", str(checkpoint), *exact, "--sliding", "--crop", "32x32", "--stride", "24x24"],
+            "crf": ["--checkpoint", str(checkpoint), *exact, "--crf"],
+            "hf": ["--checkpoint", f"hf:{hf}", *exact]}
+    for name, flags in runs.items():
+        v, p = tmp_path / f"{name}-v", tmp_path / f"{name}-p"
+        assert main(["predict", *flags, str(clip), "--out", str(v), "--save-frames"]) == 0, name
+        assert main(["predict", *flags, str(tmp_path / "png"), "--out", str(p)]) == 0, name
+        assert len(read_clip(v / "clip.overlay.mp4")[0]) == 3
+        for i in range(3):
+            np.testing.assert_array_equal(png(v / "trainIds" / f"clip_{i:06d}.png"),
+                                          png(p / "trainIds" / f"clip_{i:06d}.png"), err_msg=name)
+
+
 def test_without_libx264_the_videos_are_mpeg4(tmp_path, checkpoint, monkeypatch):
     monkeypatch.setattr(video_io, "encoder", lambda: "mpeg4")
     clip = write_clip(tmp_path / "drive.mp4", [scene(i) for i in range(4)], Fraction(30000, 1001))
