@@ -437,8 +437,14 @@ def test_real_server_page_in_headless_chromium(checkpoint, tmp_path):
             sizes = page.eval_on_selector_all("img", "els => els.map(e => [e.id, e.naturalWidth, e.naturalHeight])")
             width, height = Image.open(photo).size
             assert sizes == [["photo", width, height], ["under", width, height], ["mask", width, height]]
-            names = page.eval_on_selector_all("#legend li", "els => els.map(e => e.getAttribute('data-class'))")
-            assert names and set(names) <= set(labels.CLASS_NAMES)
+            legend = page.eval_on_selector_all(
+                "#legend li", "els => els.map(e => [e.getAttribute('data-class'), Number(e.getAttribute('data-share'))])")
+            # the shares the page counts from the colour answer are the server's own (?output=json)
+            answer = httpx.post(url + "v1/segment", content=photo.read_bytes(), timeout=60,
+                                headers={"Content-Type": "image/png", "Authorization": f"Bearer {TOKEN}"}).json()
+            expected = {name: share for name, share in answer["classes"].items() if share > 0}
+            assert legend and {name for name, _ in legend} == set(expected) <= set(labels.CLASS_NAMES)
+            assert all(abs(share - expected[name]) < 1e-5 for name, share in legend), (legend, expected)
             assert "%" in page.inner_text("#legend")
             page.fill("#opacity", "20")
             page.dispatch_event("#opacity", "input")
