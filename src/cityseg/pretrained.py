@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from cityseg import labels
 from cityseg.checkpoint import (
     FORMAT,
     checkpoint_model_name,
@@ -34,27 +33,21 @@ from cityseg.models import efficientnet_lite as lite
 log = logging.getLogger(__name__)
 
 
-def build_starting_model(
-    name: str,
-    num_classes: int = labels.NUM_CLASSES,
-    pretrained: str = "none",
-    aux_head: bool = False,
-    freeze: Sequence[str] = ("stem", "layer1"),
-    output_stride: int = 8,
-    class_names: Sequence[str] | None = None,
-) -> nn.Module:
-    """The model a training run starts from: :func:`cityseg.models.build_model` (same arguments), where
-    ``pretrained`` may also be the path of a weights file, loaded by :func:`load_pretrained`.
+def build_starting_model(name: str, pretrained: str = "none", **options: Any) -> nn.Module:
+    """The model a training run starts from: :func:`cityseg.models.build_model` of ``name`` with
+    ``options`` (its other arguments: ``num_classes``, ``aux_head``, ``freeze``, ``output_stride``,
+    ``class_names``), where ``pretrained`` may also be the path of a weights file, loaded by
+    :func:`load_pretrained`.
 
     Raises:
         CitysegError: as build_model; the file is missing, unreadable or does not fit the model.
     """
     if pretrained in PRETRAINED:
-        return build_model(name, num_classes, pretrained, aux_head, freeze, output_stride, class_names)
+        return build_model(name, pretrained=pretrained, **options)
     check_model_name(name)
     if not Path(pretrained).is_file():
         raise CitysegError(f"model.pretrained={pretrained!r}: no such file; expected imagenet, none or a weights file")
-    model = build_model(name, num_classes, "none", aux_head, freeze, output_stride, class_names)
+    model = build_model(name, pretrained="none", **options)
     load_pretrained(model, Path(pretrained), name)  # frozen parameters are loaded too (load_state_dict copies)
     return model
 
