@@ -187,3 +187,11 @@ def test_int8_file_of_a_described_dataset_names_that_dataset(toy5_checkpoint, mo
     assert np.array_equal(np.asarray(Image.open(out / "color" / "a.png").convert("RGB")), palette[ids])  # toy5's
     raw_ids = np.array([c["ids"][0] for c in TOY5["classes"]], np.uint8)
     assert np.array_equal(np.asarray(Image.open(out / "labelIds" / "a.png")), raw_ids[ids])
+
+
+def test_pixel_shares_of_a_prediction_count_every_pixel():
+    from cityseg.stats import pixel_shares
+
+    train_ids = np.array([[0, 0, 2, 255], [2, 2, 1, 0]], dtype=np.uint8)  # 255: ignored, still a pixel
+    np.testing.assert_allclose(pixel_shares(train_ids, 3), [3 / 8, 1 / 8, 3 / 8])
+    np.testing.assert_array_equal(pixel_shares(np.zeros((0, 4), np.uint8), 3), [0, 0, 0])

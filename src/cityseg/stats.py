@@ -72,6 +72,14 @@ class SplitCounts:
         return self.pixels / self.labelled if self.labelled else np.zeros(self.num_classes)
 
 
+def pixel_shares(train_ids: np.ndarray, num_classes: int) -> np.ndarray:
+    """(num_classes,) share of each class among all the pixels of one (H, W) train-id map, ignored ones
+    included in the whole (a prediction's: ``cityseg predict``'s classes.csv, ``cityseg serve``'s JSON);
+    zeros for an empty map."""
+    counts = np.bincount(np.asarray(train_ids, dtype=np.uint8).ravel(), minlength=256)[:num_classes]
+    return counts / train_ids.size if train_ids.size else np.zeros(num_classes)
+
+
 def class_weights(counts: SplitCounts) -> dict[str, np.ndarray]:
     """The three weightings (module docstring) of ``counts``: method -> (N,) float64."""
     if not counts.labelled:

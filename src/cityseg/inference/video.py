@@ -44,6 +44,7 @@ from cityseg.errors import CitysegError
 from cityseg.inference.outputs import write_outputs
 from cityseg.inference.predict import Predictor
 from cityseg.inference.video_io import VideoInfo, VideoReader, VideoWriter, Sink, frame_batches, is_video, prefetch
+from cityseg.stats import pixel_shares
 from cityseg.utils import atomic_path, read_image
 from cityseg.viz import overlay
 
@@ -258,8 +259,7 @@ class _Outputs:
         self.overlay.write(overlay(frame, pred, normalized=False, spec=self.spec))
         if self.color is not None:
             self.color.write(self.spec.colorize(pred))
-        n = self.spec.num_classes
-        shares = np.bincount(pred.ravel(), minlength=n)[:n] / pred.size
+        shares = pixel_shares(pred, self.spec.num_classes)
         self.rows.writerow([self.count, f"{float(self.count / self.rate):.6f}", *(f"{s:.6f}" for s in shares)])
         if self.frames_out is not None:
             self.failed += not write_outputs(self.frames_out, name, frame, pred, self.gt_index, self.bar, self.spec)

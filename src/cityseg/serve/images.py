@@ -17,6 +17,7 @@ import numpy as np
 from cityseg import labels
 from cityseg.datasets import DatasetSpec
 from cityseg.errors import first_line
+from cityseg.stats import pixel_shares
 from cityseg.viz import overlay
 
 #: Content types of an image body (or of the multipart field ``image``); application/octet-stream is
@@ -129,9 +130,8 @@ def png(array: np.ndarray) -> bytes:
 
 def class_shares(train_ids: np.ndarray, spec: DatasetSpec) -> dict[str, float]:
     """Class name -> fraction of the pixels predicted as it, every class in train-id order (6 decimals)."""
-    counts = np.bincount(train_ids.ravel(), minlength=256)
-    total = max(1, train_ids.size)
-    return {name: round(float(counts[i]) / total, 6) for i, name in enumerate(spec.class_names)}
+    shares = pixel_shares(train_ids, spec.num_classes)
+    return {name: round(float(share), 6) for name, share in zip(spec.class_names, shares, strict=True)}
 
 
 def answer(output: str, image: np.ndarray, train_ids: np.ndarray, spec: DatasetSpec,
