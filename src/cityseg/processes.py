@@ -20,12 +20,22 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing
+import os
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from cityseg.errors import CitysegError
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; the machine's count where that is unknown):
+    the default number of worker processes, inference threads and the benchmark's core count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no sched_getaffinity off Linux
+        return os.cpu_count() or 1
 
 
 def pool_context(preload: Sequence[str] = ()) -> BaseContext:

@@ -26,6 +26,7 @@ from cityseg.device import cpu_flags, cpuinfo_fields
 from cityseg.errors import CitysegError
 from cityseg.inference.paths import COMPILE_PAYS_FROM, available_paths, default_path
 from cityseg.inference.runtime import BASELINE, NEEDS_CALIBRATION, PATHS, build_runner, runner_input
+from cityseg.processes import usable_cores
 from cityseg.utils import read_image
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,6 @@ def cpu_peak() -> dict[str, Any]:
     rate (a VDPBF16PS does two multiply-adds per fp32 lane); AMX is not modelled. The clock is
     /proc/cpuinfo's ``cpu MHz`` (under a hypervisor the base clock: a boost clock raises the peak).
     """
-    import os
-
     flags = cpu_flags()
     info = cpuinfo_fields()
     amd = "AuthenticAMD" in info.get("vendor_id", "")
@@ -93,7 +92,7 @@ def cpu_peak() -> dict[str, Any]:
         lanes = 4
     fp32 = 2 * lanes * 2
     bf16 = 2 * fp32 if "avx512_bf16" in flags else fp32
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     ghz = float(info.get("cpu MHz", "nan")) / 1000
     return {"model": info.get("model name", "?"), "cores": cores, "ghz": ghz, "fp32_flop_per_cycle": fp32,
             "bf16_flop_per_cycle": bf16, "fp32_gflops": cores * ghz * fp32, "bf16_gflops": cores * ghz * bf16}

@@ -14,7 +14,6 @@ path never imports torch.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from cityseg.errors import CitysegError
 from cityseg.labels import MAX_LABEL_ID
 from cityseg.layout import IMAGE_SUFFIX, INSTANCE_SUFFIX, LABEL_IDS_SUFFIX, frame_of_prediction, walk
 from cityseg.metrics.counts import Counts, frame_counts
-from cityseg.processes import WorkerPool, keep_freed_memory
+from cityseg.processes import WorkerPool, keep_freed_memory, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ def evaluate_pred_dir(
     start = time.perf_counter()
     frames = find_frames(pred_dir, gt_dir)
     jobs = [(p, g, i, tolerance) for p, g, i in frames]
-    workers = min(workers or _usable_cores(), len(jobs))
+    workers = min(workers or usable_cores(), len(jobs))
     total = Counts()
     # disable=None: no bar when stderr is not a terminal (logs, benchmarks)
     with tqdm(total=len(jobs), unit="frame", desc="evaluate", disable=logs.bar_disable(), file=sys.stderr) as bar:
@@ -204,8 +203,3 @@ def score_frame(job: Job) -> Counts:
 # --- processes ----------------------------------------------------------------------------------
 
 
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1

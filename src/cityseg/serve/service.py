@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from cityseg._version import __version__
 from cityseg.datasets import IGNORE_INDEX, DatasetSpec, load_dataset
 from cityseg.imaging import IMAGENET, Normalization, model_normalization
 from cityseg.inference.predict import Predictor
+from cityseg.processes import usable_cores
 from cityseg.serve import images
 from cityseg.serve.pool import InferencePool
 
@@ -29,20 +29,12 @@ log = logging.getLogger(__name__)
 WARMUP_SIZE = (2048, 1024)
 
 
-def cores() -> int:
-    """The cores this process may run on (its CPU affinity; the machine's count where that is unknown)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def default_workers(n_cores: int | None = None) -> int:
     """Inference threads: one per core, at most 2 (each with cores / workers torch threads). On the shared
     2-core machine (BENCHMARKS.md, "Serving") 2 workers x 1 thread and 1 x 2 served within the noise of
     each other; two single-threaded workers are the default as one's decoding and PNG encoding overlap
     the other's inference, and a worker of one thread cannot stall on a core another process holds."""
-    return max(1, min(2, n_cores or cores()))
+    return max(1, min(2, n_cores or usable_cores()))
 
 
 @dataclass(frozen=True)
@@ -78,7 +70,7 @@ class Service:
         self.source = Path(source).name if source and not str(source).startswith("hf:") else source
         self.normalization = _normalization(predictor, recorded)
         self.ready = False
-        threads = settings.threads or max(1, cores() // settings.workers)
+        threads = settings.threads or max(1, usable_cores() // settings.workers)
         self.threads = threads
         self.pool = InferencePool(predictor.predict_batch, settings.workers, settings.queue, settings.max_batch,
                                   thread_setup=lambda: _set_threads(threads),
