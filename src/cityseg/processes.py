@@ -38,6 +38,15 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+MAX_POOL_WORKERS = 8
+
+
+def default_pool_workers() -> int:
+    """Worker processes a pool starts by default (``prepare``, the synthetic data): one per usable
+    core, at most :data:`MAX_POOL_WORKERS`."""
+    return max(1, min(usable_cores(), MAX_POOL_WORKERS))
+
+
 def pool_context(preload: Sequence[str] = ()) -> BaseContext:
     """The multiprocessing context of every worker pool: ``forkserver`` where the platform has it
     (Linux, macOS), else ``spawn`` (Windows); never ``fork`` (see the module docstring).

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 from cityseg.commands.shared_options import add_dataset_argument
+from cityseg.processes import MAX_POOL_WORKERS, default_pool_workers
 
 HELP = ("convert a Cityscapes tree, a 'pairs' copy or a described dataset (--dataset) into the official layout "
         "with labelTrainIds and labelIds")
@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataset_argument(parser, "cityscapes; kitti, camvid or a description file read SRC through its patterns")
     parser.add_argument("--split", nargs="+", metavar="NAME", help="only these splits (default: every split folder)")
     parser.add_argument("--city", metavar="NAME", help="city folder written for pairs (default: pairs)")
-    parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8),
-                        help="processes (default: number of CPUs, at most 8)")
+    parser.add_argument("--workers", type=int, default=default_pool_workers(),
+                        help=f"processes (default: usable cores, at most {MAX_POOL_WORKERS})")
     parser.add_argument("--skip-bad", action="store_true", help="go on past bad files and list them at the end")
     parser.add_argument("--force", action="store_true",
                         help="make every frame again (by default a frame is skipped when its outputs exist and its "

@@ -196,13 +196,15 @@ def read_marker(root: str | os.PathLike) -> dict | None:
 
 
 def default_workers(frames: int) -> int:
-    """Processes worth starting: one per core (at most 8); none for a handful of frames, nor
-    inside a daemonic process (a DataLoader or Pool worker), which may not have children."""
+    """Processes worth starting: :func:`cityseg.processes.default_pool_workers`; none for a handful
+    of frames, nor inside a daemonic process (a DataLoader or Pool worker), which may not have children."""
     import multiprocessing
+
+    from cityseg.processes import default_pool_workers
 
     if frames < 16 or multiprocessing.current_process().daemon:
         return 1
-    return max(1, min(os.cpu_count() or 1, 8))
+    return default_pool_workers()
 
 
 def generate(out: str | os.PathLike, train: int, val: int, size: tuple[int, int] | str = (256, 128),

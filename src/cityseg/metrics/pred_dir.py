@@ -199,7 +199,3 @@ def score_frame(job: Job) -> Counts:
     except ValueError as exc:  # the only one frame_counts raises: an instance id that names no label
         raise CitysegError(f"{inst_path}: {exc}") from None
 
-
-# --- processes ----------------------------------------------------------------------------------
-
-
