@@ -37,6 +37,7 @@ from torchvision.transforms import v2
 from cityseg.config import load_config
 from cityseg.data.dataset import CityscapesDataset
 from cityseg.engine.build import (
+    apply_precision_policy,
     build_criterion,
     build_loaders,
     build_optimizer,
@@ -100,6 +101,7 @@ def cityseg_loop(cfg, root: Path):
     model, bare_model = build_train_model(cfg, spec, dev)
     criterion, optimizer = build_criterion(cfg, spec), build_optimizer(cfg, bare_model)
     step_settings = build_step_settings(cfg, dev, micro_batch=loader.batch_size)
+    apply_precision_policy(bare_model, step_settings)
     schedule = build_schedule(optimizer, cfg.sched, total_steps=10**6)
     model.train()
 

@@ -6,7 +6,10 @@ Usage: python benchmarks/bench_train_step.py [--size 192] [--batch 8] [--threads
 One step = forward under bf16 autocast (the pairs recipes' ``train.amp``), the cross-entropy, the
 backward and an AdamW step, channels_last, with the stages the recipe freezes frozen
 (``stem``, ``layer1`` for ImageNet backbones; nothing for the from-scratch ``cityseg_small``) and
-their BatchNorm in eval mode. Each model runs ``--repeats`` timed steps after two warm-up steps
+their BatchNorm in eval mode, and the depthwise convolutions in float32 as ``cityseg train`` runs them
+under bf16 autocast on the CPU (``engine.build.apply_precision_policy``); models that have depthwise
+convolutions are timed a second time with them in bf16 too (the column "bf16 depthwise"), so the
+policy's gain is measured in the same run. Each model runs ``--repeats`` timed steps after two warm-up steps
 (oneDNN builds its kernels on the first calls); the median wall time is printed with images per
 second and the ratio to ``cityseg_small`` (the from-scratch recipe's model), timed in the same run.
 Output strides are the ones each head is built with in the recipes: 32 for the FPN decoder
@@ -24,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from cityseg.models import build_model, count_parameters, set_frozen_bn_eval
+from cityseg.models.parts import float32_depthwise
 
 REFERENCE = "cityseg_small"
 DEFAULT = ["fpn_efficientnet_lite0", "lraspp_efficientnet_lite0", "deeplabv3_efficientnet_lite0",
@@ -34,11 +38,14 @@ def output_stride(name: str) -> int:
     return 32 if name.startswith(("fpn_", "cityseg_")) else 16
 
 
-def time_steps(name: str, size: int, batch: int, repeats: int) -> tuple[int, list[float]]:
-    """Parameter count and the wall seconds of ``repeats`` training steps."""
+def time_steps(name: str, size: int, batch: int, repeats: int, depthwise_fp32: bool) -> tuple[int, int, list[float]]:
+    """Parameter count, depthwise convolutions switched to float32, and the wall seconds of
+    ``repeats`` training steps."""
     freeze = [] if name == REFERENCE else ["stem", "layer1"]
+    torch.manual_seed(0)
     model = build_model(name, freeze=freeze, output_stride=output_stride(name)).train()
     set_frozen_bn_eval(model)
+    switched = float32_depthwise(model) if depthwise_fp32 else 0
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-3)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
@@ -54,7 +61,7 @@ def time_steps(name: str, size: int, batch: int, repeats: int) -> tuple[int, lis
         optimizer.step()
         if i >= 2:
             times.append(time.perf_counter() - start)
-    return count_parameters(model), times
+    return count_parameters(model), switched, times
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,15 +76,21 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     print(f"{args.batch}x3x{args.size}x{args.size}, bf16 autocast, {args.threads} threads, "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print("| model | parameters | ms / step (median) | images/s | x cityseg_small's time |")
-    print("|---|---|---|---|---|")
+    print("| model | parameters | ms / step (median) | images/s | x cityseg_small's time "
+          "| bf16 depthwise: ms / step | speed-up of float32 depthwise |")
+    print("|---|---|---|---|---|---|---|")
     ref = None
     for name in [REFERENCE, *args.models]:
-        params, times = time_steps(name, args.size, args.batch, args.repeats)
+        params, switched, times = time_steps(name, args.size, args.batch, args.repeats, depthwise_fp32=True)
         median = statistics.median(times)
         ref = ref or median
-        print(f"| {name} | {params / 1e6:.2f}M | {median * 1000:.0f} | {args.batch / median:.1f} | {median / ref:.2f} |",
-              flush=True)
+        row = f"| {name} | {params / 1e6:.2f}M | {median * 1000:.0f} | {args.batch / median:.1f} | {median / ref:.2f} |"
+        if switched:
+            bf16 = statistics.median(time_steps(name, args.size, args.batch, args.repeats, depthwise_fp32=False)[2])
+            row += f" {bf16 * 1000:.0f} | {bf16 / median:.2f}x |"
+        else:
+            row += " (none) | |"
+        print(row, flush=True)
     return 0
 
 

@@ -32,6 +32,7 @@ from cityseg.errors import CitysegError
 from cityseg.hf import is_hf, read_config
 from cityseg.losses import build_loss
 from cityseg.models import check_model_name
+from cityseg.models.parts import float32_depthwise
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +258,20 @@ def build_step_settings(cfg: Config, dev: torch.device, micro_batch: int) -> Ste
         channels_last=cfg.train.channels_last,
         aux_weight=cfg.loss.aux_weight,
     )
+
+
+def apply_precision_policy(model: nn.Module, step_settings: StepSettings) -> int:
+    """Layers that train faster in float32 than under the step's autocast, switched to float32;
+    returns how many. Today: depthwise convolutions under bfloat16 autocast on the CPU, whose
+    bfloat16 gradient kernels are several times slower than float32's
+    (:func:`cityseg.models.parts.float32_depthwise` has the figures). GPUs keep every layer in the
+    autocast dtype."""
+    if step_settings.device.type != "cpu" or step_settings.amp_dtype is not torch.bfloat16:
+        return 0
+    count = float32_depthwise(model)
+    if count:
+        log.info("%d depthwise convolutions run in float32 under bf16 autocast (faster on the CPU)", count)
+    return count
 
 
 def steps_per_epoch(

@@ -37,6 +37,7 @@ from cityseg.engine import distributed as D
 from cityseg.engine.build import (
     StepSettings,
     adopt_dataset,
+    apply_precision_policy,
     build_criterion,
     build_loaders,
     build_optimizer,
@@ -146,6 +147,7 @@ def _train(
     model, bare_model = build_train_model(cfg, spec, dev)
     criterion, optimizer = build_criterion(cfg, spec), build_optimizer(cfg, bare_model)
     step_settings = build_step_settings(cfg, dev, micro_batch=train_loader.batch_size)
+    apply_precision_policy(bare_model, step_settings)
     steps = steps_per_epoch(cfg, train_loader, step_settings, root, max_steps)
     total = min(cfg.train.epochs * steps, cfg.train.max_steps or cfg.train.epochs * steps)
     schedule = build_schedule(optimizer, cfg.sched, total_steps=total)
