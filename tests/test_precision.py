@@ -72,8 +72,8 @@ def test_gradients_follow_the_float32_convolution():
 
 
 @pytest.mark.parametrize("amp, expected", [("bf16", True), ("none", False)])
-def test_the_policy_switches_lite0_under_bf16_on_the_cpu_only(tiny_cfg_factory, amp, expected):
-    cfg = tiny_cfg_factory(amp)
+def test_the_policy_switches_lite0_under_bf16_on_the_cpu_only(amp, expected):
+    cfg = load_config("pairs_imagenet", overrides=[f"train.amp={amp}"])
     model = build_model("fpn_efficientnet_lite0", freeze=["stem", "layer1"], output_stride=32)
     depthwise = sum(is_depthwise(m) for m in model.modules())
     assert depthwise >= 16  # one per MBConv block (and the stem block's)
@@ -84,10 +84,3 @@ def test_the_policy_switches_lite0_under_bf16_on_the_cpu_only(tiny_cfg_factory, 
         out = model(x)["out"]
     assert out.shape == (1, 19, 64, 64)
 
-
-@pytest.fixture
-def tiny_cfg_factory():
-    def make(amp: str):
-        cfg = load_config("pairs_imagenet", overrides=[f"train.amp={amp}"])
-        return cfg
-    return make

@@ -75,8 +75,9 @@ def float32_depthwise(model: nn.Module) -> int:
     CPU's bfloat16 kernel for the weight gradient of a depthwise convolution is 3-7x slower than the
     float32 one (Lite0's 1152-channel 5x5 convolution at 6x6: 12.0 ms against 3.1 ms; 240 channels at
     24x24: 25.2 against 4.2), and its input gradient at stride 2 is 19x slower (21.3 against 1.1 ms),
-    while the forward costs the same in both. In an EfficientNet-Lite0 training step they took 180 of
-    the step's ~460 ms; in float32 the step takes ~350 ms (``benchmarks/bench_train_step.py``).
+    while the forward costs the same in both. In an EfficientNet-Lite0 training step with the Focal +
+    Dice loss they took ~180 of the step's ~460 ms (``torch.profiler``); with them in float32,
+    ``benchmarks/bench_train_step.py`` (cross-entropy) gives 289 against 404 ms a step (1.40x).
     The other layers stay in bfloat16, where the AMX/AVX512-BF16 matrix units are faster.
 
     The module's class is swapped for a subclass (``Float32<name>``) whose forward turns autocast off
