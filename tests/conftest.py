@@ -55,7 +55,9 @@ def _torch_settings_restored():
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     grad, dtype, autocast = torch.is_grad_enabled(), torch.get_default_dtype(), torch.is_autocast_enabled("cpu")
+    fill = torch.utils.deterministic.fill_uninitialized_memory  # train() turns it off
     yield
+    torch.utils.deterministic.fill_uninitialized_memory = fill
     torch.set_grad_enabled(grad)
     torch.set_default_dtype(dtype)
     torch.set_autocast_enabled("cpu", autocast)

@@ -248,6 +248,20 @@ def test_weighted_sum_total_and_parts():
     torch.testing.assert_close(loss(logits, target), total)
 
 
+def test_weighted_sum_shares_one_log_softmax_with_each_terms_gradient():
+    """The sum computes log_softmax once for all its terms: the same gradient as the terms called
+    one by one, each on its own softmax (class weights and alpha included)."""
+    logits, target = _random_case(seed=10)
+    weights = [0.5, 1.0, 2.0, 1.5, 3.0]
+    terms = {"ce": (CrossEntropy(weights), 0.7), "focal": (FocalLoss(1.5, weights), 1.5), "dice": (DiceLoss(), 1.0)}
+    shared = logits.clone().requires_grad_()
+    WeightedSum(terms)(shared, target).backward()
+    alone = logits.clone().requires_grad_()
+    sum(w * loss(alone, target) for loss, w in terms.values()).backward()
+    assert shared.grad.abs().sum() > 0
+    torch.testing.assert_close(shared.grad, alone.grad)
+
+
 def test_build_loss_seed_default_and_baseline():
     seed = build_loss(LossConfig())  # the seed: focal 1.5 + dice 1.0
     assert seed.weights == {"focal": 1.5, "dice": 1.0}

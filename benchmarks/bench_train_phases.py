@@ -1,0 +1,131 @@
+"""Where a training step of a recipe goes: data, forward, loss, backward, optimiser, as ``cityseg train`` runs it.
+
+Usage: python benchmarks/bench_train_phases.py --data data/pairs [--config pairs_imagenet]
+       [--set SECTION.KEY=VALUE ...] [--steps 60] [--rounds 3] [--warmup 5]
+       (offline, pairs_imagenet: --set model.pretrained=../shared/data/imagenet-weights/efficientnet-lite0-57934424.pth)
+
+Builds the loaders, model, loss, optimiser and precision policy with the same ``cityseg.engine``
+functions ``cityseg train`` calls (``setup_torch``: the config's threads and deterministic mode;
+frames cached, autocast, channels_last, frozen stages), then times ``--steps`` steps after
+``--warmup``, each split into:
+
+* ``data``: the next batch from the training loader (augmentation; in this process when
+  ``data.workers`` is 0, as the CPU recipes run it) and its move to the device's layout;
+* ``forward``: the model under the step's autocast;
+* ``loss``: forward and backward of the loop's ``compute_loss`` alone, down to the gradient of the
+  model's outputs (``torch.autograd.grad``);
+* ``backward``: the model's backward from the outputs' gradient;
+* ``optimizer``: the optimiser step and zeroing the gradients.
+
+The split backward computes the same gradients as the loop's single ``loss.backward()``. The same
+steps are timed a second time with torch's NaN fill of new tensors on (its default under
+deterministic algorithms, which ``setup_torch`` turns off), in alternating blocks of
+``--steps / --rounds`` steps so that drifts in the host's speed hit both columns alike. Medians per
+phase, their share of the step, and the load average are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from cityseg.config import load_config
+from cityseg.engine.build import (
+    adopt_dataset,
+    apply_precision_policy,
+    build_criterion,
+    build_loaders,
+    build_optimizer,
+    build_step_settings,
+    build_train_model,
+    resolve_data_root,
+    seed_everything,
+    setup_torch,
+)
+from cityseg.engine.train import compute_loss
+from cityseg.models import set_frozen_bn_eval
+
+PHASES = ("data", "forward", "loss", "backward", "optimizer")
+
+
+def timed_step(model, criterion, optimizer, settings, batches) -> dict[str, float]:
+    """One training step of the loop's kind; the wall seconds of each of its ``PHASES``."""
+    t0 = time.perf_counter()
+    batch = next(batches)
+    images, targets = settings.to_device(batch["image"], batch["mask"])
+    t1 = time.perf_counter()
+    with settings.autocast():
+        outputs = model(images)
+    t2 = time.perf_counter()
+    loss = compute_loss(criterion, outputs, targets, settings.aux_weight)
+    heads = list(outputs.values())
+    # the loss's backward alone, down to the model's outputs (in whatever layout it makes them)
+    grads = torch.autograd.grad(loss, heads, retain_graph=True)
+    t3 = time.perf_counter()
+    torch.autograd.backward(heads, grads)
+    t4 = time.perf_counter()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    t5 = time.perf_counter()
+    return dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="a prepared folder (the recipe's --data)")
+    parser.add_argument("--config", default="pairs_imagenet")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="blocks of steps of each column, alternated")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, [f"data.root={args.data}", *args.set])
+    dev = torch.device("cpu")
+    setup_torch(cfg, dev)
+    seed_everything(cfg.train.seed)
+    cfg, spec = adopt_dataset(cfg, resolve_data_root(cfg))
+    model, bare = build_train_model(cfg, spec, dev)  # first: a missing weights file fails before the frames load
+    train_loader, _, _ = build_loaders(cfg, spec, resolve_data_root(cfg), dev)
+    criterion, optimizer = build_criterion(cfg, spec), build_optimizer(cfg, bare)
+    settings = build_step_settings(cfg, dev, micro_batch=train_loader.batch_size)
+    switched = apply_precision_policy(bare, settings)
+    model.train()
+    set_frozen_bn_eval(model)
+    batches = iter(train_loader)
+    step = lambda: timed_step(model, criterion, optimizer, settings, batches)  # noqa: E731
+    for _ in range(args.warmup):
+        step()
+    # blocks of steps, alternating torch's NaN fill of new tensors (its default under deterministic
+    # algorithms) with cityseg's setting (off), so that drifts in the host's speed hit both alike
+    ours = torch.utils.deterministic.fill_uninitialized_memory
+    times: dict[bool, dict[str, list[float]]] = {fill: {p: [] for p in PHASES} for fill in (True, ours)}
+    for block in range(2 * args.rounds):
+        fill = (True, ours)[block % 2]
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+        for _ in range(args.steps // args.rounds):
+            for phase, dt in step().items():
+                times[fill][phase].append(dt)
+    torch.utils.deterministic.fill_uninitialized_memory = ours
+    medians = {fill: {p: statistics.median(v) for p, v in t.items()} for fill, t in times.items()}
+    batch = cfg.train.batch_size
+    print(f"{cfg.model.name}, batch {batch}, crops {cfg.data.crop_size}, amp {cfg.train.amp}, "
+          f"{torch.get_num_threads()} threads, deterministic {cfg.train.deterministic}, "
+          f"{switched} depthwise convolutions in float32, loss {criterion.extra_repr()}, "
+          f"{args.steps} steps a column; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print("| phase | ms (median), as cityseg train runs it | share | ms with torch's NaN fill of new tensors |")
+    print("|---|---|---|---|")
+    total = {fill: sum(m.values()) for fill, m in medians.items()}
+    for phase in PHASES:
+        ms, filled = medians[ours][phase], medians[True][phase]
+        print(f"| {phase} | {ms * 1000:.1f} | {ms / total[ours]:.0%} | {filled * 1000:.1f} |")
+    print(f"| **step** (sum of medians) | **{total[ours] * 1000:.1f}** ({batch / total[ours]:.1f} images/s) | "
+          f"| {total[True] * 1000:.1f} ({batch / total[True]:.1f} images/s): x{total[True] / total[ours]:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
