@@ -6,8 +6,9 @@ Usage: python benchmarks/bench_train_phases.py --data data/pairs [--config pairs
 
 Builds the loaders, model, loss, optimiser and precision policy with the same ``cityseg.engine``
 functions ``cityseg train`` calls (``setup_torch``: the config's threads and deterministic mode;
-frames cached, autocast, channels_last, frozen stages), then times ``--steps`` steps after
-``--warmup``, each split into:
+frames cached, autocast, channels_last, frozen stages), then times ``--steps`` optimiser steps
+after ``--warmup`` (each of ``train.batch_size`` images, in micro-batches where the config
+accumulates), each split into:
 
 * ``data``: the next batch from the training loader (augmentation; in this process when
   ``data.workers`` is 0, as the CPU recipes run it) and its move to the device's layout;
@@ -46,32 +47,46 @@ from cityseg.engine.build import (
     seed_everything,
     setup_torch,
 )
-from cityseg.engine.train import compute_loss
+from cityseg.engine.train import compute_loss, optimizer_step
 from cityseg.models import set_frozen_bn_eval
 
 PHASES = ("data", "forward", "loss", "backward", "optimizer")
 
 
 def timed_step(model, criterion, optimizer, settings, batches) -> dict[str, float]:
-    """One training step of the loop's kind; the wall seconds of each of its ``PHASES``."""
-    t0 = time.perf_counter()
-    batch = next(batches)
-    images, targets = settings.to_device(batch["image"], batch["mask"])
-    t1 = time.perf_counter()
-    with settings.autocast():
-        outputs = model(images)
-    t2 = time.perf_counter()
-    loss = compute_loss(criterion, outputs, targets, settings.aux_weight)
-    heads = list(outputs.values())
-    # the loss's backward alone, down to the model's outputs (in whatever layout it makes them)
-    grads = torch.autograd.grad(loss, heads, retain_graph=True)
-    t3 = time.perf_counter()
-    torch.autograd.backward(heads, grads)
-    t4 = time.perf_counter()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    """One optimiser step as ``train_one_epoch`` takes it (``settings.accum`` micro-batches, then
+    ``optimizer_step``: clipping, the fp16 scaler); the wall seconds of each of its ``PHASES``."""
+    spent = dict.fromkeys(PHASES, 0.0)
+    for _ in range(settings.accum):
+        t0 = time.perf_counter()
+        batch = next(batches)
+        images, targets = settings.to_device(batch["image"], batch["mask"])
+        t1 = time.perf_counter()
+        with settings.autocast():
+            outputs = model(images)
+            t2 = time.perf_counter()
+            loss = compute_loss(criterion, outputs, targets, settings.aux_weight) / settings.accum
+        if settings.scaler is not None:
+            loss = settings.scaler.scale(loss)
+        heads = list(outputs.values())
+        # the loss's backward alone, down to the model's outputs (in whatever layout it makes them);
+        # it frees only the loss's part of the graph, the model's part is run next
+        grads = torch.autograd.grad(loss, heads)
+        t3 = time.perf_counter()
+        torch.autograd.backward(heads, grads)
+        t4 = time.perf_counter()
+        for phase, dt in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            spent[phase] += dt
     t5 = time.perf_counter()
-    return dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)))
+    optimizer_step(model, optimizer, settings)
+    spent["optimizer"] = time.perf_counter() - t5
+    return spent
+
+
+def forever(loader):
+    """The loader's batches, epoch after epoch."""
+    while True:
+        yield from loader
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,27 +110,32 @@ def main(argv: list[str] | None = None) -> int:
     switched = apply_precision_policy(bare, settings)
     model.train()
     set_frozen_bn_eval(model)
-    batches = iter(train_loader)
-    step = lambda: timed_step(model, criterion, optimizer, settings, batches)  # noqa: E731
+    batches = forever(train_loader)
     for _ in range(args.warmup):
-        step()
+        timed_step(model, criterion, optimizer, settings, batches)
     # blocks of steps, alternating torch's NaN fill of new tensors (its default under deterministic
     # algorithms) with cityseg's setting (off), so that drifts in the host's speed hit both alike
     ours = torch.utils.deterministic.fill_uninitialized_memory
     times: dict[bool, dict[str, list[float]]] = {fill: {p: [] for p in PHASES} for fill in (True, ours)}
-    for block in range(2 * args.rounds):
-        fill = (True, ours)[block % 2]
-        torch.utils.deterministic.fill_uninitialized_memory = fill
-        for _ in range(args.steps // args.rounds):
-            for phase, dt in step().items():
-                times[fill][phase].append(dt)
-    torch.utils.deterministic.fill_uninitialized_memory = ours
+    per_block = max(1, args.steps // args.rounds)
+    try:
+        for block in range(2 * args.rounds):
+            fill = (True, ours)[block % 2]
+            torch.utils.deterministic.fill_uninitialized_memory = fill
+            for _ in range(per_block):
+                for phase, dt in timed_step(model, criterion, optimizer, settings, batches).items():
+                    times[fill][phase].append(dt)
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = ours
     medians = {fill: {p: statistics.median(v) for p, v in t.items()} for fill, t in times.items()}
     batch = cfg.train.batch_size
     print(f"{cfg.model.name}, batch {batch}, crops {cfg.data.crop_size}, amp {cfg.train.amp}, "
           f"{torch.get_num_threads()} threads, deterministic {cfg.train.deterministic}, "
           f"{switched} depthwise convolutions in float32, loss {criterion.extra_repr()}, "
-          f"{args.steps} steps a column; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+          f"{per_block * args.rounds} steps a column; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    if not cfg.train.deterministic:
+        print("(train.deterministic is false: the NaN fill acts only under deterministic algorithms, so both columns "
+              "time the same thing)")
     print("| phase | ms (median), as cityseg train runs it | share | ms with torch's NaN fill of new tensors |")
     print("|---|---|---|---|")
     total = {fill: sum(m.values()) for fill, m in medians.items()}

@@ -46,7 +46,7 @@ def _torch_settings_restored_per_module():
 @pytest.fixture(autouse=True)
 def _torch_settings_restored():
     """Every test starts with the torch settings of the session: a test (or the train() it calls)
-    that changes the thread count or the deterministic-algorithms mode must not change what later
+    that changes the thread count, the deterministic-algorithms mode or its NaN fill must not change what later
     tests compute or how fast, whatever order they run in. (Module fixtures such as one_thread_torch
     are set up first: their settings are what each of their tests returns to.)"""
     import torch

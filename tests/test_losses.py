@@ -250,7 +250,7 @@ def test_weighted_sum_total_and_parts():
 
 def test_weighted_sum_shares_one_log_softmax_with_each_terms_gradient():
     """The sum computes log_softmax once for all its terms: the same gradient as the terms called
-    one by one, each on its own softmax (class weights and alpha included)."""
+    one by one, each on its own log_softmax (class weights and alpha included)."""
     logits, target = _random_case(seed=10)
     weights = [0.5, 1.0, 2.0, 1.5, 3.0]
     terms = {"ce": (CrossEntropy(weights), 0.7), "focal": (FocalLoss(1.5, weights), 1.5), "dice": (DiceLoss(), 1.0)}
@@ -334,3 +334,8 @@ def test_channel_argmax_equals_argmax_with_ties_to_the_first():
     assert torch.equal(channel_argmax(x), x.argmax(1))
     y = torch.randn(2, 19, 8, 8).contiguous(memory_format=torch.channels_last)
     assert torch.equal(channel_argmax(y), y.argmax(1))
+
+
+def test_weighted_sum_refuses_a_term_without_log_probs():
+    with pytest.raises(TypeError, match="loss term 'l1' \\(L1Loss\\) has no from_log_probs"):
+        WeightedSum({"l1": (torch.nn.L1Loss(), 1.0)})

@@ -1,6 +1,8 @@
-"""Depthwise convolutions in float32 under CPU bf16 autocast (models.parts.float32_depthwise,
-engine.build.apply_precision_policy): same parameters and keys, float32 inside autocast, the
-original forward without it, and only where the policy says."""
+"""A fast CPU training step. Depthwise convolutions in float32 under CPU bf16 autocast
+(models.parts.float32_depthwise, engine.build.apply_precision_policy): same parameters and keys,
+float32 inside autocast, the original forward without it, and only where the policy says. Then
+setup_torch's deterministic mode without the NaN fill, and the loss's contiguous logits handing
+their gradient back channels_last (engine.train.ContiguousForLoss)."""
 
 from __future__ import annotations
 
@@ -83,7 +85,6 @@ def test_the_policy_switches_lite0_under_bf16_on_the_cpu_only(amp, expected):
     with settings.autocast():
         out = model(x)["out"]
     assert out.shape == (1, 19, 64, 64)
-
 
 
 # --- the rest of a fast CPU step --------------------------------------------------------------------

@@ -187,8 +187,9 @@ class DiceLoss(nn.Module):
     def from_log_probs(self, log_p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss from float32 log-probabilities ``log_probs(logits)`` (shared by a :class:`WeightedSum`).
 
-        The arg-max prediction is taken of ``log_p``: the logits' own, since ``log_softmax`` shifts a
-        pixel's logits all by the same amount.
+        The arg-max prediction is taken of ``log_p``: the logits' own up to rounding, since
+        ``log_softmax`` shifts a pixel's logits all by the same amount (two logits closer than the
+        rounding of that shift can become a tie, which the first class wins).
         """
         with torch.autocast(log_p.device.type, enabled=False):
             valid, safe = _valid_target(target)
@@ -220,10 +221,11 @@ def channel_argmax(x: torch.Tensor) -> torch.Tensor:
 
 
 class WeightedSum(nn.Module):
-    """A weighted sum of named losses.
+    """A weighted sum of named losses of this module (any with a ``from_log_probs`` method).
 
     ``loss(logits, target)`` returns the total; ``loss.terms(logits, target)`` returns the total
-    and a dict of each term's unweighted value (detached, for logging).
+    and a dict of each term's unweighted value (detached, for logging). The terms share one
+    ``log_probs(logits)``.
 
     Shape:
         logits: (N, C, H, W) float. target: (N, H, W) int64. Returns a float32 scalar.
@@ -233,6 +235,9 @@ class WeightedSum(nn.Module):
         super().__init__()
         if not terms:
             raise CitysegError("a weighted loss needs at least one term")
+        for name, (loss, _) in terms.items():
+            if not callable(getattr(loss, "from_log_probs", None)):
+                raise TypeError(f"loss term {name!r} ({type(loss).__name__}) has no from_log_probs(log_p, target)")
         self.losses = nn.ModuleDict({name: loss for name, (loss, _) in terms.items()})
         self.weights = {name: float(w) for name, (_, w) in terms.items()}
 

@@ -80,8 +80,11 @@ def setup_torch(cfg: Config, dev: torch.device) -> None:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)
     # Deterministic mode also fills the memory of every new tensor with NaN before use, a debugging aid
-    # for code that reads memory it never wrote; it adds nothing to reproducibility and costs 13% of an
-    # FPN-EfficientNet-Lite0 training step on 2 CPU cores (396 -> 346 ms, forward and backward alike:
+    # for code that reads memory it never wrote. None in cityseg is known to: src/ reads no torch.empty,
+    # and the one kernel known to (torch's antialiased resize, at output samples with no source pixel
+    # under them) is never asked for one, as data.resample plans each crop's source slice with a
+    # margin (test_transforms checks its crops against a full resize). The fill costs 1.14x an
+    # FPN-EfficientNet-Lite0 training step on 2 CPU cores (435 -> 381 ms, forward and backward alike:
     # benchmarks/bench_train_phases.py, BENCHMARKS.md "Where a training step goes").
     torch.utils.deterministic.fill_uninitialized_memory = False
 
