@@ -36,14 +36,7 @@ from torchvision.transforms import v2
 
 from cityseg.config import load_config
 from cityseg.data.dataset import CityscapesDataset
-from cityseg.engine.build import (
-    apply_precision_policy,
-    build_criterion,
-    build_loaders,
-    build_optimizer,
-    build_step_settings,
-    build_train_model,
-)
+from cityseg.engine.build import build_criterion, build_optimizer, build_train_model, build_training
 from cityseg.engine.schedule import build_schedule
 from cityseg.engine.train import compute_loss, optimizer_step
 from cityseg.labels import IGNORE_INDEX
@@ -91,17 +84,13 @@ def time_steps(step, batches, steps: int, warmup: int) -> float:
     return time.perf_counter() - started
 
 
-def cityseg_loop(cfg, root: Path):
+def cityseg_loop(cfg):
     """One optimiser step of cityseg's own loop, and an endless iterator over its batches."""
-    dev = torch.device("cpu")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    spec = cfg.spec()
-    loader, _, _ = build_loaders(cfg, spec, root, dev)
-    model, bare_model = build_train_model(cfg, spec, dev)
-    criterion, optimizer = build_criterion(cfg, spec), build_optimizer(cfg, bare_model)
-    step_settings = build_step_settings(cfg, dev, micro_batch=loader.batch_size)
-    apply_precision_policy(bare_model, step_settings)
+    run = build_training(cfg, torch.device("cpu"))  # cfg.data.root: the frames
+    model, criterion, optimizer, step_settings = run.model, run.criterion, run.optimizer, run.step_settings
+    loader = run.train_loader
     schedule = build_schedule(optimizer, cfg.sched, total_steps=10**6)
     model.train()
 
@@ -160,7 +149,7 @@ def main() -> None:
     root = Path(args.data)
     torch.manual_seed(0)
     started = time.perf_counter()
-    ours, theirs = cityseg_loop(cfg, root), reference_loop(cfg, root, args.workers)
+    ours, theirs = cityseg_loop(cfg), reference_loop(cfg, root, args.workers)
     print(f"set-up (data caching included) {time.perf_counter() - started:.1f} s")
     images = args.steps * cfg.train.batch_size
     rates: dict[str, list[float]] = {"cityseg": [], "reference": []}

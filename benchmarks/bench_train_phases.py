@@ -28,6 +28,7 @@ phase, their share of the step, and the load average are printed.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import time
@@ -35,18 +36,7 @@ import time
 import torch
 
 from cityseg.config import load_config
-from cityseg.engine.build import (
-    adopt_dataset,
-    apply_precision_policy,
-    build_criterion,
-    build_loaders,
-    build_optimizer,
-    build_step_settings,
-    build_train_model,
-    resolve_data_root,
-    seed_everything,
-    setup_torch,
-)
+from cityseg.engine.build import build_training, seed_everything, setup_torch
 from cityseg.engine.train import compute_loss, optimizer_step
 from cityseg.models import set_frozen_bn_eval
 
@@ -83,12 +73,6 @@ def timed_step(model, criterion, optimizer, settings, batches) -> dict[str, floa
     return spent
 
 
-def forever(loader):
-    """The loader's batches, epoch after epoch."""
-    while True:
-        yield from loader
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="a prepared folder (the recipe's --data)")
@@ -102,15 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.device("cpu")
     setup_torch(cfg, dev)
     seed_everything(cfg.train.seed)
-    cfg, spec = adopt_dataset(cfg, resolve_data_root(cfg))
-    model, bare = build_train_model(cfg, spec, dev)  # first: a missing weights file fails before the frames load
-    train_loader, _, _ = build_loaders(cfg, spec, resolve_data_root(cfg), dev)
-    criterion, optimizer = build_criterion(cfg, spec), build_optimizer(cfg, bare)
-    settings = build_step_settings(cfg, dev, micro_batch=train_loader.batch_size)
-    switched = apply_precision_policy(bare, settings)
+    run = build_training(cfg, dev)
+    cfg, model, criterion, optimizer, settings = run.cfg, run.model, run.criterion, run.optimizer, run.step_settings
+    switched = run.float32_layers
     model.train()
     set_frozen_bn_eval(model)
-    batches = forever(train_loader)
+    batches = itertools.chain.from_iterable(itertools.repeat(run.train_loader))  # epoch after epoch
     for _ in range(args.warmup):
         timed_step(model, criterion, optimizer, settings, batches)
     # blocks of steps, alternating torch's NaN fill of new tensors (its default under deterministic

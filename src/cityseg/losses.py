@@ -47,6 +47,18 @@ def log_probs(logits: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(logits.float(), dim=1)
 
 
+class LogProbLoss(nn.Module):
+    """A loss of the softmax probabilities: ``loss(logits, target)`` is
+    ``loss.from_log_probs(log_probs(logits), target)``, so a :class:`WeightedSum` can compute the
+    log-probabilities once for all its terms."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.from_log_probs(log_probs(logits), target)
+
+    def from_log_probs(self, log_p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
 def _class_vector(values: Sequence[float] | None, name: str) -> torch.Tensor | None:
     if values is None:
         return None
@@ -61,7 +73,7 @@ def _check_classes(vector: torch.Tensor | None, logits: torch.Tensor, name: str)
         raise ValueError(f"{name} has {vector.numel()} values but the logits have {logits.shape[1]} classes")
 
 
-class CrossEntropy(nn.Module):
+class CrossEntropy(LogProbLoss):
     """Pixel-wise cross-entropy, ignoring ``IGNORE_INDEX``, with optional class weights and
     online hard example mining (OHEM).
 
@@ -91,9 +103,6 @@ class CrossEntropy(nn.Module):
             raise CitysegError(f"loss.ohem_min_kept={ohem_min_kept}: give a share of the pixels in (0, 1]")
         self.ohem, self.ohem_min_kept = ohem, ohem_min_kept
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.from_log_probs(log_probs(logits), target)
-
     def from_log_probs(self, log_p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss from float32 log-probabilities ``log_probs(logits)`` (shared by a :class:`WeightedSum`)."""
         with torch.autocast(log_p.device.type, enabled=False):
@@ -114,7 +123,7 @@ class CrossEntropy(nn.Module):
         return valid & (nll >= cut)
 
 
-class FocalLoss(nn.Module):
+class FocalLoss(LogProbLoss):
     """Softmax (multi-class) focal loss of Lin et al. 2017.
 
     Mean over valid pixels of ``-alpha[y] * (1 - p_y) ** gamma * log p_y``, with ``p_y`` the
@@ -134,9 +143,6 @@ class FocalLoss(nn.Module):
         self.gamma = float(gamma)
         self.register_buffer("alpha", _class_vector(alpha, "loss.focal_alpha"), persistent=False)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.from_log_probs(log_probs(logits), target)
-
     def from_log_probs(self, log_p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss from float32 log-probabilities ``log_probs(logits)`` (shared by a :class:`WeightedSum`)."""
         with torch.autocast(log_p.device.type, enabled=False):
@@ -154,7 +160,7 @@ class FocalLoss(nn.Module):
             return _safe_divide(loss.sum(), valid.sum().float())
 
 
-class DiceLoss(nn.Module):
+class DiceLoss(LogProbLoss):
     """Soft multi-class Dice loss on softmax probabilities, over the whole batch.
 
     For each class ``c``, with sums over the valid pixels of the batch (ignored pixels are
@@ -180,9 +186,6 @@ class DiceLoss(nn.Module):
         if smooth < 0:
             raise CitysegError(f"Dice smooth must be >= 0, got {smooth}")
         self.smooth = float(smooth)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.from_log_probs(log_probs(logits), target)
 
     def from_log_probs(self, log_p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss from float32 log-probabilities ``log_probs(logits)`` (shared by a :class:`WeightedSum`).
@@ -221,7 +224,7 @@ def channel_argmax(x: torch.Tensor) -> torch.Tensor:
 
 
 class WeightedSum(nn.Module):
-    """A weighted sum of named losses of this module (any with a ``from_log_probs`` method).
+    """A weighted sum of named :class:`LogProbLoss` losses.
 
     ``loss(logits, target)`` returns the total; ``loss.terms(logits, target)`` returns the total
     and a dict of each term's unweighted value (detached, for logging). The terms share one
@@ -231,12 +234,12 @@ class WeightedSum(nn.Module):
         logits: (N, C, H, W) float. target: (N, H, W) int64. Returns a float32 scalar.
     """
 
-    def __init__(self, terms: dict[str, tuple[nn.Module, float]]) -> None:
+    def __init__(self, terms: dict[str, tuple[LogProbLoss, float]]) -> None:
         super().__init__()
         if not terms:
             raise CitysegError("a weighted loss needs at least one term")
         for name, (loss, _) in terms.items():
-            if not callable(getattr(loss, "from_log_probs", None)):
+            if not isinstance(loss, LogProbLoss):
                 raise TypeError(f"loss term {name!r} ({type(loss).__name__}) has no from_log_probs(log_p, target)")
         self.losses = nn.ModuleDict({name: loss for name, (loss, _) in terms.items()})
         self.weights = {name: float(w) for name, (_, w) in terms.items()}

@@ -126,6 +126,38 @@ def adopt_dataset(cfg: Config, root: Path) -> tuple[Config, DatasetSpec]:
                        f"dataset is {ours.name!r} ({ours.num_classes} classes); pass --dataset {found}")
 
 
+@dataclass
+class TrainingParts:
+    """What a training run is made of, built from its config the way ``cityseg train`` builds it."""
+
+    cfg: Config  # the run's config, with a prepared folder's dataset adopted (adopt_dataset)
+    spec: DatasetSpec
+    root: Path
+    train_loader: DataLoader
+    val_loader: DataLoader
+    generator: torch.Generator
+    model: nn.Module  # the model to call (DDP or compiled where configured)
+    bare_model: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    step_settings: StepSettings
+    float32_layers: int  # layers apply_precision_policy switched to float32
+
+
+def build_training(cfg: Config, dev: torch.device) -> TrainingParts:
+    """The data, model, loss, optimiser and step settings of ``cfg`` on ``dev``, with the precision
+    policy applied: the one place ``cityseg train`` and the training benchmarks build a run."""
+    root = resolve_data_root(cfg)
+    cfg, spec = adopt_dataset(cfg, root)  # the run's class table, resolved once
+    train_loader, val_loader, generator = build_loaders(cfg, spec, root, dev)
+    model, bare_model = build_train_model(cfg, spec, dev)
+    criterion, optimizer = build_criterion(cfg, spec), build_optimizer(cfg, bare_model)
+    step_settings = build_step_settings(cfg, dev, micro_batch=train_loader.batch_size)
+    float32_layers = apply_precision_policy(bare_model, step_settings)
+    return TrainingParts(cfg, spec, root, train_loader, val_loader, generator, model, bare_model, criterion,
+                         optimizer, step_settings, float32_layers)
+
+
 def build_loaders(
     cfg: Config, spec: DatasetSpec, root: Path, dev: torch.device
 ) -> tuple[DataLoader, DataLoader, torch.Generator]:

@@ -36,15 +36,8 @@ from cityseg.device import resolve_device
 from cityseg.engine import distributed as D
 from cityseg.engine.build import (
     StepSettings,
-    adopt_dataset,
-    apply_precision_policy,
-    build_criterion,
-    build_loaders,
-    build_optimizer,
-    build_step_settings,
-    build_train_model,
+    build_training,
     check_names,
-    resolve_data_root,
     seed_everything,
     setup_torch,
     steps_per_epoch,
@@ -141,13 +134,11 @@ def _train(
 ) -> dict[str, Any]:
     setup_torch(cfg, dev)
     seed_everything(cfg.train.seed + D.get_rank())
-    root = resolve_data_root(cfg)
-    cfg, spec = adopt_dataset(cfg, root)  # the run's class table, resolved once
-    train_loader, val_loader, generator = build_loaders(cfg, spec, root, dev)
-    model, bare_model = build_train_model(cfg, spec, dev)
-    criterion, optimizer = build_criterion(cfg, spec), build_optimizer(cfg, bare_model)
-    step_settings = build_step_settings(cfg, dev, micro_batch=train_loader.batch_size)
-    apply_precision_policy(bare_model, step_settings)
+    run = build_training(cfg, dev)
+    cfg, spec, root, generator = run.cfg, run.spec, run.root, run.generator
+    train_loader, val_loader = run.train_loader, run.val_loader
+    model, bare_model, criterion, optimizer = run.model, run.bare_model, run.criterion, run.optimizer
+    step_settings = run.step_settings
     steps = steps_per_epoch(cfg, train_loader, step_settings, root, max_steps)
     total = min(cfg.train.epochs * steps, cfg.train.max_steps or cfg.train.epochs * steps)
     schedule = build_schedule(optimizer, cfg.sched, total_steps=total)
