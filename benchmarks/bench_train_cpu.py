@@ -161,7 +161,7 @@ def main() -> None:
             print(f"round {r + 1} {name:9s} {images / seconds:6.2f} images/s", flush=True)
     a, b = statistics.median(rates["cityseg"]), statistics.median(rates["reference"])
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"model {cfg.model.name}, batch {cfg.train.batch_size}, crop {cfg.data.crop_size}, amp {cfg.train.amp}")
+    print(f"model {cfg.model.name}, batch {cfg.train.batch_size}, crop {cfg.data.crop_size}, train.amp {cfg.train.amp}")
     print(f"median images/s: cityseg {a:.2f}, reference {b:.2f}, ratio {a / b:.2f}x (load average {load})")
 
 

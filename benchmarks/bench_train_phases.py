@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.utils.deterministic.fill_uninitialized_memory = ours
     medians = {fill: {p: statistics.median(v) for p, v in t.items()} for fill, t in times.items()}
     batch = cfg.train.batch_size
-    print(f"{cfg.model.name}, batch {batch}, crops {cfg.data.crop_size}, amp {cfg.train.amp}, "
+    print(f"{cfg.model.name}, batch {batch}, crops {cfg.data.crop_size}, amp {settings.amp_name} (train.amp {cfg.train.amp}), "
           f"{torch.get_num_threads()} threads, deterministic {cfg.train.deterministic}, "
           f"{switched} depthwise convolutions in float32, loss {criterion.extra_repr()}, "
           f"{per_block * args.rounds} steps a column; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import cityseg.engine.build as B
+from cityseg import device
 import cityseg.engine.train as T
 from cityseg.cli import main
 from cityseg.config import Config, config_from_dict, load_config
@@ -176,6 +178,33 @@ def test_mixed_precision_step_runs_and_auto_is_float32_on_cpu(synth_root, amp):
     _, _, losses = _steps(cfg, synth_root, steps=2)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert B.build_step_settings(tiny_cfg(synth_root), torch.device("cpu"), 2).amp_dtype is None  # auto: fp32 on CPU
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["avx512-bf16", "avx2"])
+def test_bf16_native_trains_in_bf16_only_where_the_cpu_computes_it(synth_root, monkeypatch, caplog, native):
+    """The CPU recipes' ``bf16-native``: bf16 on CPUs with AVX512-BF16/AMX, float32 elsewhere (where
+    emulated bf16 steps take ~8x as long); plain ``bf16`` is kept as asked, with a warning there."""
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    with caplog.at_level(logging.INFO, logger=B.__name__):
+        resolved = B.build_step_settings(tiny_cfg(synth_root, "train.amp=bf16-native"), cpu, 2)
+        asked = B.build_step_settings(tiny_cfg(synth_root, "train.amp=bf16"), cpu, 2)
+    assert resolved.amp_dtype == (torch.bfloat16 if native else None)
+    assert resolved.amp_name == ("bf16" if native else "none")  # what the run's starting line says
+    assert asked.amp_dtype == torch.bfloat16
+    messages = {r.levelno: r.getMessage() for r in caplog.records}
+    if native:
+        assert not messages
+    else:
+        assert messages[logging.INFO] == (
+            "train.amp bf16-native: this CPU has no AVX512-BF16 or AMX, so training runs in float32")
+        assert messages[logging.WARNING].startswith("train.amp bf16: this CPU has no AVX512-BF16 or AMX")
+        assert "train.amp=bf16-native or none" in messages[logging.WARNING]
+
+
+@pytest.mark.parametrize("recipe", ["pairs", "pairs_imagenet"])
+def test_cpu_recipes_ask_for_bf16_only_where_native(recipe):
+    assert load_config(recipe).train.amp == "bf16-native"
 
 
 # --- the whole run ---------------------------------------------------------------------------
@@ -495,7 +524,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(synth_root
     "extra, message",
     [
         (["--set", "train.batch_size=3"], "train.batch_size=3 is not a multiple of train.micro_batch_size=2"),
-        (["--set", "train.amp=fp8"], "unknown train.amp 'fp8'; valid: auto, bf16, fp16, none"),
+        (["--set", "train.amp=fp8"], "unknown train.amp 'fp8'; valid: auto, bf16-native, bf16, fp16, none"),
         (["--set", "optim.name=lion"], "config key optim.name: 'lion' is unknown; valid: adamw, sgd"),
         (["--set", "model.name=unet"], "config key model.name: 'unet' is not a model; valid: deeplabv3_resnet50"),
         (["--set", "train.batch_size=16"], "training images per process make no full batch"),

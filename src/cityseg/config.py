@@ -129,7 +129,7 @@ class TrainConfig:
     micro_batch_size: int | None = None  # per-process batch per step; None: batch_size / world size
     # auto: bf16 on GPUs that support it, else fp16 with a GradScaler; none (float32) on the CPU, where
     # autocast is slower than float32 without AMX and changes results; bf16 | fp16 force it
-    amp: str = "auto"  # auto | bf16 | fp16 | none
+    amp: str = "auto"  # auto | bf16-native | bf16 | fp16 | none (engine.build.build_step_settings)
     channels_last: bool = True
     grad_clip: float | None = None  # max gradient norm (None: no clipping)
     compile: bool = False  # torch.compile the model

@@ -126,6 +126,11 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and cpu_has_native_bf16()
 
 
+def no_bf16_reason(device: torch.device) -> str:
+    """Why ``device`` has no native bf16, for messages (where :func:`native_bf16` is false)."""
+    return "this CPU has no AVX512-BF16 or AMX" if device.type == "cpu" else "this GPU has no bf16"
+
+
 def cpu_has_vnni() -> bool:
     """True when the CPU has 8-bit integer dot products (AVX512-VNNI, AVX-VNNI or AMX-INT8)."""
     return any(flag in cpu_flags() for flag in VNNI_FLAGS)

@@ -26,6 +26,7 @@ from cityseg.data import synthetic
 from cityseg.data.dataset import CityscapesDataset
 from cityseg.data.transforms import build_transforms
 from cityseg.datasets import DatasetSpec, load_dataset
+from cityseg.device import native_bf16, no_bf16_reason
 from cityseg.engine import distributed as D
 from cityseg.engine.schedule import SCHEDULES
 from cityseg.errors import CitysegError
@@ -37,7 +38,7 @@ from cityseg.models.parts import float32_depthwise
 log = logging.getLogger(__name__)
 
 #: Values of ``train.amp`` (see :func:`build_step_settings`).
-AMP_MODES = ("auto", "bf16", "fp16", "none")
+AMP_MODES = ("auto", "bf16-native", "bf16", "fp16", "none")
 
 
 @dataclass
@@ -51,6 +52,11 @@ class StepSettings:
     grad_clip: float | None
     channels_last: bool
     aux_weight: float
+
+    @property
+    def amp_name(self) -> str:
+        """The precision the step runs in, as ``train.amp`` names it: none, bf16 or fp16."""
+        return {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """``torch.autocast`` to the mixed-precision dtype, or nothing in float32."""
@@ -281,13 +287,25 @@ def build_step_settings(cfg: Config, dev: torch.device, micro_batch: int) -> Ste
 
     ``train.amp: auto`` is bf16 on GPUs that support it (no scaler needed), fp16 with a
     GradScaler on older GPUs, and none (float32) on the CPU, where autocast is slower than float32 on
-    most processors and would change the reproducible CPU results.
+    most processors and would change the reproducible CPU results. ``bf16-native`` is bf16 where
+    the device computes it in hardware (:func:`cityseg.device.native_bf16`: CPUs with AVX512-BF16
+    or AMX, GPUs with bf16) and float32 elsewhere: the CPU recipes' setting, since on a CPU without
+    them bf16 is emulated and a training step takes ~8x float32's time (BENCHMARKS.md, "bf16 on a
+    CPU without AVX512-BF16"). ``bf16`` asked for there still runs, with a one-line warning.
     """
     mode = cfg.train.amp
     if mode not in AMP_MODES:
         raise CitysegError(f"unknown train.amp {mode!r}; valid: {', '.join(AMP_MODES)}")
+    native = native_bf16(dev) if mode in ("bf16-native", "bf16") else True
     if mode == "auto":
         mode = "none" if dev.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    elif mode == "bf16-native":
+        mode = "bf16" if native else "none"
+        if not native:
+            log.info("train.amp bf16-native: %s, so training runs in float32", no_bf16_reason(dev))
+    elif mode == "bf16" and not native:
+        log.warning("train.amp bf16: %s, so bf16 is emulated (a CPU training step ~8x float32's time); "
+                    "train.amp=bf16-native or none trains in float32 here", no_bf16_reason(dev))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[mode]
     scaler = torch.amp.GradScaler(dev.type) if dtype is torch.float16 else None
     return StepSettings(

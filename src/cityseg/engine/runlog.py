@@ -422,7 +422,7 @@ def describe_run(
 ) -> str:
     """One line saying what is about to run: ``loaders`` are (train, val), ``steps`` per epoch."""
     train_loader, val_loader = loaders
-    amp = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[step_settings.amp_dtype]
+    amp = step_settings.amp_name
     start = "starting (no checkpoint to resume yet)" if resume else "starting"
     start = f"resuming after epoch {state.epoch}" if state.epoch else start
     return (

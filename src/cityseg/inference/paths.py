@@ -17,7 +17,7 @@ import shutil
 
 import torch
 
-from cityseg.device import VNNI_FLAGS, cpu_has_vnni, native_bf16
+from cityseg.device import VNNI_FLAGS, cpu_has_vnni, native_bf16, no_bf16_reason
 from cityseg.errors import CitysegError
 from cityseg.inference.options import PRECISIONS, RUNTIMES
 from cityseg.inference.runtime import BASELINE, PATHS
@@ -44,8 +44,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise CitysegError(f"precision {precision!r}; valid: {', '.join(TORCH_PRECISIONS)}")
     native = native_bf16(device)
     if precision == "bf16" and not native:
-        where = "this CPU has no AVX512-BF16 or AMX" if device.type == "cpu" else "this GPU has no bf16"
-        raise CitysegError(f"--precision bf16: {where}; use --precision fp32 or auto")
+        raise CitysegError(f"--precision bf16: {no_bf16_reason(device)}; use --precision fp32 or auto")
     if precision == "auto":
         return "bf16" if native else "fp32"
     return precision
