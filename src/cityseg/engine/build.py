@@ -296,16 +296,15 @@ def build_step_settings(cfg: Config, dev: torch.device, micro_batch: int) -> Ste
     mode = cfg.train.amp
     if mode not in AMP_MODES:
         raise CitysegError(f"unknown train.amp {mode!r}; valid: {', '.join(AMP_MODES)}")
-    native = native_bf16(dev) if mode in ("bf16-native", "bf16") else True
     if mode == "auto":
         mode = "none" if dev.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
     elif mode == "bf16-native":
-        mode = "bf16" if native else "none"
-        if not native:
+        mode = "bf16" if native_bf16(dev) else "none"
+        if mode == "none":
             log.info("train.amp bf16-native: %s, so training runs in float32", no_bf16_reason(dev))
-    elif mode == "bf16" and not native:
-        log.warning("train.amp bf16: %s, so bf16 is emulated (a CPU training step ~8x float32's time); "
-                    "train.amp=bf16-native or none trains in float32 here", no_bf16_reason(dev))
+    elif mode == "bf16" and not native_bf16(dev):
+        log.warning("train.amp bf16: %s, so bf16 is emulated (on the CPU a training step takes ~8x float32's "
+                    "time); train.amp=bf16-native or none trains in float32 here", no_bf16_reason(dev))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[mode]
     scaler = torch.amp.GradScaler(dev.type) if dtype is torch.float16 else None
     return StepSettings(
